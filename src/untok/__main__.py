@@ -1,0 +1,5 @@
+import sys
+
+from untok.cli import main
+
+sys.exit(main())

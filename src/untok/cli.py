@@ -1,0 +1,337 @@
+"""The ``untok`` command: parse arguments, call the Python API, print results.
+
+Every subcommand is a thin wrapper; the work happens in plain functions that are also the
+library's API. Problems with the user's input end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from untok.errors import UntokError
+
+EPILOG = """examples:
+  untok demo
+  untok data ingest ~/books/ --glob '*.txt' -o books
+  untok data info books
+  untok train --data books --preset small --minutes 30 --out runs/books
+  untok eval runs/books/best --data books --json
+  untok generate runs/books/best --prompt "Once upon a time" --max-bytes 400
+  untok train --resume runs/books/last --minutes 10
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# -- data ---------------------------------------------------------------------------------
+
+def cmd_data_ingest(args: argparse.Namespace) -> None:
+    from untok.data.info import describe
+    from untok.data.ingest import ingest
+
+    store = ingest(args.sources, args.out, glob=args.glob, fmt=args.format, field=args.field,
+                   split=args.split, val_fraction=args.val_fraction, val_bytes=args.val_bytes,
+                   seed=args.seed, progress=not args.quiet)
+    info = describe(store)
+    print(f"{store.paths['meta.json'].with_name(store.name)}: {info['documents']:,} documents, "
+          f"{info['bytes']:,} bytes (train {info['train_bytes']:,}, val {info['val_bytes']:,}; "
+          f"{info['split']['mode']} split)")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from untok.data.info import describe
+    from untok.data.ingest import open_data
+
+    store = open_data(args.store, progress=False)
+    if args.verify:
+        store.verify()
+    info = describe(store)
+    if args.json:
+        _print_json(info)
+        return
+    print(f"store        {info['name']}")
+    print(f"documents    {info['documents']:,} (mean {info['mean_document_bytes']:,.0f} bytes, "
+          f"max {info['max_document_bytes']:,})")
+    print(f"bytes        {info['bytes']:,}")
+    print(f"split        {info['split']['mode']}: train {info['train_bytes']:,} bytes, "
+          f"val {info['val_bytes']:,} bytes")
+    sampled = "" if info["sampled_bytes"] == info["bytes"] else \
+        f" (of a {info['sampled_bytes']:,}-byte sample)"
+    print(f"valid UTF-8  {info['valid_utf8_share']:.2%}{sampled}")
+    scripts = ", ".join(f"{s['script']} {s['share']:.1%}" for s in info["top_scripts"])
+    print(f"scripts      {scripts or '-'}")
+    if args.verify:
+        print("checksum     ok")
+
+
+# -- train / eval / generate --------------------------------------------------------------
+
+def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    from untok.config import replace, resolve
+    from untok.train.checkpoint import read_train_state, resolve_checkpoint
+
+    budget = {k: v for k, v in (("steps", args.steps), ("bytes", args.bytes),
+                                ("minutes", args.minutes)) if v is not None}
+    runtime = {k: v for k, v in (("device", args.device), ("precision", args.precision),
+                                 ("compile", args.compile or None)) if v is not None}
+    if args.resume:
+        resume = resolve_checkpoint(args.resume)
+        saved = read_train_state(resume)["run_config"]
+        if args.preset or args.recipe or args.data:
+            raise UntokError("--resume continues a run with its saved preset, recipe and "
+                             "data; change other settings with --set train.KEY=VALUE")
+        config = resolve(base=saved, overrides=args.set)
+        if budget:  # a new budget replaces the saved one
+            config = replace(config, train={"steps": None, "bytes": None, "minutes": None,
+                                            **budget})
+        return replace(config, train=runtime), resume
+    base = {"data": {"path": args.data}} if args.data else {}
+    config = resolve(preset_name=args.preset, recipe=args.recipe, overrides=args.set, base=base)
+    if args.data:  # --data wins over a recipe's data.path
+        config = replace(config, data={"path": args.data})
+    return replace(config, train={**budget, **runtime}), None
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from untok.train.trainer import train
+
+    config, resume = _train_config(args)
+    if resume is not None:
+        out = Path(args.out) if args.out else resume.parent
+    else:
+        out = Path(args.out or Path("runs") / Path(config.data.path).name)
+        if (out / "last").exists() and not args.overwrite:
+            raise UntokError(f"{out} already holds a run; resume it with --resume {out}/last, "
+                             "choose another --out, or pass --overwrite")
+        if args.overwrite:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+    result = train(config, out, resume=resume, progress=not args.quiet)
+    best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
+    print(f"{result.stop_reason}: {result.step} steps, {result.bytes_seen:,} bytes in "
+          f"{result.seconds / 60:.1f} min; best val bpb {best}")
+    print(f"checkpoints: {out / 'best'} (best), {out / 'last'} (last)")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from untok.data.ingest import open_data
+    from untok.evaluate import evaluate
+    from untok.hardware import pick_device
+    from untok.train.checkpoint import load
+
+    device = pick_device(args.device)
+    model = load(args.checkpoint, device)
+    store = open_data(args.data, progress=not args.json)
+    result = evaluate(model, store, args.split, stride=args.stride, max_bytes=args.max_bytes,
+                      batch_size=args.batch_size, device=device, per_file=args.per_file,
+                      progress=not args.json)
+    if args.json:
+        _print_json(result)
+        return
+    print(f"{store.name} [{args.split}]: {result['bytes']:,} bytes")
+    print(f"bpb          {result['bpb']:.4f}   (bits per char {result['bits_per_char']:.4f})")
+    print(f"accuracy     {result['accuracy']:.2%}")
+    print(f"perplexity   {result['perplexity']:.3f} per byte")
+    print(f"confidence   mean {result['confidence_mean']:.3f}, "
+          f"min {result['confidence_min']:.2e}, max {result['confidence_max']:.3f}")
+    for row in result.get("per_file", []):
+        print(f"  {row['bpb']:.4f}  {row['bytes']:>10,}  {row['name']}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from untok.generate import SamplerConfig, generate
+    from untok.hardware import pick_device
+    from untok.train.checkpoint import load
+    from untok.units import StreamDecoder, to_bytes
+
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UntokError("give --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        try:
+            prompt = Path(args.prompt_file).read_bytes()
+        except OSError as exc:
+            raise UntokError(f"cannot read prompt file: {exc}") from None
+    else:
+        prompt = to_bytes(args.prompt or "")
+    temperature = 0.0 if args.greedy else args.temperature
+    sampler = SamplerConfig(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
+    model = load(args.checkpoint, pick_device(args.device))
+    stream = generate(model, prompt, max_bytes=args.max_bytes, sampler=sampler,
+                      seed=args.seed, stop=[to_bytes(s) for s in args.stop])
+    decoder = StreamDecoder()
+    out = sys.stdout
+    if not args.no_prompt:
+        out.write(decoder.feed(prompt))
+    for byte in stream:
+        out.write(decoder.feed(byte))
+        out.flush()
+    out.write(decoder.flush() + "\n")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from untok.demo import run_demo
+
+    run_demo(minutes=args.minutes, out=Path(args.out), progress=not args.quiet)
+
+
+def cmd_presets(_: argparse.Namespace) -> None:
+    from untok.config import PRESETS, resolve
+    from untok.models import build_model
+
+    for name in PRESETS:
+        model = resolve(preset_name=name).model
+        params = build_model(model, "meta", init=False).num_params()
+        print(f"{name:8s} {params / 1e6:7.2f}M params  dim {model.dim:4d}  layers "
+              f"{model.num_layers:2d}  heads {model.num_heads:2d}  context {model.context}")
+
+
+# -- parser -------------------------------------------------------------------------------
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="byte store, text file or folder (ingested on the fly), "
+                   "or 'stdlib' for the built-in corpus")
+    p.add_argument("--preset", help="named preset (see 'untok presets')")
+    p.add_argument("--recipe", help="TOML recipe (preset + overrides)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--steps", type=_positive_int, help="total optimizer steps for the run")
+    p.add_argument("--bytes", type=_positive_int, help="total training bytes for the run")
+    p.add_argument("--minutes", type=_positive_float, help="wall-clock budget of this call")
+    p.add_argument("--out", help="run directory (default runs/<data name>)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (OUT/last)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from untok import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="untok", description="Train, evaluate and run language models over raw bytes.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"untok {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train a small model on the built-in corpus, report, sample")
+    p.add_argument("--minutes", type=_positive_float, default=3.0, help="training budget")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="byte stores: ingest and inspect corpora")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("ingest", help="write files, folders, JSONL, CSV, Parquet or "
+                            "stdin ('-') into a byte store")
+    p.add_argument("sources", nargs="+", help="files, folders, saved HF datasets, or -")
+    p.add_argument("-o", "--out", required=True, help="store name: writes OUT.bin/.idx/...")
+    p.add_argument("--glob", help="only files in folders matching this pattern, e.g. '*.txt'")
+    p.add_argument("--format", default="auto",
+                   choices=("auto", "text", "jsonl", "json", "csv", "tsv", "parquet", "hf"),
+                   help="input format (default: from the file extension)")
+    p.add_argument("--field", "--column", dest="field", default="text",
+                   help="JSON field or CSV/Parquet/dataset column with the text (default text)")
+    p.add_argument("--split", default="auto", choices=("auto", "document", "tail"),
+                   help="val split by whole documents or by the corpus tail (default: by "
+                   "document when there are at least 100)")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1, help="default 0.1")
+    p.add_argument("--val-bytes", type=_positive_int, help="exact val size (tail split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_ingest)
+    p = data_sub.add_parser("info", help="documents, bytes, UTF-8 validity, scripts, split")
+    p.add_argument("store", help="byte store name (or text file)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verify", action="store_true", help="re-hash the data")
+    p.set_defaults(func=cmd_data_info)
+
+    p = sub.add_parser("train", help="train a model (new or resumed)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="bits per byte and friends on held-out data")
+    p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
+    p.add_argument("--data", required=True, help="byte store, text file or folder")
+    p.add_argument("--split", default="val", choices=("val", "train", "all"))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--per-file", action="store_true", help="bpb per document")
+    p.add_argument("--max-bytes", type=_positive_int, help="score only the first N units")
+    p.add_argument("--stride", type=_positive_int, help="window stride (default context/2)")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="stream text from a model")
+    p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
+    p.add_argument("--prompt", help="text to continue")
+    p.add_argument("--prompt-file", help="read the prompt (raw bytes) from a file")
+    p.add_argument("--max-bytes", type=_nonnegative_int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=_nonnegative_int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass, 1 = off")
+    p.add_argument("--greedy", action="store_true", help="same as --temperature 0")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop after this string")
+    p.add_argument("--no-prompt", action="store_true", help="print only the continuation")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("presets", help="list model presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UntokError as exc:
+        print(f"untok: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("untok: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `untok generate ... | head`
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

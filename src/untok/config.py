@@ -1,0 +1,327 @@
+"""Configuration: frozen dataclasses, the preset registry, TOML recipes and overrides.
+
+A run is described by a :class:`RunConfig` with three sections, ``model``, ``train`` and
+``data``. It is resolved in layers, each overriding the one before::
+
+    defaults -> preset (``--preset`` or ``preset = ...`` in the recipe) -> recipe TOML
+             -> ``--set section.key=value`` overrides
+
+Unknown keys are errors that name the nearest valid key. The resolved config is saved in
+every checkpoint, so a run can always be rebuilt from its directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from untok.errors import ConfigError
+from untok.units import VOCAB_SIZE
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape of a byte model. ``mlp_hidden = 0`` picks 8/3 x dim rounded up to 64."""
+
+    family: str = "flat"
+    vocab_size: int = VOCAB_SIZE
+    context: int = 256  # training window in units; also the KV-cache length
+    dim: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    mlp_hidden: int = 0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return -(-int(self.dim * 8 / 3) // 64) * 64
+
+    def validate(self) -> None:
+        _check(self.dim > 0 and self.num_layers > 0 and self.num_heads > 0,
+               "model.dim, model.num_layers and model.num_heads must be positive")
+        _check(self.dim % self.num_heads == 0,
+               f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
+        _check(self.head_dim % 2 == 0, "model.dim / model.num_heads must be even (RoPE)")
+        _check(self.context >= 2, "model.context must be at least 2")
+        _check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+
+SCHEDULES = ("cosine", "constant", "warmup")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation, budget, evaluation and runtime settings.
+
+    Budgets: ``steps`` and ``bytes`` are totals for the whole run (a resumed run continues
+    towards them); ``minutes`` counts the wall-clock of one invocation. The first budget
+    reached stops the run; the learning-rate schedule spans the budget.
+    """
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    batch_size: int = 32
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    steps: int | None = None
+    bytes: int | None = None
+    minutes: float | None = None
+    eval_every: int = 250
+    eval_bytes: int | None = 262144  # val bytes scored at periodic evals; None = all
+    eval_stride: int | None = None  # None = context // 2
+    patience: int | None = None
+    log_every: int = 10
+    precision: str = "fp32"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 1337
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "train.lr must be positive")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]")
+        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")
+        _check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
+        _check(self.batch_size > 0 and self.grad_accum > 0,
+               "train.batch_size and train.grad_accum must be positive")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.eval_every > 0 and self.log_every > 0,
+               "train.eval_every and train.log_every must be positive")
+        for name in ("steps", "bytes", "minutes", "patience", "eval_bytes", "eval_stride"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.{name} must be positive when given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the bytes come from: a byte store, or a text file / folder ingested on the fly.
+
+    ``val_fraction`` / ``val_bytes`` only apply when ``path`` is ingested on the fly.
+    """
+
+    path: str = ""
+    val_fraction: float = 0.1
+    val_bytes: int | None = None
+
+    def validate(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.train.validate()
+        self.data.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+# Named presets: partial sections applied over the defaults. Parameter counts are for the
+# byte vocabulary; the token-free head and embedding are tied.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {  # unit tests: trains in a fraction of a second
+        "model": {"dim": 32, "num_layers": 2, "num_heads": 2, "context": 32},
+        "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
+                  "log_every": 1},
+    },
+    "small": {  # CPU demos: ~4.8M parameters
+        "model": {"dim": 256, "num_layers": 6, "num_heads": 8, "context": 256},
+        "train": {"batch_size": 32, "lr": 2e-3, "warmup_steps": 100},
+    },
+    "base": {  # ~25M parameters; a GPU or a patient CPU
+        "model": {"dim": 512, "num_layers": 8, "num_heads": 8, "context": 512},
+        "train": {"batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "eval_every": 1000},
+    },
+    "large": {  # ~120M parameters; GPUs
+        "model": {"dim": 768, "num_layers": 16, "num_heads": 12, "context": 1024},
+        "train": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 2000, "eval_every": 2000,
+                  "precision": "auto"},
+    },
+}
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _suggest(name: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation; ints pass as floats, strings are parsed."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if isinstance(value, str) and annotation is not str:
+        value = parse_value(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {getattr(annotation, '__name__', annotation)}, "
+                      f"got {value!r}")
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value the way TOML would (numbers, booleans, quoted strings)."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _section_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}.{key}'"
+                              f"{_suggest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts; unknown sections or keys are errors."""
+    sections = {}
+    for name, section in values.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown config section '{name}'{_suggest(name, SECTIONS)}")
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{name}' must be a table")
+        sections[name] = _section_from_dict(SECTIONS[name], section, name)
+    return RunConfig(**sections)
+
+
+def _merge(base: dict[str, dict], update: dict[str, dict]) -> dict[str, dict]:
+    merged = {name: dict(section) for name, section in base.items()}
+    for name, section in update.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{name}' must be a table")
+        merged.setdefault(name, {}).update(section)
+    return merged
+
+
+def preset(name: str) -> dict[str, dict[str, Any]]:
+    """The overrides of a named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'{_suggest(name, PRESETS)}; "
+                          f"presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe: an optional top-level ``preset`` plus section tables."""
+    path = Path(path)
+    try:
+        recipe = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
+    extra = set(recipe) - set(SECTIONS) - {"preset", "description"}
+    if extra:
+        key = sorted(extra)[0]
+        raise ConfigError(f"unknown key '{key}' in recipe {path}"
+                          f"{_suggest(key, [*SECTIONS, 'preset'])}")
+    return recipe
+
+
+def parse_overrides(assignments: typing.Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Turn ``["train.lr=3e-4", ...]`` into ``{"train": {"lr": 3e-4}}``."""
+    result: dict[str, dict[str, Any]] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override '{item}' must look like section.key=value "
+                              "(e.g. train.lr=3e-4)")
+        result.setdefault(section, {})[name] = parse_value(value.strip())
+    return result
+
+
+def resolve(*, preset_name: str | None = None, recipe: str | Path | None = None,
+            overrides: typing.Iterable[str] = (),
+            base: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Resolve defaults -> ``base`` -> preset -> recipe -> overrides into a valid config."""
+    layers: dict[str, dict] = _merge({}, base or {})
+    recipe_values = read_recipe(recipe) if recipe else {}
+    name = preset_name or recipe_values.get("preset")
+    if name:
+        layers = _merge(layers, preset(name))
+    layers = _merge(layers, {k: v for k, v in recipe_values.items() if k in SECTIONS})
+    layers = _merge(layers, parse_overrides(overrides))
+    return from_dict(layers).validate()
+
+
+def replace(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """A copy of ``config`` with some fields of some sections changed (checked)."""
+    values = _merge(config.to_dict(), sections)
+    return from_dict(values).validate()
+
+
+def save_json(config: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")

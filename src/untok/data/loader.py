@@ -1,0 +1,112 @@
+"""From a byte store to batches of ids.
+
+A split is read as one *unit stream*: every piece of a document is preceded by ``BOS``,
+and a piece that ends its document is followed by ``EOS``::
+
+    BOS d0 d0 d0 EOS BOS d1 d1 EOS BOS d2 ...
+
+The stream is never materialised: :meth:`UnitStream.gather` maps stream positions to bytes
+of the memory-mapped store on the fly, so a corpus larger than RAM costs no memory.
+
+Training draws windows at random positions from a seeded generator whose state is part of
+the checkpoint (exact resume). ``BOS`` is never a target (it is given, not predicted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from untok.data.store import ByteStore, Segments
+from untok.errors import DataError
+from untok.units import BOS, EOS, PAD
+
+
+class UnitStream:
+    """The ids of one split of a store, addressable by position."""
+
+    def __init__(self, store: ByteStore, split: str) -> None:
+        self.store = store
+        self.split = split
+        self.segments: Segments = store.segments(split)
+        sizes = 1 + self.segments.lengths + self.segments.ends_doc.astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])  # stream start of each piece
+        self.num_bytes = self.segments.num_bytes
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Ids (int64) at the given stream positions, any shape."""
+        flat = positions.reshape(-1)
+        piece = np.searchsorted(self.offsets, flat, side="right") - 1
+        offset = flat - self.offsets[piece] - 1  # -1: the BOS slot
+        length = self.segments.lengths[piece]
+        inside = (offset >= 0) & (offset < length)
+        where = np.where(inside, self.segments.starts[piece] + offset, 0)
+        ids = np.where(inside, self.store.data[where] if len(self.store.data) else 0,
+                       np.where(offset < 0, BOS, EOS)).astype(np.int64)
+        return ids.reshape(positions.shape)
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        return self.gather(np.arange(start, start + length, dtype=np.int64))
+
+    def piece_of(self, positions: np.ndarray) -> np.ndarray:
+        """Index of the piece (segment) each stream position falls in."""
+        return np.searchsorted(self.offsets, positions, side="right") - 1
+
+
+def targets_of(ids: torch.Tensor) -> torch.Tensor:
+    """Next-unit targets with ``BOS`` replaced by ``PAD`` (ignored by the loss)."""
+    return ids.masked_fill(ids == BOS, PAD)
+
+
+class TrainSampler:
+    """Random training windows of ``context + 1`` ids with a resumable generator."""
+
+    def __init__(self, stream: UnitStream, context: int, batch_size: int, seed: int) -> None:
+        if len(stream) < context + 1:
+            raise DataError(
+                f"the {stream.split} split of '{stream.store.name}' has {stream.num_bytes} "
+                f"bytes, fewer than one training window ({context + 1} units); use more data "
+                "or a smaller --set model.context=N")
+        self.stream = stream
+        self.context = context
+        self.batch_size = batch_size
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), both Long[B, context]."""
+        high = len(self.stream) - self.context  # last valid start, exclusive
+        starts = self.rng.integers(0, high, size=self.batch_size)
+        positions = starts[:, None] + np.arange(self.context + 1)[None, :]
+        ids = torch.from_numpy(self.stream.gather(positions))
+        return ids[:, :-1], targets_of(ids[:, 1:])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def eval_windows(length: int, context: int, stride: int) -> list[tuple[int, int]]:
+    """Deterministic evaluation windows over a stream of ``length`` ids.
+
+    Returns ``(start, first_scored)`` pairs: window ids are ``[start, start + context + 1)``
+    clipped to the stream, and only predictions of targets at ``>= first_scored`` count.
+    Every target (positions 1..length-1) is scored exactly once, with at least
+    ``context - stride`` units of history once the stream is long enough.
+    """
+    if not 0 < stride <= context:
+        raise DataError(f"eval stride must be in 1..{context}")
+    if length < 2:
+        return []
+    windows = [(0, 1)]
+    start = 0
+    while start + context + 1 < length:  # the last window does not reach the end yet
+        start += stride
+        windows.append((start, start + context - stride + 1))
+    return windows

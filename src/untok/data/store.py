@@ -1,0 +1,259 @@
+"""The byte store: a corpus on disk, read through memory maps.
+
+A store named ``NAME`` is four files side by side::
+
+    NAME.bin        raw bytes of every document, back to back (no separators)
+    NAME.idx        uint64 (start, length) per document
+    NAME.names      one line per document: where it came from (file path, record number)
+    NAME.meta.json  counts, sources, ingest options, split rule, SHA-256 of NAME.bin
+
+``NAME.meta.json`` is written last and renamed into place, so a store whose meta file
+exists is complete. Opening checks sizes against the meta file; ``verify()`` re-hashes.
+
+The train/val split is a deterministic rule stored in the meta file, not a copy of data:
+``document`` mode sends a document to val when a hash of its index falls below the val
+fraction (corpora of many documents); ``tail`` mode makes the last bytes of the
+concatenated corpus the val split (one or a few documents, e.g. a single book).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from untok.errors import DataError
+
+FORMAT_VERSION = 1
+SPLIT_MODES = ("auto", "document", "tail")
+MIN_DOCS_FOR_DOCUMENT_SPLIT = 100
+
+
+def store_paths(prefix: str | Path) -> dict[str, Path]:
+    """The files of the store ``prefix`` (a path without extension)."""
+    prefix = Path(prefix)
+    base = prefix.with_name(prefix.name.removesuffix(".meta.json"))
+    return {ext: base.with_name(base.name + "." + ext)
+            for ext in ("bin", "idx", "names", "meta.json")}
+
+
+def is_store(path: str | Path) -> bool:
+    return store_paths(path)["meta.json"].is_file()
+
+
+def _mix64(values: np.ndarray, seed: int) -> np.ndarray:
+    """SplitMix64 finaliser: a stable, well-spread hash of uint64 values."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def choose_split(lengths: np.ndarray, *, mode: str = "auto", val_fraction: float = 0.1,
+                 val_bytes: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The split rule for documents of the given lengths (stored in the meta file)."""
+    if mode not in SPLIT_MODES:
+        raise DataError(f"unknown split mode '{mode}'; use one of {SPLIT_MODES}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError("val fraction must be between 0 and 1 (exclusive)")
+    if mode == "auto":
+        many = len(lengths) >= MIN_DOCS_FOR_DOCUMENT_SPLIT and val_bytes is None
+        mode = "document" if many else "tail"
+    if mode == "document":
+        if val_bytes is not None:
+            raise DataError("--val-bytes needs the tail split; use --val-fraction instead")
+        return {"mode": "document", "val_fraction": val_fraction, "seed": seed}
+    total = int(lengths.sum())
+    if val_bytes is None:
+        val_bytes = total - int(total * (1.0 - val_fraction))
+    if not 0 < val_bytes < total:
+        raise DataError(f"val split of {val_bytes} bytes does not fit a corpus of {total} "
+                        "bytes; lower --val-bytes or --val-fraction")
+    return {"mode": "tail", "val_bytes": int(val_bytes)}
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Pieces of the store that form one split: ``starts``/``lengths`` index ``NAME.bin``,
+    ``ends_doc`` says whether the piece ends its document, ``docs`` its document index."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    ends_doc: np.ndarray
+    docs: np.ndarray
+
+    @property
+    def num_bytes(self) -> int:
+        return int(self.lengths.sum())
+
+
+class ByteStore:
+    """A read-only, memory-mapped byte store."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.paths = store_paths(path)
+        self.name = self.paths["bin"].with_suffix("").name
+        meta_path = self.paths["meta.json"]
+        if not meta_path.is_file():
+            raise DataError(f"no byte store at {meta_path.with_suffix('').with_suffix('')}: "
+                            f"{meta_path} is missing; create one with 'untok data ingest'")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"corrupt byte store meta file {meta_path}: {exc}") from None
+        if self.meta.get("format") != "untok-bytestore":
+            raise DataError(f"{meta_path} is not an untok byte store meta file")
+        if self.meta.get("version", 0) > FORMAT_VERSION:
+            raise DataError(f"{meta_path} was written by a newer untok; upgrade untok")
+        self.num_docs = int(self.meta["documents"])
+        self.num_bytes = int(self.meta["bytes"])
+        self._check_sizes()
+        self.index = self._map(self.paths["idx"], np.uint64).reshape(-1, 2)
+        self.data = self._map(self.paths["bin"], np.uint8)
+        self._segments: dict[str, Segments] = {}
+
+    def _check_sizes(self) -> None:
+        for ext, expected in (("bin", self.num_bytes), ("idx", 16 * self.num_docs)):
+            path = self.paths[ext]
+            if not path.is_file():
+                raise DataError(f"byte store file {path} is missing; re-run 'untok data ingest'")
+            if path.stat().st_size != expected:
+                raise DataError(f"byte store file {path} has {path.stat().st_size} bytes, "
+                                f"meta says {expected}: the store is corrupt or was "
+                                "modified; re-run 'untok data ingest'")
+
+    @staticmethod
+    def _map(path: Path, dtype: type) -> np.ndarray:
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r")
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.index[:, 0].astype(np.int64)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.index[:, 1].astype(np.int64)
+
+    def document(self, i: int) -> bytes:
+        start, length = (int(v) for v in self.index[i])
+        return bytes(self.data[start:start + length])
+
+    def names(self) -> list[str]:
+        path = self.paths["names"]
+        if not path.is_file():
+            return [f"doc{i}" for i in range(self.num_docs)]
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def val_mask(self) -> np.ndarray:
+        """Bool[num_docs]: documents that belong to val (document mode)."""
+        rule = self.meta["split"]
+        threshold = np.uint64(int(rule["val_fraction"] * 2**64) - 1)
+        return _mix64(np.arange(self.num_docs, dtype=np.uint64), rule["seed"]) < threshold
+
+    def segments(self, split: str) -> Segments:
+        """The pieces of ``split`` ('train', 'val' or 'all'), in corpus order."""
+        if split not in ("train", "val", "all"):
+            raise DataError(f"unknown split '{split}'; use train, val or all")
+        if split not in self._segments:
+            self._segments[split] = self._compute_segments(split)
+        return self._segments[split]
+
+    def _compute_segments(self, split: str) -> Segments:
+        starts, lengths = self.starts, self.lengths
+        docs = np.arange(self.num_docs, dtype=np.int64)
+        ends = np.ones(self.num_docs, dtype=bool)
+        rule = self.meta["split"]
+        if split == "all":
+            keep = lengths > 0
+        elif rule["mode"] == "document":
+            keep = (self.val_mask() == (split == "val")) & (lengths > 0)
+        else:
+            cut = self.num_bytes - rule["val_bytes"]
+            first_val = np.clip(cut - starts, 0, lengths)  # bytes of each doc before the cut
+            if split == "train":
+                lengths, ends = first_val, first_val == lengths
+            else:
+                starts, lengths = starts + first_val, lengths - first_val
+            keep = lengths > 0
+        return Segments(starts[keep], lengths[keep], ends[keep], docs[keep])
+
+    def split_bytes(self) -> dict[str, int]:
+        return {s: self.segments(s).num_bytes for s in ("train", "val")}
+
+    def verify(self) -> None:
+        """Re-hash ``NAME.bin`` and compare with the checksum in the meta file."""
+        digest = hashlib.sha256()
+        with open(self.paths["bin"], "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != self.meta["sha256"]:
+            raise DataError(f"checksum mismatch in {self.paths['bin']}: the store is corrupt")
+
+
+class StoreWriter:
+    """Streams documents into a new store; nothing appears under the final names until
+    :meth:`commit`, and an exception (or :meth:`abort`) leaves no files behind."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.paths = store_paths(path)
+        self.paths["bin"].parent.mkdir(parents=True, exist_ok=True)
+        suffix = f".tmp{os.getpid()}"
+        self._tmp = {ext: p.with_name(p.name + suffix) for ext, p in self.paths.items()}
+        self._bin = open(self._tmp["bin"], "wb")
+        self._idx = open(self._tmp["idx"], "wb")
+        self._names = open(self._tmp["names"], "w", encoding="utf-8")
+        self._digest = hashlib.sha256()
+        self.num_bytes = 0
+        self.num_docs = 0
+
+    def add(self, name: str, chunks: Any) -> int:
+        """Append one document given as an iterable of byte chunks; returns its length."""
+        start = self.num_bytes
+        for chunk in chunks:
+            self._bin.write(chunk)
+            self._digest.update(chunk)
+            self.num_bytes += len(chunk)
+        length = self.num_bytes - start
+        self._idx.write(np.array([start, length], dtype=np.uint64).tobytes())
+        self._names.write(name.replace("\n", " ") + "\n")
+        self.num_docs += 1
+        return length
+
+    def commit(self, meta: dict[str, Any], **split_options: Any) -> dict[str, Any]:
+        """Close the files, choose the split, write the meta file and rename everything
+        into place. ``split_options`` go to :func:`choose_split`. Returns the meta."""
+        for f in (self._bin, self._idx, self._names):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        lengths = np.fromfile(self._tmp["idx"], dtype=np.uint64).reshape(-1, 2)[:, 1]
+        split = choose_split(lengths.astype(np.int64), **split_options)
+        full_meta = {"format": "untok-bytestore", "version": FORMAT_VERSION,
+                     "documents": self.num_docs, "bytes": self.num_bytes,
+                     "sha256": self._digest.hexdigest(), "split": split, **meta}
+        self._tmp["meta.json"].write_text(json.dumps(full_meta, indent=2) + "\n")
+        self.paths["meta.json"].unlink(missing_ok=True)  # an old store stops looking valid
+        for ext in ("bin", "idx", "names", "meta.json"):  # meta last: it marks completion
+            os.replace(self._tmp[ext], self.paths[ext])
+        return full_meta
+
+    def abort(self) -> None:
+        for f in (self._bin, self._idx, self._names):
+            f.close()
+        for p in self._tmp.values():
+            p.unlink(missing_ok=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self.abort()

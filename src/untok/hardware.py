@@ -1,0 +1,101 @@
+"""Device, precision and throughput: the one place where hardware choices are made."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from untok.errors import ConfigError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` means CUDA when available, else Apple MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32).
+
+    ``auto`` picks bf16 on CUDA devices that support it and fp32 elsewhere (CPU bf16
+    autocast is usually slower than fp32 on CPUs without AMX).
+    """
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
+                        size: int = 2048, seconds: float = 1.0) -> float:
+    """Sustained FLOP/s of large square matmuls on ``device`` (the MFU denominator)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    rates = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rates) < 3:
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        rates.append(2 * size**3 / (time.perf_counter() - start))
+    rates.sort()
+    return rates[len(rates) // 2]
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Cached :func:`measure_matmul_peak` for this machine, device, dtype and thread count."""
+    from untok.data.ingest import cache_dir
+
+    key = f"{cpu_name()}|{device}|{dtype}|{torch.get_num_threads()}|{torch.__version__}"
+    path = cache_dir() / "matmul_peak.json"
+    table: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        table = json.loads(path.read_text())
+    if key not in table:
+        table[key] = measure_matmul_peak(device, dtype)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1))
+            os.replace(tmp, path)
+    return float(table[key])

@@ -1,0 +1,41 @@
+"""The ByteLM protocol that every causal byte model satisfies."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class ByteLM(Protocol):
+    """A causal model over units (bytes by default).
+
+    ``step`` over a prompt and then one unit at a time gives the same logits as ``forward``
+    over the whole sequence (to float tolerance) while the sequence fits the context.
+    """
+
+    config: Any
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Long[B, T] -> next-unit logits Float[B, T, V]."""
+        ...
+
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy in nats over targets that are not PAD (and where ``mask``)."""
+        ...
+
+    def new_state(self, batch_size: int) -> Any:
+        """An empty decoding state (caches) for ``batch_size`` sequences."""
+        ...
+
+    def step(self, state: Any, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Feed Long[B, n] new units; return their logits Float[B, n, V] and the state."""
+        ...
+
+    def num_params(self) -> int: ...
+
+    def flops_per_byte(self) -> float:
+        """Training FLOPs (forward + backward) per unit, for MFU."""
+        ...

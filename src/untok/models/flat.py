@@ -1,0 +1,104 @@
+"""The flat byte transformer: embeddings -> pre-norm blocks -> RMSNorm -> head.
+
+The baseline every other design in untok has to beat (DESIGN 5.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from untok.config import ModelConfig
+from untok.nn.attention import KVCache, rope_angles
+from untok.nn.blocks import TransformerBlock
+from untok.nn.embeddings import ByteEmbedding
+from untok.units import PAD
+
+
+@dataclass
+class FlatState:
+    """Decoding state: one KV cache per layer and the absolute position of the next unit."""
+
+    caches: list[KVCache]
+    position: int = 0
+
+
+class FlatLM(nn.Module):
+    """A decoder-only transformer over units, satisfying the ByteLM protocol."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed = ByteEmbedding(c.vocab_size, c.dim)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout)
+            for _ in range(c.num_layers))
+        self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
+        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding table with the head (again after ``to_empty``)."""
+        if self.config.tie_embeddings:
+            self.head.weight = self.embed.table.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every parameter (the model may have been built on the meta device)."""
+        residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+        for block in self.blocks:
+            for linear in block.residual_outputs():
+                nn.init.normal_(linear.weight, std=residual_std)
+
+    def _run(self, ids: torch.Tensor, start: int, caches: list[KVCache] | None) -> torch.Tensor:
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
+        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_base)
+        x = self.embed(ids)  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None if caches is None else caches[i])
+        return self.head(self.norm(x))  # (B, T, V)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._run(ids, 0, None)
+
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self(ids)
+        if mask is not None:
+            targets = targets.masked_fill(~mask, PAD)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=PAD)
+
+    def new_state(self, batch_size: int) -> FlatState:
+        c = self.config
+        weight = self.embed.table.weight
+        caches = [KVCache.empty(batch_size, c.num_heads, c.context, c.head_dim,
+                                weight.device, weight.dtype) for _ in range(c.num_layers)]
+        return FlatState(caches)
+
+    def step(self, state: FlatState, ids: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
+        logits = self._run(ids, state.position, state.caches)
+        state.position += ids.shape[1]
+        return logits, state
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_byte(self) -> float:
+        """6 x (matmul weights) + causal attention scores and mixing, forward + backward."""
+        c = self.config
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        attention = 6 * c.num_layers * c.context * c.dim  # 2 matmuls x T/2 keys x 2 x 3
+        return 6.0 * matmul + attention

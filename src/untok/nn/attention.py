@@ -1,0 +1,96 @@
+"""Causal multi-head self-attention with rotary position embeddings and a KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
+    """cos, sin (Float[T, head_dim/2]) for integer ``positions`` (Long[T]).
+
+    Angles are computed in float64 so that positions far past the training window (long
+    generations) keep their precision.
+    """
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64,
+                                      device=positions.device) / head_dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of ``x`` (B, H, T, d) by the given angles."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the units seen so far, for one layer."""
+
+    k: torch.Tensor  # (B, H, capacity, d)
+    v: torch.Tensor  # (B, H, capacity, d)
+    length: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
+              device: torch.device, dtype: torch.dtype) -> KVCache:
+        shape = (batch, heads, capacity, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype),
+                   torch.zeros(shape, device=device, dtype=dtype))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add ``n`` new keys/values (B, H, n, d); return all cached ones.
+
+        When the cache is full the oldest entries are dropped (a sliding window): RoPE makes
+        attention depend only on relative positions, so the remaining keys stay valid.
+        """
+        n, capacity = k.shape[2], self.k.shape[2]
+        if n > capacity:
+            raise ValueError(f"cannot add {n} units to a KV cache of {capacity}")
+        overflow = self.length + n - capacity
+        if overflow > 0:
+            keep = self.length - overflow
+            self.k[:, :, :keep] = self.k[:, :, overflow:self.length].clone()
+            self.v[:, :, :keep] = self.v[:, :, overflow:self.length].clone()
+            self.length = keep
+        self.k[:, :, self.length:self.length + n] = k
+        self.v[:, :, self.length:self.length + n] = v
+        self.length += n
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention through ``scaled_dot_product_attention`` (fused kernels)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            k, v = cache.append(k, v)  # (B, H, S, d), the new units last
+            mask = None
+            if T > 1:  # new unit i sees every cached unit and new units <= i
+                S = k.shape[2]
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))

@@ -1,0 +1,321 @@
+"""The training loop.
+
+The model code is single-device and knows nothing of precision or compilation: the
+trainer builds the model, applies ``torch.compile`` and autocast from outside, samples
+windows, steps AdamW with the schedule, logs, evaluates, checkpoints and stops.
+
+Resuming restores model, optimizer, RNGs and the data position, so a run stopped at step k
+and resumed to step n ends with the same weights as an uninterrupted n-step run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from untok import __version__
+from untok.config import RunConfig, from_dict
+from untok.data.ingest import open_data
+from untok.data.loader import TrainSampler, UnitStream
+from untok.errors import CheckpointError, ConfigError
+from untok.evaluate import LN2, evaluate_stream
+from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
+from untok.models import build_model
+from untok.train.checkpoint import (
+    read_optimizer_state,
+    read_train_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from untok.train.optim import lr_at, make_optimizer
+
+Callback = Callable[["Trainer"], None]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    bytes_seen: int
+    best_val_bpb: float | None
+    last_val_bpb: float | None
+    stop_reason: str
+    seconds: float
+
+
+def _budget_message() -> str:
+    return "give a training budget: --steps N, --bytes N or --minutes M " \
+           "(or train.steps / train.bytes / train.minutes in a recipe)"
+
+
+class Trainer:
+    """One training run writing to ``out`` (``out/last``, ``out/best``, ``metrics.jsonl``).
+
+    ``callbacks`` are called after every optimizer step with the trainer; setting
+    ``trainer.stop_requested = True`` stops the run cleanly with a checkpoint.
+    """
+
+    def __init__(self, config: RunConfig, out: str | Path, *, resume: str | Path | None = None,
+                 progress: bool = True, callbacks: Iterable[Callback] = ()) -> None:
+        config.validate()
+        t = config.train
+        if t.steps is None and t.bytes is None and t.minutes is None:
+            raise ConfigError(_budget_message())
+        if not config.data.path:
+            raise ConfigError("no training data: pass --data STORE_OR_TEXT_FILE")
+        self.config = config
+        self.out = Path(out)
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.device = pick_device(t.device)
+        self.dtype = autocast_dtype(t.precision, self.device)
+        self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
+                               val_bytes=config.data.val_bytes, progress=progress)
+        self.train_stream = UnitStream(self.store, "train")
+        self.val_stream = UnitStream(self.store, "val")
+        torch.manual_seed(t.seed)
+        self.model = build_model(config.model, self.device)
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.sampler = TrainSampler(self.train_stream, config.model.context, t.batch_size,
+                                    seed=t.seed)
+        self.units_per_step = t.batch_size * t.grad_accum * config.model.context
+        self.step = 0
+        self.bytes_seen = 0
+        self.best_val_bpb: float | None = None
+        self.last_val_bpb: float | None = None
+        self.evals_without_improvement = 0
+        self.seconds_before = 0.0  # training time of earlier invocations (resume)
+        self.stop_requested = False
+        self.last_eval_step = -1
+        if resume is not None:
+            self._restore(resume)
+        self.forward_model = torch.compile(self.model) if t.compile else self.model
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _train_state(self, elapsed: float) -> dict[str, Any]:
+        return {"step": self.step, "bytes_seen": self.bytes_seen,
+                "best_val_bpb": self.best_val_bpb, "last_val_bpb": self.last_val_bpb,
+                "evals_without_improvement": self.evals_without_improvement,
+                "seconds": self.seconds_before + elapsed, "sampler": self.sampler.state_dict(),
+                "seed": self.config.train.seed, "untok_version": __version__,
+                "data": {"name": self.store.name, "sha256": self.store.meta["sha256"]},
+                "run_config": self.config.to_dict()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore(self, path: str | Path) -> None:
+        from safetensors.torch import load_model
+
+        path = resolve_checkpoint(path)
+        state = read_train_state(path)
+        saved = from_dict(state["run_config"])
+        if saved.model != self.config.model:
+            raise CheckpointError(f"cannot resume {path} with a different model config; "
+                                  "change only train.* settings on resume")
+        if state["data"]["sha256"] != self.store.meta["sha256"]:
+            raise CheckpointError(f"{path} was trained on different data "
+                                  f"('{state['data']['name']}'); resume with the same --data")
+        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+        opt = read_optimizer_state(path)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        torch.set_rng_state(opt["torch_rng"])
+        if "cuda_rng" in opt and self.device.type == "cuda":
+            torch.cuda.set_rng_state(opt["cuda_rng"], self.device)
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        self.bytes_seen = state["bytes_seen"]
+        self.best_val_bpb = state["best_val_bpb"]
+        self.last_val_bpb = state["last_val_bpb"]
+        self.evals_without_improvement = state["evals_without_improvement"]
+        self.seconds_before = state["seconds"]
+
+    def save(self, name: str, elapsed: float) -> Path:
+        return save_checkpoint(self.out / name, self.model,
+                               train_state=self._train_state(elapsed),
+                               optimizer_state=self._optimizer_state(),
+                               metrics=self.metrics_path)
+
+    # -- budget --------------------------------------------------------------------------
+
+    @property
+    def total_steps(self) -> int | None:
+        """Step budget implied by ``steps`` and ``bytes`` (the smaller), if any."""
+        t = self.config.train
+        limits = [t.steps] if t.steps else []
+        if t.bytes:
+            limits.append(math.ceil(t.bytes / self.units_per_step))
+        return min(limits) if limits else None
+
+    def progress_fraction(self, elapsed: float) -> float:
+        t = self.config.train
+        fractions = []
+        if self.total_steps:
+            fractions.append(self.step / self.total_steps)
+        if t.minutes:
+            fractions.append(elapsed / (60 * t.minutes))
+        return max(fractions)
+
+    def budget_reached(self, elapsed: float) -> bool:
+        return self.progress_fraction(elapsed) >= 1.0
+
+    # -- loop ----------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train_step(self, lr: float) -> tuple[float, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; (loss in nats, grad norm)."""
+        t = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for _ in range(t.grad_accum):
+            inputs, targets = self.sampler.next_batch()
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with autocast(self.device, self.dtype):
+                loss = self.forward_model.loss(inputs, targets) / t.grad_accum
+            loss.backward()
+            total += loss.detach()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.bytes_seen += self.units_per_step
+        return float(total), float(norm)
+
+    def run_eval(self, max_bytes: int | None) -> float:
+        t = self.config.train
+        result = evaluate_stream(self.model, self.val_stream, stride=t.eval_stride,
+                                 max_bytes=max_bytes, batch_size=t.batch_size,
+                                 device=self.device, dtype=self.dtype)
+        self.last_val_bpb = result["bpb"]
+        return result["bpb"]
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stop_requested:  # second signal: stop now
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint and stopping "
+                       "(send again to stop at once)")
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def run(self) -> TrainResult:
+        """Train until the budget, early stopping or a stop request; return a summary."""
+        t = self.config.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        peak = matmul_peak(self.device)
+        flops_per_step = self.model.flops_per_byte() * self.units_per_step
+        previous_handlers = self._install_signal_handlers()
+        total = self.total_steps
+        bar = tqdm(total=total, initial=self.step if total else 0, disable=not self.progress,
+                   unit="step", dynamic_ncols=True, desc="train")
+        self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
+                  "device": str(self.device), "matmul_peak_flops": peak,
+                  "config": self.config.to_dict()})
+        started = time.perf_counter()
+        window_start, window_steps = started, 0
+        reason = "budget"
+        try:
+            while not self.budget_reached(time.perf_counter() - started):
+                elapsed = time.perf_counter() - started
+                lr = lr_at(t, self.step, self.progress_fraction(elapsed))
+                loss, grad_norm = self.train_step(lr)
+                window_steps += 1
+                if not math.isfinite(loss):
+                    reason = "diverged"
+                    tqdm.write(f"loss is {loss} at step {self.step}: stopping; lower "
+                               "train.lr or raise train.warmup_steps")
+                    break
+                now = time.perf_counter()
+                if self.step % t.log_every == 0:
+                    rate = window_steps * self.units_per_step / (now - window_start)
+                    mfu = rate / self.units_per_step * flops_per_step / peak
+                    window_start, window_steps = now, 0
+                    record = {"step": self.step, "loss_bpb": loss / LN2, "lr": lr,
+                              "grad_norm": grad_norm, "bytes_per_s": rate, "mfu": mfu,
+                              "bytes_seen": self.bytes_seen, "seconds": now - started}
+                    self.log(record)
+                    bar.set_postfix_str(f"bpb {loss / LN2:.3f} lr {lr:.2e} "
+                                        f"{rate / 1e3:.1f} kB/s mfu {mfu:.0%}")
+                if total:
+                    bar.update(1)
+                else:
+                    bar.set_description(f"train {self.step} steps, "
+                                        f"{(now - started) / 60:.1f}/{t.minutes:g} min")
+                    bar.refresh()
+                finished = self.budget_reached(now - started) or self.stop_requested
+                if self.step % t.eval_every == 0 or finished:
+                    if self.evaluate_and_save(t.eval_bytes, now - started, bar):
+                        reason = "early stop"
+                        break
+                    window_start, window_steps = time.perf_counter(), 0  # rate excludes eval
+                for callback in self.callbacks:
+                    callback(self)
+                if self.stop_requested:
+                    reason = "interrupted"
+                    break
+            if self.last_eval_step != self.step:
+                self.evaluate_and_save(t.eval_bytes, time.perf_counter() - started, bar)
+        finally:
+            bar.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        seconds = time.perf_counter() - started
+        self.log({"event": "end", "step": self.step, "reason": reason, "seconds": seconds,
+                  "best_val_bpb": self.best_val_bpb})
+        return TrainResult(self.out, self.step, self.bytes_seen, self.best_val_bpb,
+                           self.last_val_bpb, reason, seconds)
+
+    def evaluate_and_save(self, max_bytes: int | None, elapsed: float, bar: tqdm) -> bool:
+        """Evaluate, save ``best`` if improved and ``last``; True when patience runs out."""
+        t = self.config.train
+        self.last_eval_step = self.step
+        bpb = self.run_eval(max_bytes)
+        improved = self.best_val_bpb is None or bpb < self.best_val_bpb
+        if improved:
+            self.best_val_bpb = bpb
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        self.log({"event": "eval", "step": self.step, "val_bpb": bpb,
+                  "best_val_bpb": self.best_val_bpb, "seconds": elapsed})
+        bar.write(f"step {self.step}: val bpb {bpb:.4f}"
+                  f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
+        if improved:
+            self.save("best", elapsed)
+        self.save("last", elapsed)
+        return t.patience is not None and self.evals_without_improvement >= t.patience
+
+
+def train(config: RunConfig, out: str | Path, *, resume: str | Path | None = None,
+          progress: bool = True, callbacks: Iterable[Callback] = ()) -> TrainResult:
+    """Train a model as described by ``config``, writing checkpoints under ``out``."""
+    return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
