@@ -5,7 +5,7 @@ The public API::
     import untok
     model = untok.load("runs/books/best")            # any checkpoint directory
     text = untok.generate_text(model, "Once upon a time", max_bytes=200)
-    untok.train(untok.resolve(preset_name="tiny", overrides=["data.path=book.txt",
+    untok.fit(untok.resolve(preset_name="tiny", overrides=["data.path=book.txt",
                                                              "train.steps=100"]), "runs/x")
 """
 
@@ -17,12 +17,15 @@ from untok.errors import UntokError  # noqa: E402
 from untok.evaluate import evaluate  # noqa: E402
 from untok.generate import SamplerConfig, generate, generate_text  # noqa: E402
 from untok.models import ByteLM, build_model  # noqa: E402
-from untok.train import load, save_checkpoint, train  # noqa: E402
+from untok.train.checkpoint import load, save_checkpoint  # noqa: E402
+from untok.train.trainer import Trainer, TrainResult  # noqa: E402
+from untok.train.trainer import train as fit  # noqa: E402  (untok.train is the package)
 
 save = save_checkpoint
 
 __all__ = [
     "ByteLM", "ByteStore", "DataConfig", "ModelConfig", "RunConfig", "SamplerConfig",
-    "TrainConfig", "UntokError", "build_model", "evaluate", "generate", "generate_text",
-    "ingest", "load", "open_data", "resolve", "save", "save_checkpoint", "train",
+    "TrainConfig", "TrainResult", "Trainer", "UntokError", "build_model", "evaluate", "fit",
+    "generate", "generate_text", "ingest", "load", "open_data", "resolve", "save",
+    "save_checkpoint",
 ]

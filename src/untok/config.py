@@ -160,6 +160,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
                   "log_every": 1},
     },
+    "demo": {  # `untok demo`: ~0.8M parameters, learns fast on 2 CPU cores
+        "model": {"dim": 128, "num_layers": 4, "num_heads": 4, "context": 128},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 50, "eval_every": 200,
+                  "eval_bytes": 65536},
+    },
     "small": {  # CPU demos: ~4.8M parameters
         "model": {"dim": 256, "num_layers": 6, "num_heads": 8, "context": 256},
         "train": {"batch_size": 32, "lr": 2e-3, "warmup_steps": 100},

@@ -70,8 +70,9 @@ def choose_split(lengths: np.ndarray, *, mode: str = "auto", val_fraction: float
             raise DataError("--val-bytes needs the tail split; use --val-fraction instead")
         return {"mode": "document", "val_fraction": val_fraction, "seed": seed}
     total = int(lengths.sum())
-    if val_bytes is None:
-        val_bytes = total - int(total * (1.0 - val_fraction))
+    if val_bytes is None:  # at least one byte on each side when there are two
+        val_bytes = min(max(total - int(total * (1.0 - val_fraction)), 1), total - 1)
+        return {"mode": "tail", "val_bytes": max(val_bytes, 0)}
     if not 0 < val_bytes < total:
         raise DataError(f"val split of {val_bytes} bytes does not fit a corpus of {total} "
                         "bytes; lower --val-bytes or --val-fraction")

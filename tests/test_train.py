@@ -1,0 +1,129 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import untok.train.checkpoint as checkpoint_module
+from untok.config import resolve
+from untok.errors import CheckpointError, ConfigError
+from untok.train.checkpoint import load, read_train_state, save_checkpoint
+from untok.train.trainer import Trainer, train
+
+
+def tiny_config(data, *extra):
+    return resolve(preset_name="tiny", overrides=[f"data.path={str(data)!r}", *extra])
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_training_writes_best_last_and_metrics(store, tmp_path):
+    result = train(tiny_config(store.paths["bin"].with_suffix(""), "train.steps=20"),
+                   tmp_path / "run", progress=False)
+    assert result.step == 20 and result.stop_reason == "budget"
+    for name in ("best", "last"):
+        files = {p.name for p in (tmp_path / "run" / name).iterdir()}
+        assert {"config.json", "model.safetensors", "train_state.json", "optimizer.pt",
+                "metrics.jsonl"} <= files
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    evals = [r for r in lines if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [10, 20]
+    steps = [r for r in lines if "loss_bpb" in r]
+    assert steps[-1]["loss_bpb"] < steps[0]["loss_bpb"]
+    assert all(r["mfu"] > 0 and r["bytes_per_s"] > 0 for r in steps)
+    assert read_train_state(tmp_path / "run" / "last")["step"] == 20
+
+
+def test_resume_is_exact(text_file, tmp_path):
+    config = tiny_config(text_file, "train.steps=12", "train.eval_every=5",
+                         "model.dropout=0.1")
+    train(config, tmp_path / "straight", progress=False)
+
+    def stop_at_5(trainer):
+        if trainer.step == 5:
+            trainer.stop_requested = True
+
+    half = train(config, tmp_path / "resumed", progress=False, callbacks=[stop_at_5])
+    assert half.step == 5 and half.stop_reason == "interrupted"
+    resumed = train(config, tmp_path / "resumed", resume=tmp_path / "resumed" / "last",
+                    progress=False)
+    assert resumed.step == 12
+    a, b = weights(tmp_path / "straight" / "last"), weights(tmp_path / "resumed" / "last")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+
+
+def test_steps_budget_is_a_run_total(text_file, tmp_path):
+    train(tiny_config(text_file, "train.steps=4"), tmp_path / "r", progress=False)
+    again = train(tiny_config(text_file, "train.steps=6"), tmp_path / "r",
+                  resume=tmp_path / "r" / "last", progress=False)
+    assert again.step == 6
+
+
+def test_bytes_budget(text_file, tmp_path):
+    config = tiny_config(text_file, "train.bytes=1000")  # 4 x 32 units per step -> 8 steps
+    assert train(config, tmp_path / "r", progress=False).step == 8
+
+
+def test_early_stopping(text_file, tmp_path):
+    config = tiny_config(text_file, "train.steps=200", "train.eval_every=1",
+                         "train.patience=2", "train.lr=5.0", "train.warmup_steps=0",
+                         "train.grad_clip=100")
+    result = train(config, tmp_path / "r", progress=False)
+    assert result.stop_reason in ("early stop", "diverged") and result.step < 200
+
+
+def test_budget_is_required(text_file, tmp_path):
+    with pytest.raises(ConfigError, match="training budget"):
+        Trainer(resolve(preset_name="tiny", overrides=[f"data.path={str(text_file)!r}"]),
+                tmp_path / "r", progress=False)
+
+
+def test_resume_rejects_other_model(text_file, tmp_path):
+    train(tiny_config(text_file, "train.steps=2"), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="different model"):
+        train(tiny_config(text_file, "train.steps=4", "model.num_layers=3"), tmp_path / "r",
+              resume=tmp_path / "r" / "last", progress=False)
+
+
+def test_corrupt_and_mismatched_checkpoints(tiny_model, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not an untok checkpoint"):
+        load(tmp_path / "empty")
+    path = save_checkpoint(tmp_path / "c", tiny_model)
+    weights_file = path / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot load weights"):
+        load(path)
+    path = save_checkpoint(tmp_path / "d", tiny_model)
+    header = json.loads((path / "config.json").read_text())
+    header["model"]["dim"] = 64
+    (path / "config.json").write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match="cannot load weights"):
+        load(path)
+    (path / "config.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load(path)
+    header["model"]["family"] = "nope"
+    (path / "config.json").write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match="unknown model family"):
+        load(path)
+
+
+def test_checkpoint_write_is_atomic(tiny_model, tmp_path, monkeypatch):
+    good = save_checkpoint(tmp_path / "c", tiny_model)
+    before = (good / "model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_model", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "c", tiny_model)
+    assert (good / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c"], "no temporary directory left"
