@@ -169,7 +169,7 @@ def test_sampler_is_resumable(store):
     b = TrainSampler(stream, 16, 4, seed=99)
     b.load_state_dict(state)
     got = b.next_batch()
-    assert all((x == y).all() for x, y in zip(expected, got))
+    assert all((x == y).all() for x, y in zip(expected, got, strict=True))
     inputs, targets = got
     assert inputs.shape == targets.shape == (4, 16)
     assert (targets != BOS).all(), "BOS is given, never predicted"

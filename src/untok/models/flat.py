@@ -52,7 +52,7 @@ class FlatLM(nn.Module):
         """Initialise every parameter (the model may have been built on the meta device)."""
         residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
         for module in self.modules():
-            if isinstance(module, nn.Linear) or isinstance(module, nn.Embedding):
+            if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)

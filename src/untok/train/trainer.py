@@ -10,6 +10,7 @@ and resumed to step n ends with the same weights as an uninterrupted n-step run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -221,10 +222,8 @@ class Trainer:
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
         return previous
 
     def run(self) -> TrainResult:
