@@ -194,3 +194,13 @@ def test_eval_windows_score_every_target_once(length, context, stride):
         for t in targets:  # enough history where the stream allows
             assert t - start >= min(context - stride + 1, t)
     assert sorted(scored) == list(range(1, length))
+
+
+def test_saved_hf_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"content": ["first row", "second\nrow"]}).save_to_disk(
+        str(tmp_path / "hf"))
+    store = ingest([str(tmp_path / "hf")], tmp_path / "s", field="content", progress=False)
+    assert _docs(store) == [b"first row", b"second\nrow"]
+    with pytest.raises(DataError, match="no column 'text'"):
+        ingest([str(tmp_path / "hf")], tmp_path / "t", progress=False)

@@ -1,0 +1,35 @@
+# Every target bootstraps .venv itself. The CPU build of torch is installed first so that
+# pip never pulls a multi-GB CUDA build on machines without a GPU; set TORCH_SPEC to
+# choose another build (e.g. TORCH_SPEC=torch for the default wheel with CUDA).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+MINUTES ?= 3
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# .installed-EXTRAS marks a venv holding untok with those extras ("core" = none)
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" || $(BIN)/python -m pip install -q torch
+	$(BIN)/python -m pip install -q -e ".[$(subst core,,$*)]"
+	touch $@
+
+demo: $(VENV)/.installed-core
+	$(BIN)/untok demo --minutes $(MINUTES)
+
+test: $(VENV)/.installed-dev,data
+	$(BIN)/python -m pytest tests
+
+lint: $(VENV)/.installed-dev,data
+	$(BIN)/ruff check src tests bench
+
+bench: $(VENV)/.installed-dev,data
+	$(BIN)/python bench/core.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
