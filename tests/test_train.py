@@ -1,4 +1,8 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -68,12 +72,34 @@ def test_bytes_budget(text_file, tmp_path):
     assert train(config, tmp_path / "r", progress=False).step == 8
 
 
-def test_early_stopping(text_file, tmp_path):
-    config = tiny_config(text_file, "train.steps=200", "train.eval_every=1",
-                         "train.patience=2", "train.lr=5.0", "train.warmup_steps=0",
-                         "train.grad_clip=100")
+def test_early_stopping(text_file, tmp_path, monkeypatch):
+    scores = iter([3.0, 2.5, 2.6, 2.4, 2.45, 2.7, 2.1])
+    monkeypatch.setattr(Trainer, "run_eval", lambda self, max_bytes: next(scores))
+    config = tiny_config(text_file, "train.steps=100", "train.eval_every=1",
+                         "train.patience=2")
     result = train(config, tmp_path / "r", progress=False)
-    assert result.stop_reason in ("early stop", "diverged") and result.step < 200
+    assert result.stop_reason == "early stop"
+    assert result.step == 6 and result.best_val_bpb == 2.4
+    assert read_train_state(tmp_path / "r" / "best")["step"] == 4
+
+
+def test_sigint_saves_a_checkpoint(text_file, tmp_path):
+    out = tmp_path / "r"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "untok", "train", "--data", str(text_file), "--preset", "tiny",
+         "--steps", "1000000", "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.is_file() and "loss_bpb" in
+                                          metrics.read_text()):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "interrupted" in stdout
+    state = read_train_state(out / "last")
+    assert 0 < state["step"] < 1000000
 
 
 def test_budget_is_required(text_file, tmp_path):
@@ -127,3 +153,11 @@ def test_checkpoint_write_is_atomic(tiny_model, tmp_path, monkeypatch):
         save_checkpoint(tmp_path / "c", tiny_model)
     assert (good / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c"], "no temporary directory left"
+
+
+def test_bf16_autocast_and_accumulation(text_file, tmp_path):
+    config = tiny_config(text_file, "train.steps=3", "train.precision='bf16'",
+                         "train.grad_accum=2", "train.schedule='constant'")
+    result = train(config, tmp_path / "r", progress=False)
+    assert result.step == 3 and result.bytes_seen == 3 * 2 * 4 * 32
+    assert result.last_val_bpb is not None and result.last_val_bpb < 9

@@ -23,7 +23,7 @@ from untok.train.checkpoint import load
 from untok.train.trainer import train
 from untok.units import NUM_BYTES
 
-EVAL_BYTES = 262144
+EVAL_BYTES = 131072
 PROMPT = b"def "
 
 
@@ -65,9 +65,9 @@ def run_demo(minutes: float = 3.0, out: Path = Path("runs/demo"),
     print(f"\ntrained {result.step} steps on {result.bytes_seen / 1e6:.1f} MB in "
           f"{(time.perf_counter() - started) / 60:.1f} min")
     print(f"val bpb on {scores['bytes']:,} held-out bytes (lower is better):")
-    print(f"  untok   {scores['bpb']:.3f}")
+    print(f"  {'untok':10s}{scores['bpb']:.3f}")
     for name, bpb in baselines.items():
-        print(f"  {name:8s}{bpb:.3f}")
+        print(f"  {name:10s}{bpb:.3f}")
     sample = generate_text(model, PROMPT, max_bytes=300,
                            sampler=SamplerConfig(temperature=0.8, top_k=40), seed=0)
     print("\nsample (temperature 0.8, top-k 40):\n" + "-" * 60)

@@ -52,7 +52,7 @@ def sample_next(logits: torch.Tensor, sampler: SamplerConfig,
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 256,
              sampler: SamplerConfig | None = None, seed: int | None = None,
              stop: Iterable[str | bytes] = (), use_cache: bool = True) -> Iterator[bytes]:
