@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, SHARED, median, median_seconds, require, write_result
 
+from common import ROOT, SHARED, median, median_seconds, require, write_result
 from untok.config import replace, resolve
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, generate

@@ -166,12 +166,15 @@ class Trainer:
         fractions = []
         if self.total_steps:
             fractions.append(self.step / self.total_steps)
-        if t.minutes:
-            fractions.append(elapsed / (60 * t.minutes))
+        if t.minutes:  # a resumed run continues the curve over old time + new budget
+            fractions.append((self.seconds_before + elapsed)
+                             / (self.seconds_before + 60 * t.minutes))
         return max(fractions)
 
     def budget_reached(self, elapsed: float) -> bool:
-        return self.progress_fraction(elapsed) >= 1.0
+        t = self.config.train
+        steps_done = self.total_steps is not None and self.step >= self.total_steps
+        return steps_done or (t.minutes is not None and elapsed >= 60 * t.minutes)
 
     # -- loop ----------------------------------------------------------------------------
 
@@ -281,7 +284,7 @@ class Trainer:
                 if self.stop_requested:
                     reason = "interrupted"
                     break
-            if self.last_eval_step != self.step:
+            if self.last_eval_step != self.step and reason != "diverged":
                 self.evaluate_and_save(t.eval_bytes, time.perf_counter() - started, bar)
         finally:
             bar.close()
