@@ -161,3 +161,12 @@ def test_bf16_autocast_and_accumulation(text_file, tmp_path):
     result = train(config, tmp_path / "r", progress=False)
     assert result.step == 3 and result.bytes_seen == 3 * 2 * 4 * 32
     assert result.last_val_bpb is not None and result.last_val_bpb < 9
+
+
+def test_time_budget_schedule_continues_on_resume(text_file, tmp_path):
+    trainer = Trainer(tiny_config(text_file, "train.minutes=1"), tmp_path / "r",
+                      progress=False)
+    assert trainer.progress_fraction(30) == pytest.approx(0.5)
+    trainer.seconds_before = 60.0  # one minute trained by an earlier invocation
+    assert trainer.progress_fraction(30) == pytest.approx(90 / 120)
+    assert not trainer.budget_reached(59) and trainer.budget_reached(60)

@@ -41,7 +41,7 @@ class UnitStream:
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """Ids (int64) at the given stream positions, any shape."""
         flat = positions.reshape(-1)
-        piece = np.searchsorted(self.offsets, flat, side="right") - 1
+        piece = self.piece_of(flat)
         offset = flat - self.offsets[piece] - 1  # -1: the BOS slot
         length = self.segments.lengths[piece]
         inside = (offset >= 0) & (offset < length)

@@ -237,8 +237,14 @@ class Trainer:
         flops_per_step = self.model.flops_per_byte() * self.units_per_step
         previous_handlers = self._install_signal_handlers()
         total = self.total_steps
-        bar = tqdm(total=total, initial=self.step if total else 0, disable=not self.progress,
-                   unit="step", dynamic_ncols=True, desc="train")
+        if total:  # a step budget: the bar counts steps
+            bar = tqdm(total=total, initial=self.step, disable=not self.progress,
+                       unit="step", dynamic_ncols=True, desc="train")
+        else:  # a time budget: the bar counts seconds
+            bar = tqdm(total=round(60 * t.minutes), disable=not self.progress, unit="s",
+                       dynamic_ncols=True, desc=f"train step {self.step}",
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+                                  "{postfix}")
         self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
                   "device": str(self.device), "matmul_peak_flops": peak,
                   "config": self.config.to_dict()})
@@ -270,9 +276,8 @@ class Trainer:
                 if total:
                     bar.update(1)
                 else:
-                    bar.set_description(f"train {self.step} steps, "
-                                        f"{(now - started) / 60:.1f}/{t.minutes:g} min")
-                    bar.refresh()
+                    bar.set_description(f"train step {self.step}", refresh=False)
+                    bar.update(min(round(now - started), bar.total) - bar.n)
                 finished = self.budget_reached(now - started) or self.stop_requested
                 if self.step % t.eval_every == 0 or finished:
                     if self.evaluate_and_save(t.eval_bytes, now - started, bar):
