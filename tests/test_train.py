@@ -170,3 +170,15 @@ def test_time_budget_schedule_continues_on_resume(text_file, tmp_path):
     trainer.seconds_before = 60.0  # one minute trained by an earlier invocation
     assert trainer.progress_fraction(30) == pytest.approx(90 / 120)
     assert not trainer.budget_reached(59) and trainer.budget_reached(60)
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_weights(text_file, tmp_path):
+    """torch.compile is applied by the trainer; checkpoints stay loadable uncompiled."""
+    config = tiny_config(text_file, "train.steps=2", "train.compile=true")
+    plain = train(tiny_config(text_file, "train.steps=2"), tmp_path / "plain", progress=False)
+    compiled = train(config, tmp_path / "compiled", progress=False)
+    assert compiled.last_val_bpb == pytest.approx(plain.last_val_bpb, abs=1e-3)
+    model = load(tmp_path / "compiled" / "last")
+    assert not any("_orig_mod" in k for k in weights(tmp_path / "compiled" / "last"))
+    assert model.num_params() > 0

@@ -99,7 +99,8 @@ class Trainer:
         self.last_eval_step = -1
         if resume is not None:
             self._restore(resume)
-        self.forward_model = torch.compile(self.model) if t.compile else self.model
+        if t.compile:  # compiles __call__ in place: loss() and eval go through it too,
+            self.model.compile()  # and the state dict keeps its plain names
 
     # -- state ---------------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class Trainer:
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             with autocast(self.device, self.dtype):
-                loss = self.forward_model.loss(inputs, targets) / t.grad_accum
+                loss = self.model.loss(inputs, targets) / t.grad_accum
             loss.backward()
             total += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
