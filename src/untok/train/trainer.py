@@ -235,7 +235,7 @@ class Trainer:
         t = self.config.train
         self.out.mkdir(parents=True, exist_ok=True)
         peak = matmul_peak(self.device)
-        flops_per_step = self.model.flops_per_byte() * self.units_per_step
+        flops_per_byte = self.model.flops_per_byte()
         previous_handlers = self._install_signal_handlers()
         total = self.total_steps
         if total:  # a step budget: the bar counts steps
@@ -266,7 +266,7 @@ class Trainer:
                 now = time.perf_counter()
                 if self.step % t.log_every == 0:
                     rate = window_steps * self.units_per_step / (now - window_start)
-                    mfu = rate / self.units_per_step * flops_per_step / peak
+                    mfu = rate * flops_per_byte / peak
                     window_start, window_steps = now, 0
                     record = {"step": self.step, "loss_bpb": loss / LN2, "lr": lr,
                               "grad_norm": grad_norm, "bytes_per_s": rate, "mfu": mfu,
