@@ -22,13 +22,13 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-core
 	$(BIN)/untok demo --minutes $(MINUTES)
 
-test: $(VENV)/.installed-dev,data
+test: $(VENV)/.installed-dev,data,bench
 	$(BIN)/python -m pytest tests
 
 lint: $(VENV)/.installed-dev,data
 	$(BIN)/ruff check src tests bench
 
-bench: $(VENV)/.installed-dev,data
+bench: $(VENV)/.installed-dev,data,bench
 	$(BIN)/python bench/core.py
 
 clean:

@@ -19,7 +19,8 @@ from untok import __version__
 from untok.hardware import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+# tests point this elsewhere so that smoke runs never overwrite the published results
+RESULTS = Path(os.environ.get("UNTOK_BENCH_RESULTS", ROOT / "bench" / "results"))
 SHARED = ROOT.parent / "shared" / "data"
 
 

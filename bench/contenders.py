@@ -72,5 +72,15 @@ class Stepper:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (Linux reports KB)."""
+    """Peak resident memory of this process so far, in MB.
+
+    Linux: ``VmHWM`` of this address space. Not ``ru_maxrss``, which Linux carries over
+    from the parent across fork + exec, so a worker would report its parent's peak.
+    """
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -78,8 +78,7 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         a @ b
         synchronize(device)
         rates.append(2 * size**3 / (time.perf_counter() - start))
-    rates.sort()
-    return rates[len(rates) // 2]
+    return max(rates)  # the peak: on a shared machine the slower runs measure neighbours
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> float:

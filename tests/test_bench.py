@@ -1,0 +1,49 @@
+"""Smoke tests: every benchmark script runs with a tiny budget and records every field.
+The figures themselves are not asserted (speed is measured in benchmarks, not tests)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(tmp_path, script, *args):
+    pytest.importorskip("transformers")
+    if not (SHARED / "enwik8-4M").is_file():
+        pytest.skip("reference corpora missing")
+    env = {**os.environ, "UNTOK_BENCH_RESULTS": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / script.replace(".py", ".json")).read_text())
+    assert {"machine", "command", "figures", "date"} <= set(record)
+    assert {"cpu", "cores", "torch", "untok"} <= set(record["machine"])
+    assert (tmp_path / script.replace(".py", ".md")).read_text().startswith("|")
+    return record["figures"]
+
+
+@pytest.mark.slow
+def test_train_speed_smoke(tmp_path):
+    figures = run_bench(tmp_path, "train_speed.py", "--shapes", "tiny", "--repeats", "1",
+                        "--steps", "1")
+    row = figures["shapes"]["tiny"]
+    for name in ("untok", "transformers-gpt2"):
+        assert {"bytes_per_s", "bytes_per_s_runs", "mfu", "peak_rss_mb"} <= set(row[name])
+    assert row["ratio"] > 0 and figures["matmul_peak_flops"] > 0
+
+
+@pytest.mark.slow
+def test_generate_speed_smoke(tmp_path):
+    figures = run_bench(tmp_path, "generate_speed.py", "--bytes", "8", "--repeats", "1",
+                        "--context", "64")
+    for name in ("untok", "transformers-gpt2"):
+        assert {"bytes_per_s", "latency_ms_p50", "latency_ms_p90", "peak_rss_mb"} <= \
+            set(figures[name])
+    assert figures["ratio"] > 0
