@@ -47,3 +47,14 @@ def test_generate_speed_smoke(tmp_path):
         assert {"bytes_per_s", "latency_ms_p50", "latency_ms_p90", "peak_rss_mb"} <= \
             set(figures[name])
     assert figures["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_quality_smoke(tmp_path):
+    figures = run_bench(tmp_path, "quality.py", "--budget-minutes", "0.05")
+    for name in ("untok", "bpe"):
+        assert {"val_bpb", "val_bytes", "steps", "params"} <= set(figures[name])
+        assert figures["curves"][name], "a curve point at least at the end"
+    assert set(figures["compressors"]) == {"gzip -9", "bzip2 -9", "xz -9e", "zstd -19",
+                                           "xz -9e | train", "zstd -19 --long | train"}
+    assert (tmp_path / "quality.png").stat().st_size > 1000
