@@ -28,8 +28,13 @@ test: $(VENV)/.installed-dev,data,bench
 lint: $(VENV)/.installed-dev,data
 	$(BIN)/ruff check src tests bench
 
+# the whole suite with short budgets (about 20 minutes on 2 cores); run a script alone
+# with --budget-minutes / --train-minutes for full runs
 bench: $(VENV)/.installed-dev,data,bench
-	$(BIN)/python bench/core.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/generate_speed.py
+	$(BIN)/python bench/quality.py --budget-minutes 3
+	$(BIN)/python bench/core.py --train-minutes 3
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

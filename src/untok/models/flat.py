@@ -61,12 +61,24 @@ class FlatLM(nn.Module):
                 nn.init.normal_(linear.weight, std=residual_std)
 
     def _run(self, ids: torch.Tensor, start: int, caches: list[KVCache] | None) -> torch.Tensor:
-        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
-        cos, sin = rope_angles(positions, self.config.head_dim, self.config.rope_base)
+        cos, sin = self._rope(start, start + ids.shape[1], ids.device)
         x = self.embed(ids)  # (B, T, D)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if caches is None else caches[i])
         return self.head(self.norm(x))  # (B, T, V)
+
+    def _rope(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+        """RoPE cos/sin for positions [start, end), from a table grown on demand (a plain
+        attribute, not a buffer: it is derived, never saved)."""
+        table = getattr(self, "_rope_table", None)
+        if table is None or table[0].shape[0] < end or table[0].device != device:
+            grown = 2 * table[0].shape[0] if table is not None else 0  # doubling: O(1)
+            size = max(end, grown, 2 * self.config.context)  # amortised for long generation
+            positions = torch.arange(size, device=device)
+            table = rope_angles(positions, self.config.head_dim, self.config.rope_base)
+            self._rope_table = table
+        return table[0][start:end], table[1][start:end]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self._run(ids, 0, None)

@@ -32,7 +32,7 @@ class TransformerBlock(nn.Module):
         self.attn = CausalSelfAttention(dim, num_heads, dropout)
         self.mlp_norm = nn.RMSNorm(dim, eps=eps)
         self.mlp = SwiGLU(dim, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:

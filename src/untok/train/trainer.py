@@ -244,7 +244,7 @@ class Trainer:
         else:  # a time budget: the bar counts seconds
             bar = tqdm(total=round(60 * t.minutes), disable=not self.progress, unit="s",
                        dynamic_ncols=True, desc=f"train step {self.step}",
-                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+                       bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
                                   "{postfix}")
         self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
                   "device": str(self.device), "matmul_peak_flops": peak,
