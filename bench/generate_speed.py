@@ -1,6 +1,8 @@
 """Generation speed at batch 1: untok (KV cache) vs Hugging Face ``generate(use_cache=True)``.
 
-Same shape (the ``small`` preset, context raised to 1024 so that 512 new bytes fit GPT-2's
+Contenders: untok eager, untok with its decoding step compiled (``compile_decoding``; the
+one-off compile time is reported separately) and transformers eager. Same shape (the
+``small`` preset, context raised to 1024 so that 512 new bytes fit GPT-2's
 learned positions), same prompt, greedy decoding, 512 new bytes; A B alternation, medians
 of bytes/s and per-byte latency (p50, p90), and peak resident memory of each contender
 generating in a fresh subprocess. Weights are random: speed does not depend on them.
@@ -22,7 +24,7 @@ import torch
 
 from common import median, write_result
 from contenders import gpt2_model, peak_rss_mb, shape, untok_model
-from untok.generate import SamplerConfig, generate
+from untok.generate import SamplerConfig, compile_decoding, generate
 
 PROMPT = b"The quick brown fox jumps over the lazy dog. "
 
@@ -54,13 +56,18 @@ def untok_generate(model: torch.nn.Module, num_bytes: int) -> list[float]:
     return stamps
 
 
+def compiled_untok_model(config) -> torch.nn.Module:
+    return compile_decoding(untok_model(config))
+
+
 RUNNERS = {"untok": (untok_model, untok_generate),
+           "untok-compiled": (compiled_untok_model, untok_generate),
            "transformers-gpt2": (gpt2_model, gpt2_generate)}
 
 
-def build(name: str, context: int) -> torch.nn.Module:
+def build(name: str, preset: str, context: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = dataclasses.replace(shape("small"), context=context)
+    config = dataclasses.replace(shape(preset), context=context)
     return RUNNERS[name][0](config).eval()
 
 
@@ -72,9 +79,9 @@ def measure(name: str, model: torch.nn.Module, num_bytes: int) -> dict:
     return {"seconds": seconds, "bytes": len(stamps) - 1, "latencies_ms": gaps}
 
 
-def memory_of(name: str, num_bytes: int, context: int) -> float:
-    result = subprocess.run([sys.executable, __file__, "--worker", name, "--bytes",
-                             str(num_bytes), "--context", str(context)],
+def memory_of(name: str, preset: str, num_bytes: int, context: int) -> float:
+    result = subprocess.run([sys.executable, __file__, "--worker", name, "--shape", preset,
+                             "--bytes", str(num_bytes), "--context", str(context)],
                             capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
@@ -83,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bytes", type=int, default=512, help="new bytes per generation")
+    parser.add_argument("--shape", default="small", help="untok preset giving the shape")
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-minutes", type=float, default=0.0,
@@ -90,19 +98,19 @@ def main() -> None:
     parser.add_argument("--worker", choices=list(RUNNERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        measure(args.worker, build(args.worker, args.context), args.bytes)
+        measure(args.worker, build(args.worker, args.shape, args.context), args.bytes)
         print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
         return
 
-    models = {name: build(name, args.context) for name in RUNNERS}
-    for name, model in models.items():  # warm-up
-        measure(name, model, 16)
+    models = {name: build(name, args.shape, args.context) for name in RUNNERS}
+    warmup_seconds = {name: measure(name, model, 16)["seconds"]  # includes compiling
+                      for name, model in models.items()}
     runs: dict[str, list[dict]] = {name: [] for name in models}
     deadline = time.perf_counter() + 60 * args.budget_minutes
     while len(runs["untok"]) < args.repeats or time.perf_counter() < deadline:
         for name, model in models.items():  # A B A B ...
             runs[name].append(measure(name, model, args.bytes))
-    figures: dict = {"bytes": args.bytes, "context": args.context, "shape": "small"}
+    figures: dict = {"bytes": args.bytes, "context": args.context, "shape": args.shape}
     for name, results in runs.items():
         assert all(r["bytes"] == args.bytes for r in results), f"{name} stopped early"
         latencies = np.concatenate([r["latencies_ms"] for r in results])
@@ -110,18 +118,23 @@ def main() -> None:
         figures[name] = {"bytes_per_s": median(rates), "bytes_per_s_runs": rates,
                          "latency_ms_p50": float(np.percentile(latencies, 50)),
                          "latency_ms_p90": float(np.percentile(latencies, 90)),
-                         "peak_rss_mb": memory_of(name, args.bytes, args.context)}
-    figures["ratio"] = figures["untok"]["bytes_per_s"] / \
-        figures["transformers-gpt2"]["bytes_per_s"]
-    rows = ["| contender | bytes/s | p50 ms/byte | p90 ms/byte | peak RSS |",
-            "|---|---|---|---|---|"]
+                         "warmup_seconds": warmup_seconds[name],
+                         "peak_rss_mb": memory_of(name, args.shape, args.bytes,
+                                                  args.context)}
+    baseline = figures["transformers-gpt2"]["bytes_per_s"]
+    figures["ratio"] = figures["untok"]["bytes_per_s"] / baseline
+    figures["ratio_compiled"] = figures["untok-compiled"]["bytes_per_s"] / baseline
+    rows = ["| contender | bytes/s | vs transformers | p50 ms/byte | p90 ms/byte | "
+            "first call (16 bytes) | peak RSS |", "|---|---|---|---|---|---|---|"]
     for name in RUNNERS:
         f = figures[name]
-        rows.append(f"| {name} | {f['bytes_per_s']:,.0f} | {f['latency_ms_p50']:.2f} | "
-                    f"{f['latency_ms_p90']:.2f} | {f['peak_rss_mb']:.0f} MB |")
-    rows.append(f"\nuntok / transformers: **{figures['ratio']:.2f}x** bytes/s "
-                f"(batch 1, greedy, {args.bytes} new bytes, `small` shape with context "
-                f"{args.context}, medians of {len(runs['untok'])} alternating runs).")
+        rows.append(f"| {name} | {f['bytes_per_s']:,.0f} | "
+                    f"**{f['bytes_per_s'] / baseline:.2f}x** | {f['latency_ms_p50']:.2f} | "
+                    f"{f['latency_ms_p90']:.2f} | {f['warmup_seconds']:.1f} s | "
+                    f"{f['peak_rss_mb']:.0f} MB |")
+    rows.append(f"\nBatch 1, greedy, {args.bytes} new bytes, `{args.shape}` shape, context "
+                f"{args.context}, medians of {len(runs['untok'])} alternating runs; the "
+                "first call of untok-compiled includes compiling its decoding step.")
     table = "\n".join(rows)
     print(table)
     print(f"wrote {write_result('generate_speed', figures, table)}")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -78,7 +80,7 @@ def test_step_in_chunks_equals_forward(tiny_model):
 
 
 def test_cache_slides_past_the_context(tiny_model):
-    """Past the context the cache keeps the last `context` units (RoPE is relative)."""
+    """Past the context the cache keeps the last `context` units."""
     ids = torch.randint(0, 256, (1, 80))
     with torch.no_grad():
         state = tiny_model.new_state(1)
@@ -86,6 +88,24 @@ def test_cache_slides_past_the_context(tiny_model):
             logits, state = tiny_model.step(state, ids[:, i:i + 1])
     assert state.caches[0].length == TINY.context
     assert state.position == 80 and torch.isfinite(logits).all()
+
+
+def test_sliding_window_is_exact_for_one_layer():
+    """With one layer the cache holds exactly the window's keys (RoPE is relative), so
+    every step past the context equals a forward over the last `context` units. (Deeper
+    layers cache keys computed from units that have since left the window.)"""
+    config = dataclasses.replace(TINY, num_layers=1)
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.init_weights()
+    C = config.context
+    ids = torch.randint(0, 256, (1, 3 * C))
+    with torch.no_grad():
+        state = model.new_state(1)
+        for i in range(3 * C):
+            logits, state = model.step(state, ids[:, i:i + 1])
+            window = model(ids[:, max(0, i + 1 - C):i + 1])[:, -1]
+            torch.testing.assert_close(logits[:, -1], window, atol=1e-4, rtol=1e-4)
 
 
 def test_save_load_round_trip(tiny_model, tmp_path):

@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
 from untok.errors import ConfigError
-from untok.generate import SamplerConfig, generate_text, sample_next
+from untok.generate import SamplerConfig, compile_decoding, generate_text, sample_next
 from untok.units import BOS, EOS, PAD
 
 
@@ -97,6 +99,17 @@ def test_long_prompt_and_generation_past_context(tiny_model):
     out = generate_text(tiny_model, prompt, max_bytes=60, sampler=SamplerConfig(top_k=5),
                         seed=0)
     assert len(out) == 60
+
+
+@pytest.mark.slow
+def test_compiled_decoding_matches_eager(tiny_model):
+    greedy = SamplerConfig(temperature=0)
+    prompt = b"compiled decoding "
+    eager = generate_text(tiny_model, prompt, max_bytes=48, sampler=greedy)
+    compiled = compile_decoding(copy.deepcopy(tiny_model))
+    assert generate_text(compiled, prompt, max_bytes=48, sampler=greedy) == eager
+    assert generate_text(compiled, b"x", max_bytes=8, sampler=greedy) == \
+        generate_text(tiny_model, b"x", max_bytes=8, sampler=greedy)
 
 
 def test_invalid_utf8_prompt_is_fine(tiny_model):

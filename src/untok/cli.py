@@ -172,7 +172,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from untok.generate import SamplerConfig, generate
+    from untok.generate import SamplerConfig, compile_decoding, generate
     from untok.hardware import pick_device
     from untok.train.checkpoint import load
     from untok.units import StreamDecoder, to_bytes
@@ -189,6 +189,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     temperature = 0.0 if args.greedy else args.temperature
     sampler = SamplerConfig(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
     model = load(args.checkpoint, pick_device(args.device))
+    if args.compile:
+        compile_decoding(model)
     stream = generate(model, prompt, max_bytes=args.max_bytes, sampler=sampler,
                       seed=args.seed, stop=[to_bytes(s) for s in args.stop])
     decoder = StreamDecoder()
@@ -308,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=[], help="stop after this string")
     p.add_argument("--no-prompt", action="store_true", help="print only the continuation")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoding step first (slow start, faster long outputs)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
 

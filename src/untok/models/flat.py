@@ -60,17 +60,29 @@ class FlatLM(nn.Module):
             for linear in block.residual_outputs():
                 nn.init.normal_(linear.weight, std=residual_std)
 
-    def _run(self, ids: torch.Tensor, start: int, caches: list[KVCache] | None) -> torch.Tensor:
-        cos, sin = self._rope(start, start + ids.shape[1], ids.device)
+    def _run(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+             caches: list[KVCache] | None = None,
+             positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits Float[B, T, V] for ``ids`` Long[B, T] given their RoPE angles."""
         x = self.embed(ids)  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if caches is None else caches[i])
-        return self.head(self.norm(x))  # (B, T, V)
+            x = block(x, cos, sin, None if caches is None else caches[i], positions)
+        return self.head(self.norm(x))
 
-    def _rope(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-        """RoPE cos/sin for positions [start, end), from a table grown on demand (a plain
-        attribute, not a buffer: it is derived, never saved)."""
+    def _cached(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
+                sin_table: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """Logits for ``ids`` at ``positions`` (Long[T]), reading and filling ``caches``."""
+        return self._run(ids, cos_table[positions], sin_table[positions], caches, positions)
+
+    def decode_one(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
+                   sin_table: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """``_cached`` for one new unit per sequence: tensors only and static shapes, the
+        function :func:`untok.generate.compile_decoding` compiles."""
+        return self._cached(ids, positions, cos_table, sin_table, caches)
+
+    def _rope(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin tables Float[S, d/2] covering positions [0, end), grown on demand
+        (a plain attribute, not a buffer: it is derived, never saved)."""
         table = getattr(self, "_rope_table", None)
         if table is None or table[0].shape[0] < end or table[0].device != device:
             grown = 2 * table[0].shape[0] if table is not None else 0  # doubling: O(1)
@@ -78,10 +90,12 @@ class FlatLM(nn.Module):
             positions = torch.arange(size, device=device)
             table = rope_angles(positions, self.config.head_dim, self.config.rope_base)
             self._rope_table = table
-        return table[0][start:end], table[1][start:end]
+        return table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._run(ids, 0, None)
+        cos, sin = self._rope(ids.shape[1], ids.device)
+        T = ids.shape[1]
+        return self._run(ids, cos[:T], sin[:T])
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,8 +113,14 @@ class FlatLM(nn.Module):
         return FlatState(caches)
 
     def step(self, state: FlatState, ids: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
-        logits = self._run(ids, state.position, state.caches)
-        state.position += ids.shape[1]
+        start, end = state.position, state.position + ids.shape[1]
+        cos, sin = self._rope(end, ids.device)
+        positions = torch.arange(start, end, device=ids.device)
+        run = self.decode_one if ids.shape[1] == 1 else self._cached
+        logits = run(ids, positions, cos, sin, state.caches)
+        for cache in state.caches:
+            cache.length = min(cache.length + ids.shape[1], self.config.context)
+        state.position = end
         return logits, state
 
     def num_params(self) -> int:

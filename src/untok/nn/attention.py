@@ -32,38 +32,42 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Keys and values of the units seen so far, for one layer."""
+    """Keys and values of the last ``capacity`` units, for one layer: a ring buffer.
+
+    Unit ``p`` lives in slot ``p % capacity``; keys are stored already rotated (RoPE), so
+    attention needs no reordering and dropping the oldest unit costs nothing. Shapes never
+    change while decoding, which lets a compiled decode step run without recompiling.
+    """
 
     k: torch.Tensor  # (B, H, capacity, d)
     v: torch.Tensor  # (B, H, capacity, d)
-    length: int = 0
+    positions: torch.Tensor  # Long[capacity]: the unit held by each slot, -1 if empty
+    length: int = 0  # slots filled
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
               device: torch.device, dtype: torch.dtype) -> KVCache:
         shape = (batch, heads, capacity, head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype),
-                   torch.zeros(shape, device=device, dtype=dtype))
+                   torch.zeros(shape, device=device, dtype=dtype),
+                   torch.full((capacity,), -1, dtype=torch.long, device=device))
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add ``n`` new keys/values (B, H, n, d); return all cached ones.
+    def append(self, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store ``n`` new keys/values (B, H, n, d) for units at ``positions`` (Long[n]).
 
-        When the cache is full the oldest entries are dropped (a sliding window): RoPE makes
-        attention depend only on relative positions, so the remaining keys stay valid.
+        Returns every slot's keys and values and the mask Bool[n, capacity] of the slots
+        each new unit may attend to: filled, and not after the unit itself.
         """
-        n, capacity = k.shape[2], self.k.shape[2]
-        if n > capacity:
-            raise ValueError(f"cannot add {n} units to a KV cache of {capacity}")
-        overflow = self.length + n - capacity
-        if overflow > 0:
-            keep = self.length - overflow
-            self.k[:, :, :keep] = self.k[:, :, overflow:self.length].clone()
-            self.v[:, :, :keep] = self.v[:, :, overflow:self.length].clone()
-            self.length = keep
-        self.k[:, :, self.length:self.length + n] = k
-        self.v[:, :, self.length:self.length + n] = v
-        self.length += n
-        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+        if k.shape[2] > self.k.shape[2]:
+            raise ValueError(f"cannot add {k.shape[2]} units to a KV cache of "
+                             f"{self.k.shape[2]}")
+        slots = positions % self.k.shape[2]
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        self.positions.index_copy_(0, slots, positions)
+        held = self.positions[None, :]
+        return self.k, self.v, (held >= 0) & (held <= positions[:, None])
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,7 +82,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``cos``/``sin``: Float[T, d/2] RoPE angles of the T units; with a ``cache``,
+        ``positions`` (Long[T]) are their absolute positions."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
@@ -87,10 +94,6 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            k, v = cache.append(k, v)  # (B, H, S, d), the new units last
-            mask = None
-            if T > 1:  # new unit i sees every cached unit and new units <= i
-                S = k.shape[2]
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            k, v, mask = cache.append(k, v, positions)  # (B, H, capacity, d), (T, capacity)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
