@@ -34,8 +34,9 @@ def test_train_speed_smoke(tmp_path):
     figures = run_bench(tmp_path, "train_speed.py", "--shapes", "tiny", "--repeats", "1",
                         "--steps", "1")
     row = figures["shapes"]["tiny"]
-    for name in ("untok", "transformers-gpt2"):
-        assert {"bytes_per_s", "bytes_per_s_runs", "mfu", "peak_rss_mb"} <= set(row[name])
+    for name in ("untok", "untok-compiled", "transformers-gpt2"):
+        assert {"bytes_per_s", "bytes_per_s_runs", "mfu", "ratio", "peak_rss_mb"} <= \
+            set(row[name])
     assert row["ratio"] > 0 and figures["matmul_peak_flops"] > 0
 
 

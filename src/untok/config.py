@@ -32,8 +32,97 @@ else:  # pragma: no cover
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmbeddingConfig:
+    """Hash n-gram embeddings added to the unit embedding (DESIGN 5.2): for each n in
+    ``ngrams`` a ``buckets x dim`` table indexed by a rolling hash of the n units ending at
+    each position. ``ngrams = []`` turns them off."""
+
+    ngrams: tuple[int, ...] = ()
+    buckets: int = 4096
+
+    def validate(self) -> None:
+        _check(all(n >= 2 for n in self.ngrams), "model.embedding.ngrams must all be >= 2")
+        _check(len(set(self.ngrams)) == len(self.ngrams),
+               "model.embedding.ngrams must not repeat a size")
+        _check(self.buckets > 0, "model.embedding.buckets must be positive")
+
+
+PATCHERS = ("fixed", "space", "entropy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchingConfig:
+    """How a BLT cuts bytes into patches (DESIGN 5.3).
+
+    ``entropy``: a patch starts where the entropy model's next-byte entropy exceeds
+    ``threshold`` (global), or rises by more than ``relative`` over the previous byte's
+    (approximately monotonic), or both; with neither set, training fits ``threshold`` to
+    ``target_len`` bytes per patch on a sample of the train split. ``entropy_shape`` and
+    ``entropy_sha256`` are filled in from the ``entropy_model`` checkpoint when the model
+    is built; the weights are copied into the BLT's own checkpoint.
+    """
+
+    kind: str = "space"
+    patch_size: int = 4  # fixed
+    max_len: int = 16  # space and entropy
+    threshold: float | None = None
+    relative: float | None = None
+    target_len: float = 4.0
+    newline_reset: bool = False
+    entropy_model: str = ""
+    entropy_sha256: str = ""
+    entropy_shape: ModelConfig | None = None
+
+    def validate(self) -> None:
+        _check(self.kind in PATCHERS, f"model.patching.kind must be one of {PATCHERS}")
+        _check(self.patch_size >= 1, "model.patching.patch_size must be >= 1")
+        _check(self.max_len >= 1, "model.patching.max_len must be >= 1")
+        _check(self.target_len >= 1, "model.patching.target_len must be >= 1")
+        if self.kind == "entropy":
+            _check(bool(self.entropy_model) or self.entropy_shape is not None,
+                   "entropy patching needs an entropy model: pass --entropy-model CKPT "
+                   "(train one with `untok train --preset entropy-small`) or choose "
+                   "--patching space|fixed")
+        if self.entropy_shape is not None:
+            self.entropy_shape.validate()
+            _check(self.entropy_shape.family == "flat",
+                   "the entropy model must be a flat byte model "
+                   f"(got family '{self.entropy_shape.family}')")
+            _check(self.entropy_shape.vocab_size == VOCAB_SIZE,
+                   "the entropy model must read bytes (vocabulary "
+                   f"{VOCAB_SIZE}, got {self.entropy_shape.vocab_size})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalConfig:
+    """BLT's byte-level encoder and decoder (DESIGN 5.4); the global model over patches
+    takes the main ``dim``/``num_layers``/``num_heads`` of the model config."""
+
+    dim: int = 128
+    num_heads: int = 4
+    encoder_layers: int = 1
+    decoder_layers: int = 2
+    window: int = 128  # local attention window in bytes
+    slots: int = 2  # k query slots per patch; the patch vector is k x dim
+
+    def validate(self) -> None:
+        _check(self.dim > 0 and self.num_heads > 0 and self.dim % self.num_heads == 0,
+               "model.local.dim must be a positive multiple of model.local.num_heads")
+        _check((self.dim // self.num_heads) % 2 == 0,
+               "model.local.dim / model.local.num_heads must be even (RoPE)")
+        _check(self.encoder_layers >= 0 and self.decoder_layers >= 1,
+               "model.local needs encoder_layers >= 0 and decoder_layers >= 1")
+        _check(self.window >= 1 and self.slots >= 1,
+               "model.local.window and model.local.slots must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Shape of a byte model. ``mlp_hidden = 0`` picks 8/3 x dim rounded up to 64."""
+    """Shape of a byte model. ``mlp_hidden = 0`` picks 8/3 x dim rounded up to 64.
+
+    For ``family = "blt"`` the main fields shape the global model over patches and
+    ``context`` counts bytes; ``patching`` and ``local`` apply to BLT only.
+    """
 
     family: str = "flat"
     vocab_size: int = VOCAB_SIZE
@@ -46,6 +135,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
 
     @property
     def head_dim(self) -> int:
@@ -66,6 +158,10 @@ class ModelConfig:
         _check(self.context >= 2, "model.context must be at least 2")
         _check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        self.embedding.validate()
+        if self.family == "blt":
+            self.patching.validate()
+            self.local.validate()
 
 
 SCHEDULES = ("cosine", "constant", "warmup")
@@ -173,6 +269,35 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"dim": 512, "num_layers": 8, "num_heads": 8, "context": 512},
         "train": {"batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "eval_every": 1000},
     },
+    "entropy-small": {  # the entropy model that drives BLT's entropy patching: tiny, fast
+        "model": {"dim": 128, "num_layers": 2, "num_heads": 4, "context": 128},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 50, "eval_every": 200,
+                  "eval_bytes": 65536},
+    },
+    "blt-tiny": {  # unit tests
+        "model": {"family": "blt", "dim": 32, "num_layers": 2, "num_heads": 2, "context": 48,
+                  "embedding": {"ngrams": [3, 4], "buckets": 64},
+                  "local": {"dim": 16, "num_heads": 2, "encoder_layers": 1,
+                            "decoder_layers": 1, "window": 8, "slots": 2}},
+        "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
+                  "log_every": 1},
+    },
+    "blt-small": {  # CPU: global 256 x 4 over patches, local 128-wide byte layers
+        "model": {"family": "blt", "dim": 256, "num_layers": 4, "num_heads": 8,
+                  "context": 512, "embedding": {"ngrams": [3, 4, 5, 6, 7, 8]},
+                  "local": {"dim": 128, "num_heads": 4, "encoder_layers": 1,
+                            "decoder_layers": 2, "window": 128, "slots": 2}},
+        "train": {"batch_size": 16, "lr": 2e-3, "warmup_steps": 100},
+    },
+    "blt-base": {  # GPU: global 768 x 12, local 384-wide
+        "model": {"family": "blt", "dim": 768, "num_layers": 12, "num_heads": 12,
+                  "context": 2048, "embedding": {"ngrams": [3, 4, 5, 6, 7, 8],
+                                                 "buckets": 65536},
+                  "local": {"dim": 384, "num_heads": 6, "encoder_layers": 1,
+                            "decoder_layers": 4, "window": 512, "slots": 2}},
+        "train": {"batch_size": 32, "lr": 8e-4, "warmup_steps": 1000, "eval_every": 1000,
+                  "precision": "auto"},
+    },
     "large": {  # ~120M parameters; GPUs
         "model": {"dim": 768, "num_layers": 16, "num_heads": 12, "context": 1024},
         "train": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 2000, "eval_every": 2000,
@@ -209,6 +334,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if isinstance(value, str) and annotation is not str:
         value = parse_value(value)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table of settings, got {value!r}")
+        return _section_from_dict(annotation, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(annotation)[0]
+        return tuple(_coerce(v, item, key) for v in value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -265,8 +401,19 @@ def _merge(base: dict[str, dict], update: dict[str, dict]) -> dict[str, dict]:
     for name, section in update.items():
         if not isinstance(section, dict):
             raise ConfigError(f"config section '{name}' must be a table")
-        merged.setdefault(name, {}).update(section)
+        merged[name] = _deep_update(merged.get(name, {}), section)
     return merged
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied; nested tables merge key by key."""
+    result = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _deep_update(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def preset(name: str) -> dict[str, dict[str, Any]]:
@@ -295,15 +442,20 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(assignments: typing.Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Turn ``["train.lr=3e-4", ...]`` into ``{"train": {"lr": 3e-4}}``."""
-    result: dict[str, dict[str, Any]] = {}
+    """Turn ``["train.lr=3e-4", "model.local.dim=96"]`` into nested dicts."""
+    result: dict[str, Any] = {}
     for item in assignments:
         key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
+        path = key.strip().split(".")
+        if not sep or len(path) < 2 or not all(path):
             raise ConfigError(f"override '{item}' must look like section.key=value "
                               "(e.g. train.lr=3e-4)")
-        result.setdefault(section, {})[name] = parse_value(value.strip())
+        table = result
+        for name in path[:-1]:
+            table = table.setdefault(name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"override '{item}' conflicts with another override")
+        table[path[-1]] = parse_value(value.strip())
     return result
 
 

@@ -8,9 +8,10 @@ from torch import nn
 from untok.config import ModelConfig
 from untok.errors import ConfigError
 from untok.models.base import ByteLM
+from untok.models.blt import BLT
 from untok.models.flat import FlatLM
 
-FAMILIES: dict[str, type[nn.Module]] = {"flat": FlatLM}
+FAMILIES: dict[str, type[nn.Module]] = {"flat": FlatLM, "blt": BLT}
 
 
 def build_model(config: ModelConfig, device: torch.device | str = "cpu",
@@ -21,8 +22,11 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu",
         raise ConfigError(f"unknown model family '{config.family}'; "
                           f"families: {', '.join(FAMILIES)}")
     config.validate()
+    family = FAMILIES[config.family]
+    if hasattr(family, "prepare_config"):  # e.g. BLT records its entropy model's shape
+        config = family.prepare_config(config)
     with torch.device("meta"):
-        model = FAMILIES[config.family](config)
+        model = family(config)
     model = model.to_empty(device=device)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # to_empty unties shared parameters
@@ -31,4 +35,4 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu",
     return model
 
 
-__all__ = ["FAMILIES", "ByteLM", "FlatLM", "build_model"]
+__all__ = ["BLT", "FAMILIES", "ByteLM", "FlatLM", "build_model"]

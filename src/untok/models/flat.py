@@ -13,17 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from untok.config import ModelConfig
-from untok.nn.attention import KVCache, rope_angles
+from untok.nn.attention import KVCache, local_causal_mask, rope_angles
 from untok.nn.blocks import TransformerBlock
-from untok.nn.embeddings import ByteEmbedding
+from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
 from untok.units import PAD
 
 
 @dataclass
 class FlatState:
-    """Decoding state: one KV cache per layer and the absolute position of the next unit."""
+    """Decoding state: one KV cache per layer, the absolute position of the next unit and
+    the last units (for hash n-grams; Long[B, 0] without them)."""
 
     caches: list[KVCache]
+    past: torch.Tensor
     position: int = 0
 
 
@@ -35,6 +37,8 @@ class FlatLM(nn.Module):
         self.config = config
         c = config
         self.embed = ByteEmbedding(c.vocab_size, c.dim)
+        self.ngrams = HashNgramEmbedding(c.dim, c.embedding.ngrams, c.embedding.buckets) \
+            if c.embedding.ngrams else None
         self.blocks = nn.ModuleList(
             TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout)
             for _ in range(c.num_layers))
@@ -61,24 +65,31 @@ class FlatLM(nn.Module):
                 nn.init.normal_(linear.weight, std=residual_std)
 
     def _run(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-             caches: list[KVCache] | None = None,
-             positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits Float[B, T, V] for ``ids`` Long[B, T] given their RoPE angles."""
+             caches: list[KVCache] | None = None, positions: torch.Tensor | None = None,
+             past: torch.Tensor | None = None, mask: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Logits Float[B, T, V] for ``ids`` Long[B, T] given their RoPE angles (and the
+        units before them, for hash n-grams)."""
         x = self.embed(ids)  # (B, T, D)
+        if self.ngrams is not None:
+            x = x + self.ngrams(ids, past)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if caches is None else caches[i], positions)
+            x = block(x, cos, sin, None if caches is None else caches[i], positions, mask)
         return self.head(self.norm(x))
 
     def _cached(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
-                sin_table: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+                sin_table: torch.Tensor, caches: list[KVCache],
+                past: torch.Tensor) -> torch.Tensor:
         """Logits for ``ids`` at ``positions`` (Long[T]), reading and filling ``caches``."""
-        return self._run(ids, cos_table[positions], sin_table[positions], caches, positions)
+        return self._run(ids, cos_table[positions], sin_table[positions], caches, positions,
+                         past)
 
     def decode_one(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
-                   sin_table: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+                   sin_table: torch.Tensor, caches: list[KVCache],
+                   past: torch.Tensor) -> torch.Tensor:
         """``_cached`` for one new unit per sequence: tensors only and static shapes, the
         function :func:`untok.generate.compile_decoding` compiles."""
-        return self._cached(ids, positions, cos_table, sin_table, caches)
+        return self._cached(ids, positions, cos_table, sin_table, caches, past)
 
     def _rope(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin tables Float[S, d/2] covering positions [0, end), grown on demand
@@ -92,10 +103,16 @@ class FlatLM(nn.Module):
             self._rope_table = table
         return table
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        cos, sin = self._rope(ids.shape[1], ids.device)
+    def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits Float[B, T, V]. Past the context each unit sees the last ``context``
+        units (as decoding with the KV cache does); with ``segments`` (Long[B, T],
+        non-decreasing) a unit sees only its own segment."""
         T = ids.shape[1]
-        return self._run(ids, cos[:T], sin[:T])
+        cos, sin = self._rope(T, ids.device)
+        mask = None
+        if segments is not None or T > self.config.context is not None:
+            mask = local_causal_mask(T, self.config.context, ids.device, segments)
+        return self._run(ids, cos[:T], sin[:T], mask=mask)
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,14 +127,17 @@ class FlatLM(nn.Module):
         weight = self.embed.table.weight
         caches = [KVCache.empty(batch_size, c.num_heads, c.context, c.head_dim,
                                 weight.device, weight.dtype) for _ in range(c.num_layers)]
-        return FlatState(caches)
+        history = self.ngrams.history if self.ngrams is not None else 0
+        past = torch.full((batch_size, history), -1, dtype=torch.long, device=weight.device)
+        return FlatState(caches, past)
 
     def step(self, state: FlatState, ids: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
         start, end = state.position, state.position + ids.shape[1]
         cos, sin = self._rope(end, ids.device)
         positions = torch.arange(start, end, device=ids.device)
         run = self.decode_one if ids.shape[1] == 1 else self._cached
-        logits = run(ids, positions, cos, sin, state.caches)
+        logits = run(ids, positions, cos, sin, state.caches, state.past)
+        state.past = update_past(state.past, ids)
         for cache in state.caches:
             cache.length = min(cache.length + ids.shape[1], self.config.context)
         state.position = end

@@ -82,18 +82,33 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """``cos``/``sin``: Float[T, d/2] RoPE angles of the T units; with a ``cache``,
-        ``positions`` (Long[T]) are their absolute positions."""
+        ``positions`` (Long[T]) are their absolute positions. Without one, attention is
+        causal, or follows ``mask`` (Bool[B or 1, 1, T, T], True = may attend)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=mask is None)
         else:
             k, v, mask = cache.append(k, v, positions)  # (B, H, capacity, d), (T, capacity)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+def local_causal_mask(length: int, window: int, device: torch.device,
+                      segments: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool[B or 1, 1, T, T]: unit t sees units s with t - window < s <= t (the sliding
+    window a KV cache of ``window`` units gives), and only its own segment when
+    ``segments`` (Long[B, T], non-decreasing ids) is given."""
+    t = torch.arange(length, device=device)
+    distance = t[:, None] - t[None, :]
+    mask = ((distance >= 0) & (distance < window))[None, None]
+    if segments is not None:
+        mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
+    return mask

@@ -65,6 +65,12 @@ class Trainer:
     ``trainer.stop_requested = True`` stops the run cleanly with a checkpoint.
     """
 
+    def _patching_sample(self, windows: int = 16) -> torch.Tensor:
+        """The first windows of the train split (deterministic, so a resume refits the same
+        threshold)."""
+        sampler = TrainSampler(self.train_stream, self.config.model.context, windows, seed=0)
+        return sampler.next_batch()[0].to(self.device)
+
     def __init__(self, config: RunConfig, out: str | Path, *, resume: str | Path | None = None,
                  progress: bool = True, callbacks: Iterable[Callback] = ()) -> None:
         config.validate()
@@ -85,6 +91,8 @@ class Trainer:
         self.val_stream = UnitStream(self.store, "val")
         torch.manual_seed(t.seed)
         self.model = build_model(config.model, self.device)
+        if hasattr(self.model, "fit_patching"):  # BLT: fit an entropy threshold if unset
+            self.model.fit_patching(self._patching_sample())
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.sampler = TrainSampler(self.train_stream, config.model.context, t.batch_size,
                                     seed=t.seed)

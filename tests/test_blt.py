@@ -1,0 +1,212 @@
+"""BLT: shapes, causality for every patcher, step == forward, save/load, training."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from untok.config import ModelConfig, PatchingConfig, resolve
+from untok.errors import ConfigError
+from untok.models import ByteLM, build_model
+from untok.train.checkpoint import load, save_checkpoint
+from untok.units import BOS, VOCAB_SIZE
+
+TINY_ENTROPY = ModelConfig(dim=32, num_layers=1, num_heads=2, context=64)
+PATCHERS = ["fixed", "space", "entropy", "entropy-relative", "entropy-newline"]
+
+
+THRESHOLDS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def entropy_ckpt(tmp_path_factory):
+    """A random tiny entropy model, and thresholds at quantiles of its entropies on the
+    test text (so that patches really vary in length)."""
+    torch.manual_seed(0)
+    model = build_model(TINY_ENTROPY)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("ent") / "ckpt", model)
+    with torch.no_grad():
+        logp = model(sample_ids(4, 44)).log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum(-1).flatten() / math.log(2)
+    THRESHOLDS["global"] = float(entropy.quantile(0.7))
+    THRESHOLDS["relative"] = float(entropy.diff().abs().quantile(0.7))
+    return str(ckpt)
+
+
+def blt_config(kind: str, entropy_ckpt: str, **patching) -> ModelConfig:
+    base = resolve(preset_name="blt-tiny").model
+    options = {"fixed": {"kind": "fixed", "patch_size": 3},
+               "space": {"kind": "space", "max_len": 6},
+               "entropy": {"kind": "entropy", "threshold": THRESHOLDS["global"],
+                           "max_len": 6},
+               "entropy-relative": {"kind": "entropy", "relative": THRESHOLDS["relative"],
+                                    "max_len": 5},
+               "entropy-newline": {"kind": "entropy", "threshold": THRESHOLDS["global"],
+                                   "max_len": 6, "newline_reset": True}}[kind]
+    if options["kind"] == "entropy":
+        options["entropy_model"] = entropy_ckpt
+    return dataclasses.replace(base, patching=PatchingConfig(**{**options, **patching}))
+
+
+def make(kind, entropy_ckpt):
+    torch.manual_seed(0)
+    return build_model(blt_config(kind, entropy_ckpt)).eval()
+
+
+def sample_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    text = b"the cat sat on the mat.\nA dog, a bird; zebras! 12 34\n" * 4
+    starts = torch.randint(0, len(text) - length, (batch,), generator=g)
+    ids = torch.tensor([list(text[s:s + length]) for s in starts.tolist()])
+    ids[:, 0] = BOS
+    return ids
+
+
+@pytest.mark.parametrize("kind", PATCHERS)
+def test_shapes_protocol_and_patches(kind, entropy_ckpt):
+    model = make(kind, entropy_ckpt)
+    assert isinstance(model, ByteLM)
+    ids = sample_ids(3, 40)
+    assert model(ids).shape == (3, 40, VOCAB_SIZE)
+    starts, _ = model.patcher(ids)
+    assert starts[:, 0].all() and 1 < starts.sum(1).min() < 40  # real patches
+
+
+@pytest.mark.parametrize("kind", PATCHERS)
+@pytest.mark.parametrize("t", [5, 23, 39])
+def test_no_future_byte_leaks(kind, t, entropy_ckpt):
+    """Changing byte t moves no logit, patch boundary or entropy before t."""
+    model = make(kind, entropy_ckpt)
+    ids = sample_ids(2, 40, seed=t)
+    changed = ids.clone()
+    changed[:, t] = (changed[:, t] + 17) % 256
+    changed[:, t + 1:] = torch.randint(0, 256, changed[:, t + 1:].shape)
+    with torch.no_grad():
+        torch.testing.assert_close(model(changed)[:, :t], model(ids)[:, :t], atol=1e-5,
+                                   rtol=1e-5)
+        (s1, e1), (s2, e2) = model.patcher(ids), model.patcher(changed)
+    assert torch.equal(s1[:, :t], s2[:, :t])
+    if e1 is not None:
+        torch.testing.assert_close(e1[:, :t + 1], e2[:, :t + 1])  # H_t predicts byte t
+
+
+def test_gradients_do_not_leak(entropy_ckpt):
+    model = make("space", entropy_ckpt).train()
+    ids = sample_ids(1, 40)
+    emb = model.embed.table(ids).detach().requires_grad_(True)
+    original = model.embed.forward
+    model.embed.forward = lambda _: emb
+    try:
+        model(ids)[0, 20].sum().backward()
+    finally:
+        model.embed.forward = original
+    assert emb.grad[0, 21:].abs().sum() == 0 and emb.grad[0, :21].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", PATCHERS)
+def test_step_equals_forward(kind, entropy_ckpt):
+    model = make(kind, entropy_ckpt)
+    ids = sample_ids(1, 44, seed=3)
+    with torch.no_grad():
+        full = model(ids)
+        state = model.new_state(1)
+        prompt, parts = 9, []
+        logits, state = model.step(state, ids[:, :prompt])
+        parts.append(logits)
+        for i in range(prompt, ids.shape[1]):
+            logits, state = model.step(state, ids[:, i:i + 1])
+            parts.append(logits)
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
+    starts, _ = model.patcher(ids)
+    assert state.patches == int(starts.sum()) - 1  # every patch but the open one closed
+
+
+def test_patcher_step_equals_forward(entropy_ckpt):
+    for kind in PATCHERS:
+        patcher = make(kind, entropy_ckpt).patcher
+        ids = sample_ids(1, 44, seed=5)
+        starts, entropies = patcher(ids)
+        state = patcher.new_state(1, ids.device)
+        stepped = [patcher.step(state, ids[:, i]) for i in range(ids.shape[1])]
+        assert torch.equal(torch.stack([s for s, _ in stepped], 1), starts), kind
+        if entropies is not None:
+            torch.testing.assert_close(torch.stack([e for _, e in stepped[1:]], 1),
+                                       entropies[:, 1:], atol=1e-4, rtol=1e-4)
+
+
+def test_generation_past_the_context(entropy_ckpt):
+    from untok.generate import SamplerConfig, generate_text
+
+    model = make("entropy", entropy_ckpt)
+    out = generate_text(model, b"the cat", max_bytes=120, sampler=SamplerConfig(top_k=4),
+                        seed=0)
+    assert len(out) == 120  # context is 48 bytes: every cache slides
+
+
+@pytest.mark.parametrize("kind", ["space", "entropy"])
+def test_save_load_round_trip(kind, entropy_ckpt, tmp_path):
+    model = make(kind, entropy_ckpt)
+    save_checkpoint(tmp_path / "blt", model)
+    loaded = load(tmp_path / "blt")
+    assert loaded.config == model.config
+    ids = sample_ids(2, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+    if kind == "entropy":  # the entropy model travels inside the checkpoint
+        assert loaded.config.patching.entropy_shape == TINY_ENTROPY
+        for a, b in zip(loaded.patcher.entropy_model.parameters(),
+                        model.patcher.entropy_model.parameters(), strict=True):
+            assert torch.equal(a, b) and not a.requires_grad
+
+
+def test_a_few_steps_lower_the_loss(entropy_ckpt):
+    torch.manual_seed(0)
+    model = build_model(blt_config("entropy", entropy_ckpt))
+    frozen = [p.clone() for p in model.patcher.entropy_model.parameters()]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=3e-3)
+    ids = sample_ids(4, 41)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+    for a, b in zip(frozen, model.patcher.entropy_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_entropy_patching_needs_a_model():
+    with pytest.raises(ConfigError, match="entropy model"):
+        resolve(preset_name="blt-tiny", overrides=["model.patching.kind=entropy"])
+
+
+def test_entropy_model_must_read_bytes(tmp_path):
+    other = build_model(dataclasses.replace(TINY_ENTROPY, vocab_size=512))
+    save_checkpoint(tmp_path / "wide", other)
+    config = resolve(preset_name="blt-tiny", overrides=[
+        "model.patching.kind=entropy", f"model.patching.entropy_model='{tmp_path / 'wide'}'",
+        "model.patching.threshold=2.0"]).model
+    with pytest.raises(ConfigError, match="must read bytes"):
+        build_model(config)
+
+
+def test_missing_entropy_checkpoint_is_a_clear_error(tmp_path):
+    from untok.errors import UntokError
+
+    config = resolve(preset_name="blt-tiny", overrides=[
+        "model.patching.kind=entropy", f"model.patching.entropy_model='{tmp_path / 'nope'}'"
+    ]).model
+    with pytest.raises(UntokError, match="not found"):
+        build_model(config)
+
+
+def test_text_shorter_than_a_patch(entropy_ckpt):
+    model = make("fixed", entropy_ckpt)
+    ids = torch.tensor([[BOS, 104]])  # one patch, still open
+    with torch.no_grad():
+        assert model(ids).shape == (1, 2, VOCAB_SIZE)
+        assert torch.isfinite(model(ids)).all()
