@@ -210,3 +210,75 @@ def test_text_shorter_than_a_patch(entropy_ckpt):
     with torch.no_grad():
         assert model(ids).shape == (1, 2, VOCAB_SIZE)
         assert torch.isfinite(model(ids)).all()
+
+
+def test_cli_trains_every_patcher_and_inspects_patches(capsys, tmp_path, text_file):
+    """`untok train --preset blt-tiny --patching ...` end to end, then `untok patches`."""
+    import json
+
+    from untok.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    run("train", "--data", text_file, "--preset", "entropy-small", "--steps", 3,
+        "--out", tmp_path / "ent", "--quiet", "--set", "model.context=32",
+        "--set", "model.dim=32")
+    for kind in ("fixed", "space", "entropy"):
+        args = ["train", "--data", text_file, "--preset", "blt-tiny", "--steps", 3,
+                "--patching", kind, "--out", tmp_path / kind, "--quiet"]
+        if kind == "entropy":
+            args += ["--entropy-model", tmp_path / "ent" / "last"]
+        run(*args)
+        model = load(tmp_path / kind / "last")
+        assert model.config.patching.kind == kind
+    fitted = load(tmp_path / "entropy" / "last").config.patching
+    assert fitted.threshold is not None and fitted.entropy_shape.dim == 32
+
+    report = json.loads(run("patches", tmp_path / "ent" / "last", "--text",
+                            "the cat sat on the mat. " * 8, "--fit", "4", "--json"))
+    assert report["patching"]["kind"] == "entropy" and report["starts"][0] == 0
+    assert 2.5 < report["mean_patch_len"] < 6
+    assert len(report["entropies"]) == report["bytes"] == 192
+    assert set(report["entropy"]) == {"mean", "std", "median", "min", "max"}
+    text = run("patches", tmp_path / "space" / "last", "--text", "hello, world")
+    assert "'hello, '" in text and "'world'" in text and "mean length 6.00" in text
+    text = run("patches", tmp_path / "entropy" / "last", "--file", text_file)
+    assert "entropy (bits): mean" in text and "more patches" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", "x", "--file", "y"], "exactly one of --text or --file"),
+    (["--text", ""], "the text is empty"),
+    (["--file", "/nonexistent/file"], "cannot read"),
+])
+def test_cli_patches_bad_input(capsys, tmp_path, args, message):
+    from untok.cli import main
+
+    save_checkpoint(tmp_path / "m", build_model(TINY_ENTROPY))
+    code = main(["patches", str(tmp_path / "m"), *args])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+
+
+def test_no_patch_exceeds_max_len(entropy_ckpt):
+    from untok.patching import patch_lengths
+
+    ids = torch.tensor([[BOS, *b"a" * 50, *b" " * 30, *b"word " * 5]])
+    for kind in PATCHERS:
+        patcher = make(kind, entropy_ckpt).patcher
+        starts, _ = patcher(ids)
+        assert patch_lengths(starts[0]).max() <= patcher.max_len, kind
+
+
+def test_fit_threshold_hits_the_target_and_rejects_impossible_ones():
+    from untok.patching import apply_max_len, fit_threshold, mean_patch_len
+
+    entropies = torch.rand(4, 500) * 6
+    threshold = fit_threshold(entropies, 4.0, max_len=16)
+    assert abs(mean_patch_len(apply_max_len(entropies > threshold, 16)) - 4.0) < 0.1
+    with pytest.raises(ConfigError, match="max_len"):
+        fit_threshold(entropies, 20.0, max_len=16)

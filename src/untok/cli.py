@@ -120,10 +120,24 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
                                             **budget})
         return replace(config, train=runtime), resume
     base = {"data": {"path": args.data}} if args.data else {}
-    config = resolve(preset_name=args.preset, recipe=args.recipe, overrides=args.set, base=base)
+    overrides = [*_patching_overrides(args), *args.set]
+    config = resolve(preset_name=args.preset, recipe=args.recipe, overrides=overrides,
+                     base=base)
     if args.data:  # --data wins over a recipe's data.path
         config = replace(config, data={"path": args.data})
     return replace(config, train={**budget, **runtime}), None
+
+
+def _patching_overrides(args: argparse.Namespace) -> list[str]:
+    """``--patching/--patch-size/--entropy-model`` as ``model.patching.*`` overrides."""
+    overrides = []
+    if args.patching:
+        overrides.append(f"model.patching.kind={args.patching}")
+    if args.patch_size is not None:
+        overrides.append(f"model.patching.patch_size={args.patch_size}")
+    if args.entropy_model:
+        overrides.append(f"model.patching.entropy_model={json.dumps(args.entropy_model)}")
+    return overrides
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -239,6 +253,35 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--patching", choices=("entropy", "space", "fixed"),
+                   help="BLT presets: how bytes are cut into patches")
+    p.add_argument("--patch-size", type=_positive_int,
+                   help="bytes per patch for --patching fixed (default 4)")
+    p.add_argument("--entropy-model", metavar="CKPT",
+                   help="byte model whose next-byte entropy drives --patching entropy "
+                   "(train one with --preset entropy-small)")
+
+
+def cmd_patches(args: argparse.Namespace) -> None:
+    from untok.patch_report import describe_patches, format_patches, load_patcher
+
+    if (args.text is None) == (args.file is None):
+        raise UntokError("give exactly one of --text or --file")
+    if args.file is not None:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise UntokError(f"cannot read {args.file}: {exc}") from None
+    else:
+        data = args.text.encode("utf-8", "surrogateescape")
+    patcher = load_patcher(args.model, kind=args.patching, threshold=args.threshold,
+                           relative=args.relative, max_len=args.max_len,
+                           patch_size=args.patch_size, target_len=args.fit)
+    report = describe_patches(patcher, data)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_patches(report, data))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (new or resumed)")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("patches", help="show how a BLT or an entropy model cuts text "
+                       "into patches")
+    p.add_argument("model", help="BLT checkpoint, or a byte model to use as entropy model")
+    p.add_argument("--text", help="text to cut")
+    p.add_argument("--file", help="file to cut (raw bytes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--patching", choices=("entropy", "space", "fixed"),
+                   help="override the patcher (default: the BLT's own, or entropy)")
+    p.add_argument("--threshold", type=float, help="global entropy threshold (bits)")
+    p.add_argument("--relative", type=float, help="approximately monotonic threshold (bits)")
+    p.add_argument("--fit", type=float, metavar="MEAN_LEN",
+                   help="fit the global threshold to this mean patch length on the input")
+    p.add_argument("--max-len", type=_positive_int, help="maximum patch length")
+    p.add_argument("--patch-size", type=_positive_int, help="bytes per patch (fixed)")
+    p.set_defaults(func=cmd_patches)
 
     p = sub.add_parser("eval", help="bits per byte and friends on held-out data")
     p.add_argument("checkpoint", help="checkpoint directory (or run directory)")

@@ -129,8 +129,12 @@ class Patcher(nn.Module):
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Long[B, T] -> (starts Bool[B, T], entropies Float[B, T] or None)."""
+        entropy = self.entropies(ids) if self.config.kind == "entropy" else None
+        return self.starts(ids, entropy), entropy
+
+    def starts(self, ids: torch.Tensor, entropy: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool[B, T] patch starts of ``ids`` (entropy patching: given its entropies)."""
         kind = self.config.kind
-        entropy = None
         if kind == "fixed":
             candidates = torch.zeros_like(ids, dtype=torch.bool)
         elif kind == "space":
@@ -138,10 +142,9 @@ class Patcher(nn.Module):
             candidates = torch.zeros_like(word)
             candidates[:, 1:] = word[:, 1:] & ~word[:, :-1]
         else:
-            entropy = self.entropies(ids)
             previous = torch.cat([entropy[:, :1] * 0, entropy[:, :-1]], dim=1)
             candidates = entropy_candidates(entropy, previous, self.config)
-        return apply_max_len(candidates, self.max_len), entropy
+        return apply_max_len(candidates, self.max_len)
 
     # -- one unit at a time ----------------------------------------------------------------
 

@@ -65,12 +65,6 @@ class Trainer:
     ``trainer.stop_requested = True`` stops the run cleanly with a checkpoint.
     """
 
-    def _patching_sample(self, windows: int = 16) -> torch.Tensor:
-        """The first windows of the train split (deterministic, so a resume refits the same
-        threshold)."""
-        sampler = TrainSampler(self.train_stream, self.config.model.context, windows, seed=0)
-        return sampler.next_batch()[0].to(self.device)
-
     def __init__(self, config: RunConfig, out: str | Path, *, resume: str | Path | None = None,
                  progress: bool = True, callbacks: Iterable[Callback] = ()) -> None:
         config.validate()
@@ -111,6 +105,12 @@ class Trainer:
             self.model.compile()  # and the state dict keeps its plain names
 
     # -- state ---------------------------------------------------------------------------
+
+    def _patching_sample(self, windows: int = 16) -> torch.Tensor:
+        """The first windows of the train split (deterministic, so a resume refits the same
+        threshold)."""
+        sampler = TrainSampler(self.train_stream, self.config.model.context, windows, seed=0)
+        return sampler.next_batch()[0].to(self.device)
 
     def _train_state(self, elapsed: float) -> dict[str, Any]:
         return {"step": self.step, "bytes_seen": self.bytes_seen,

@@ -1,0 +1,125 @@
+"""``untok patches``: how a patcher cuts a text, with statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from untok.errors import UntokError
+from untok.patching import Patcher, fit_threshold, patch_lengths
+from untok.units import BOS, VOCAB_SIZE
+
+CHUNK = 4096  # bytes scored per entropy-model pass on long inputs
+
+
+def load_patcher(path: str | Path, *, kind: str | None = None,
+                 threshold: float | None = None, relative: float | None = None,
+                 max_len: int | None = None, patch_size: int | None = None,
+                 target_len: float | None = None) -> Patcher:
+    """The patcher of a BLT checkpoint, or an entropy patcher around a byte model; the
+    options override its settings. ``target_len`` fits the global threshold later (on the
+    input, see :func:`describe_patches`)."""
+    from untok.config import PatchingConfig
+    from untok.models.blt import BLT
+    from untok.train.checkpoint import load
+
+    model = load(path)
+    if isinstance(model, BLT):
+        config, entropy_model = model.config.patching, model.patcher.entropy_model
+    else:
+        if getattr(model.config, "vocab_size", None) != VOCAB_SIZE or \
+                not hasattr(model, "new_state"):
+            raise UntokError(f"{path} is not a byte model: it cannot drive entropy patching")
+        config, entropy_model = PatchingConfig(kind="entropy", entropy_model=str(path)), model
+    changes = {k: v for k, v in (("kind", kind), ("threshold", threshold),
+                                 ("relative", relative), ("max_len", max_len),
+                                 ("patch_size", patch_size), ("target_len", target_len))
+               if v is not None}
+    if threshold is not None or relative is not None:
+        changes.setdefault("threshold", threshold)
+        changes.setdefault("relative", relative)
+    config = dataclasses.replace(config, **changes)
+    if config.kind == "entropy" and entropy_model is None:
+        raise UntokError(f"{path} was trained with {config.kind} patching and holds no "
+                         "entropy model; pass a byte model checkpoint for entropy patching")
+    if target_len is not None and config.kind == "entropy":
+        config = dataclasses.replace(config, threshold=None, relative=None)
+    return Patcher(config, entropy_model)
+
+
+@torch.no_grad()
+def chunked_entropies(patcher: Patcher, ids: torch.Tensor) -> torch.Tensor:
+    """Entropies Float[T] of a long Long[T] sequence, in chunks whose overlap covers the
+    entropy model's whole receptive field (so the result equals one long pass)."""
+    model = patcher.entropy_model
+    overlap = model.config.num_layers * model.config.context
+    out = []
+    for start in range(0, len(ids), CHUNK):
+        begin = max(0, start - overlap)
+        window = ids[begin:start + CHUNK][None]
+        out.append(patcher.entropies(window)[0, start - begin:])
+    return torch.cat(out)
+
+
+def describe_patches(patcher: Patcher, data: bytes) -> dict:
+    """Patch starts (byte offsets into ``data``), per-byte entropies and statistics."""
+    if not data:
+        raise UntokError("nothing to cut: the text is empty")
+    ids = torch.tensor([BOS, *data])
+    entropy = None
+    if patcher.config.kind == "entropy":
+        entropy = chunked_entropies(patcher, ids)[None]
+        config = patcher.config
+        if config.threshold is None and config.relative is None:
+            fitted = fit_threshold(entropy[:, 1:], config.target_len, config.max_len)
+            patcher = Patcher(dataclasses.replace(config, threshold=round(fitted, 4)),
+                              patcher.entropy_model)
+    starts = patcher.starts(ids[None], entropy)[0, 1:]  # the BOS patch is not shown
+    starts[0] = True
+    lengths = patch_lengths(starts)
+    report = {"patching": {k: v for k, v in dataclasses.asdict(patcher.config).items()
+                           if k in ("kind", "patch_size", "max_len", "threshold",
+                                    "relative", "newline_reset")},
+              "bytes": len(data), "patches": int(len(lengths)),
+              "starts": np.flatnonzero(starts.numpy()).tolist(),
+              "mean_patch_len": float(lengths.mean()),
+              "median_patch_len": float(np.median(lengths)),
+              "patches_per_kb": 1000 * len(lengths) / len(data)}
+    if entropy is not None:
+        values = entropy[0, 1:].numpy().astype(np.float64)
+        report["entropies"] = [round(v, 4) for v in values.tolist()]
+        report["entropy"] = {"mean": values.mean(), "std": values.std(),
+                             "median": float(np.median(values)), "min": values.min(),
+                             "max": values.max()}
+        report["entropy"] = {k: float(v) for k, v in report["entropy"].items()}
+    return report
+
+
+def format_patches(report: dict, data: bytes, limit: int = 200) -> str:
+    """Patches one per line (with per-byte entropies), then the statistics."""
+    bounds = [*report["starts"], len(data)]
+    entropies = report.get("entropies")
+    lines = []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if i == limit:
+            lines.append(f"... {len(bounds) - 1 - limit} more patches (--json has all)")
+            break
+        text = data[a:b].decode("utf-8", "replace")
+        line = f"{a:>7}  {text!r:<24}"
+        if entropies is not None:
+            line += "  H " + " ".join(f"{h:.2f}" for h in entropies[a:b])
+        lines.append(line)
+    p = report["patching"]
+    lines += ["", f"patching: {p['kind']}" + "".join(
+        f", {k} {v}" for k, v in p.items() if k != "kind" and v is not None),
+        f"{report['bytes']:,} bytes, {report['patches']:,} patches: mean length "
+        f"{report['mean_patch_len']:.2f}, median {report['median_patch_len']:g}, "
+        f"{report['patches_per_kb']:.1f} patches per KB"]
+    if entropies is not None:
+        e = report["entropy"]
+        lines.append(f"entropy (bits): mean {e['mean']:.3f}, std {e['std']:.3f}, median "
+                     f"{e['median']:.3f}, min {e['min']:.3f}, max {e['max']:.3f}")
+    return "\n".join(lines)
