@@ -282,3 +282,45 @@ def test_fit_threshold_hits_the_target_and_rejects_impossible_ones():
     assert abs(mean_patch_len(apply_max_len(entropies > threshold, 16)) - 4.0) < 0.1
     with pytest.raises(ConfigError, match="max_len"):
         fit_threshold(entropies, 20.0, max_len=16)
+
+
+def test_precomputed_entropies_feed_training(capsys, tmp_path, store):
+    """`untok data entropies` writes per-unit entropies equal to the patcher's own; a BLT
+    with that entropy model then trains from them (and ignores stale ones)."""
+    import json
+
+    import numpy as np
+
+    from untok.cli import main
+    from untok.data.entropies import entropy_paths, open_entropies
+    from untok.data.loader import UnitStream
+    from untok.patching import chunked_entropies
+
+    torch.manual_seed(0)
+    ent = save_checkpoint(tmp_path / "ent", build_model(TINY_ENTROPY))
+    assert main(["data", "entropies", str(store.paths["bin"].with_suffix("")), "-m",
+                 str(ent), "--quiet"]) == 0
+    assert "wrote entropies" in capsys.readouterr().out
+    config = build_model(dataclasses.replace(
+        resolve(preset_name="blt-tiny").model,
+        patching=PatchingConfig(kind="entropy", entropy_model=str(ent), threshold=7.0))
+    ).config
+    arrays = open_entropies(store, config.patching)
+    stream = UnitStream(store, "val")
+    ids = torch.from_numpy(stream.window(0, len(stream)))
+    model = build_model(config)
+    expected = chunked_entropies(model.patcher, ids, chunk=300)
+    np.testing.assert_allclose(arrays["val"], expected.numpy(), atol=2e-2)  # float16
+    assert open_entropies(store, dataclasses.replace(config.patching, newline_reset=True)) \
+        is None
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(store.paths["bin"].with_suffix("")), "--preset",
+                 "blt-tiny", "--patching", "entropy", "--entropy-model", str(ent),
+                 "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["precomputed_entropies"] is True
+    entropy_paths(store)["meta"].unlink()  # without the files it still trains
+    assert main(["train", "--data", str(store.paths["bin"].with_suffix("")), "--preset",
+                 "blt-tiny", "--patching", "entropy", "--entropy-model", str(ent),
+                 "--steps", "1", "--out", str(tmp_path / "run2"), "--quiet"]) == 0

@@ -72,6 +72,19 @@ def cmd_data_ingest(args: argparse.Namespace) -> None:
           f"{info['split']['mode']} split)")
 
 
+def cmd_data_entropies(args: argparse.Namespace) -> None:
+    from untok.data.entropies import compute_entropies, entropy_paths
+    from untok.data.ingest import open_data
+
+    store = open_data(args.store, progress=False)
+    meta = compute_entropies(store, args.model, newline_reset=args.newline_reset,
+                             progress=not args.quiet)
+    paths = entropy_paths(store)
+    print(f"wrote entropies of {meta['units']['train']:,} train and "
+          f"{meta['units']['val']:,} val units to {paths['meta'].parent}/"
+          f"{paths['train'].name.replace('-train.f16', '*')}")
+
+
 def cmd_data_info(args: argparse.Namespace) -> None:
     from untok.data.info import describe
     from untok.data.ingest import open_data
@@ -319,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the document split")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_ingest)
+    p = data_sub.add_parser("entropies", help="precompute an entropy model's next-byte "
+                            "entropies next to a store (for BLT entropy patching)")
+    p.add_argument("store", help="byte store name")
+    p.add_argument("-m", "--model", required=True, metavar="CKPT",
+                   help="the entropy model checkpoint the BLT will use")
+    p.add_argument("--newline-reset", action="store_true",
+                   help="reset the entropy model's context after every newline")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_entropies)
     p = data_sub.add_parser("info", help="documents, bytes, UTF-8 validity, scripts, split")
     p.add_argument("store", help="byte store name (or text file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from untok.errors import UntokError
-from untok.patching import Patcher, fit_threshold, patch_lengths
+from untok.patching import Patcher, chunked_entropies, fit_threshold, patch_lengths
 from untok.units import BOS, VOCAB_SIZE
-
-CHUNK = 4096  # bytes scored per entropy-model pass on long inputs
 
 
 def load_patcher(path: str | Path, *, kind: str | None = None,
@@ -48,20 +46,6 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
     if target_len is not None and config.kind == "entropy":
         config = dataclasses.replace(config, threshold=None, relative=None)
     return Patcher(config, entropy_model)
-
-
-@torch.no_grad()
-def chunked_entropies(patcher: Patcher, ids: torch.Tensor) -> torch.Tensor:
-    """Entropies Float[T] of a long Long[T] sequence, in chunks whose overlap covers the
-    entropy model's whole receptive field (so the result equals one long pass)."""
-    model = patcher.entropy_model
-    overlap = model.config.num_layers * model.config.context
-    out = []
-    for start in range(0, len(ids), CHUNK):
-        begin = max(0, start - overlap)
-        window = ids[begin:start + CHUNK][None]
-        out.append(patcher.entropies(window)[0, start - begin:])
-    return torch.cat(out)
 
 
 def describe_patches(patcher: Patcher, data: bytes) -> dict:

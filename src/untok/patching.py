@@ -194,3 +194,22 @@ class Patcher(nn.Module):
         logp = logits[:, -1].float().log_softmax(-1)
         state.last_entropy = state.entropy
         state.entropy = -(logp.exp() * logp).sum(-1) / math.log(2)
+
+
+@torch.no_grad()
+def chunked_entropies(patcher: Patcher, ids: torch.Tensor, chunk: int = 4096
+                      ) -> torch.Tensor:
+    """Entropies Float[T] of a long Long[T] sequence, ``chunk`` units per pass, each pass
+    overlapping the previous by the entropy model's whole receptive field (so the result
+    equals one long pass with its sliding window)."""
+    return torch.cat(list(iter_entropies(patcher, lambda a, b: ids[a:b], len(ids), chunk)))
+
+
+def iter_entropies(patcher: Patcher, read, length: int, chunk: int = 4096):
+    """Entropies of units [0, length) chunk by chunk; ``read(a, b)`` gives ids Long[b - a]."""
+    model = patcher.entropy_model
+    overlap = model.config.num_layers * model.config.context
+    for start in range(0, length, chunk):
+        begin = max(0, start - overlap)
+        window = read(begin, min(start + chunk, length))[None]
+        yield patcher.entropies(window)[0, start - begin:]

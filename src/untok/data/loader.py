@@ -66,7 +66,8 @@ def targets_of(ids: torch.Tensor) -> torch.Tensor:
 class TrainSampler:
     """Random training windows of ``context + 1`` ids with a resumable generator."""
 
-    def __init__(self, stream: UnitStream, context: int, batch_size: int, seed: int) -> None:
+    def __init__(self, stream: UnitStream, context: int, batch_size: int, seed: int,
+                 side: np.ndarray | None = None) -> None:
         if len(stream) < context + 1:
             raise DataError(
                 f"the {stream.split} split of '{stream.store.name}' has {stream.num_bytes} "
@@ -76,13 +77,19 @@ class TrainSampler:
         self.context = context
         self.batch_size = batch_size
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.side = side
+        self.side_batch: torch.Tensor | None = None
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), both Long[B, context]."""
+        """(inputs, targets), both Long[B, context]. With ``side`` (one value per stream
+        position, e.g. precomputed entropies), ``side_batch`` then holds the inputs' values
+        Float[B, context]."""
         high = len(self.stream) - self.context  # last valid start, exclusive
         starts = self.rng.integers(0, high, size=self.batch_size)
         positions = starts[:, None] + np.arange(self.context + 1)[None, :]
         ids = torch.from_numpy(self.stream.gather(positions))
+        if self.side is not None:
+            self.side_batch = torch.from_numpy(self.side[positions[:, :-1]].astype(np.float32))
         return ids[:, :-1], targets_of(ids[:, 1:])
 
     def state_dict(self) -> dict[str, Any]:

@@ -237,10 +237,16 @@ class BLT(nn.Module):
             patches = block(patches, cos, sin, None if caches is None else caches[i], positions)
         return self.global_norm(patches)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Logits Float[B, T, V]; ``entropies`` (Float[B, T]) are precomputed ones for
+        entropy patching (see :mod:`untok.data.entropies`), else the patcher runs here."""
         B, T = ids.shape
         local = self.config.local
-        starts, _ = self.patcher(ids)
+        if entropies is not None:
+            starts = self.patcher.starts(ids, entropies)
+        else:
+            starts, _ = self.patcher(ids)
         patch_ids = starts.long().cumsum(1) - 1  # (B, T): the patch of every byte
         num_patches = int(patch_ids.max()) + 1
         cos, sin = _rope(self, T, ids.device, local.dim // local.num_heads,
@@ -262,9 +268,9 @@ class BLT(nn.Module):
             x = layer.block(x, cos, sin, mask=window)
         return self.head(self.norm(x))
 
-    def loss(self, ids: torch.Tensor, targets: torch.Tensor,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self(ids)
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
+             entropies: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self(ids, entropies)
         if mask is not None:
             targets = targets.masked_fill(~mask, PAD)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),

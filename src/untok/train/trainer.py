@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from untok import __version__
 from untok.config import RunConfig, from_dict
+from untok.data.entropies import open_entropies
 from untok.data.ingest import open_data
 from untok.data.loader import TrainSampler, UnitStream
 from untok.errors import CheckpointError, ConfigError
@@ -88,8 +89,10 @@ class Trainer:
         if hasattr(self.model, "fit_patching"):  # BLT: fit an entropy threshold if unset
             self.model.fit_patching(self._patching_sample())
         self.optimizer = make_optimizer(self.model, t, self.device)
+        self.entropies = open_entropies(self.store, self.model.config.patching) \
+            if getattr(self.model, "patcher", None) is not None else None
         self.sampler = TrainSampler(self.train_stream, config.model.context, t.batch_size,
-                                    seed=t.seed)
+                                    seed=t.seed, side=self.entropies and self.entropies["train"])
         self.units_per_step = t.batch_size * t.grad_accum * config.model.context
         self.step = 0
         self.bytes_seen = 0
@@ -205,8 +208,10 @@ class Trainer:
             inputs, targets = self.sampler.next_batch()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
+            extra = {} if self.sampler.side_batch is None else \
+                {"entropies": self.sampler.side_batch.to(self.device)}  # precomputed
             with autocast(self.device, self.dtype):
-                loss = self.model.loss(inputs, targets) / t.grad_accum
+                loss = self.model.loss(inputs, targets, **extra) / t.grad_accum
             loss.backward()
             total += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -256,6 +261,7 @@ class Trainer:
                                   "{postfix}")
         self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
                   "device": str(self.device), "matmul_peak_flops": peak,
+                  "precomputed_entropies": self.entropies is not None,
                   "config": self.config.to_dict()})
         started = time.perf_counter()
         window_start, window_steps = started, 0

@@ -1,0 +1,96 @@
+"""Next-byte entropies precomputed next to a byte store (``untok data entropies``).
+
+For every unit of each split's unit stream, the entropy (bits, float16) of an entropy
+model's prediction of that unit, as BLT's entropy patcher would compute it with unlimited
+history (a sliding window of the model's context)::
+
+    NAME.entropy.json          entropy model sha256, newline_reset, units per split
+    NAME.entropy-train.f16     one float16 per unit of the train stream
+    NAME.entropy-val.f16
+
+Training a BLT whose entropy model and settings match reads its patch boundaries from these
+files instead of running the entropy model on every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from untok.config import PatchingConfig
+from untok.data.loader import UnitStream
+from untok.data.store import ByteStore
+from untok.patching import Patcher, iter_entropies
+
+SPLITS = ("train", "val")
+
+
+def entropy_paths(store: ByteStore) -> dict[str, Path]:
+    base = store.paths["bin"].with_suffix("")
+    paths = {split: base.with_name(f"{base.name}.entropy-{split}.f16") for split in SPLITS}
+    return {**paths, "meta": base.with_name(f"{base.name}.entropy.json")}
+
+
+def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
+                      newline_reset: bool = False, chunk: int = 4096,
+                      progress: bool = True) -> dict:
+    """Score every split of ``store`` with the byte model at ``checkpoint``; write the files
+    atomically (temporary names, the meta file renamed into place last)."""
+    from untok.models.blt import _sha256
+    from untok.train.checkpoint import load, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    model = load(checkpoint)
+    patcher = Patcher(PatchingConfig(kind="entropy", entropy_model=str(checkpoint),
+                                     newline_reset=newline_reset), model)
+    paths = entropy_paths(store)
+    meta = {"entropy_sha256": _sha256(checkpoint / "model.safetensors"),
+            "entropy_model": str(checkpoint), "newline_reset": newline_reset, "units": {}}
+    for split in SPLITS:
+        stream = UnitStream(store, split)
+        tmp = paths[split].with_name(paths[split].name + f".tmp-{os.getpid()}")
+        values = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(max(len(stream), 1),))
+        bar = tqdm(total=len(stream), desc=f"entropies {split}", unit="B", unit_scale=True,
+                   disable=not progress)
+        position = 0
+        read = lambda a, b: torch.from_numpy(stream.window(a, b - a))  # noqa: B023
+        for scores in iter_entropies(patcher, read, len(stream), chunk):
+            values[position:position + len(scores)] = scores.numpy()
+            position += len(scores)
+            bar.update(len(scores))
+        bar.close()
+        values.flush()
+        del values
+        os.replace(tmp, paths[split])
+        meta["units"][split] = len(stream)
+    tmp = paths["meta"].with_name(paths["meta"].name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, paths["meta"])
+    return meta
+
+
+def open_entropies(store: ByteStore, patching: PatchingConfig) -> dict[str, np.ndarray] | None:
+    """The precomputed entropies of ``store`` if they were made by this config's entropy
+    model with the same settings, else None."""
+    paths = entropy_paths(store)
+    if patching.kind != "entropy" or not paths["meta"].is_file():
+        return None
+    try:
+        meta = json.loads(paths["meta"].read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("entropy_sha256") != patching.entropy_sha256 or \
+            meta.get("newline_reset") != patching.newline_reset:
+        return None
+    arrays = {}
+    for split in SPLITS:
+        units = meta["units"][split]
+        if not paths[split].is_file() or paths[split].stat().st_size != 2 * max(units, 1):
+            return None
+        arrays[split] = np.memmap(paths[split], dtype=np.float16, mode="r")[:units]
+    return arrays
