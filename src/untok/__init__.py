@@ -15,8 +15,14 @@ from untok.config import DataConfig, ModelConfig, RunConfig, TrainConfig, resolv
 from untok.data import ByteStore, ingest, open_data  # noqa: E402
 from untok.errors import UntokError  # noqa: E402
 from untok.evaluate import evaluate  # noqa: E402
-from untok.generate import SamplerConfig, generate, generate_text  # noqa: E402
-from untok.models import ByteLM, build_model  # noqa: E402
+from untok.generate import (  # noqa: E402
+    SamplerConfig,
+    compile_decoding,
+    generate,
+    generate_text,
+)
+from untok.models import BLT, ByteLM, FlatLM, build_model  # noqa: E402
+from untok.patching import Patcher  # noqa: E402
 from untok.train.checkpoint import load, save_checkpoint  # noqa: E402
 from untok.train.trainer import Trainer, TrainResult  # noqa: E402
 from untok.train.trainer import train as fit  # noqa: E402  (untok.train is the package)
@@ -24,8 +30,8 @@ from untok.train.trainer import train as fit  # noqa: E402  (untok.train is the 
 save = save_checkpoint
 
 __all__ = [
-    "ByteLM", "ByteStore", "DataConfig", "ModelConfig", "RunConfig", "SamplerConfig",
-    "TrainConfig", "TrainResult", "Trainer", "UntokError", "build_model", "evaluate", "fit",
-    "generate", "generate_text", "ingest", "load", "open_data", "resolve", "save",
-    "save_checkpoint",
+    "BLT", "ByteLM", "ByteStore", "DataConfig", "FlatLM", "ModelConfig", "Patcher",
+    "RunConfig", "SamplerConfig", "TrainConfig", "TrainResult", "Trainer", "UntokError",
+    "build_model", "compile_decoding", "evaluate", "fit", "generate", "generate_text",
+    "ingest", "load", "open_data", "resolve", "save", "save_checkpoint",
 ]

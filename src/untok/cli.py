@@ -240,11 +240,18 @@ def cmd_presets(_: argparse.Namespace) -> None:
     from untok.config import PRESETS, resolve
     from untok.models import build_model
 
+    width = max(map(len, PRESETS))
     for name in PRESETS:
         model = resolve(preset_name=name).model
         params = build_model(model, "meta", init=False).num_params()
-        print(f"{name:8s} {params / 1e6:7.2f}M params  dim {model.dim:4d}  layers "
-              f"{model.num_layers:2d}  heads {model.num_heads:2d}  context {model.context}")
+        line = f"{name:{width}s} {params / 1e6:7.2f}M params  {model.family:4s}  dim " \
+               f"{model.dim:4d}  layers {model.num_layers:2d}  heads {model.num_heads:2d}  " \
+               f"context {model.context}"
+        if model.family == "blt":
+            local = model.local
+            line += f"  (global over patches; local dim {local.dim}, " \
+                    f"{local.encoder_layers}+{local.decoder_layers} layers)"
+        print(line)
 
 
 # -- parser -------------------------------------------------------------------------------
