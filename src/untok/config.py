@@ -48,6 +48,7 @@ class EmbeddingConfig:
 
 
 PATCHERS = ("fixed", "space", "entropy")
+BACKBONES = ("transformer", "mmfree")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +136,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    backbone: str = "transformer"  # or "mmfree" (MLGRU + BitLinear GLU, DESIGN 5.5)
+    ternary_head: bool = False  # mmfree: a BitLinear output head (not tied)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     patching: PatchingConfig = field(default_factory=PatchingConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
@@ -159,6 +162,7 @@ class ModelConfig:
         _check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         self.embedding.validate()
+        _check(self.backbone in BACKBONES, f"model.backbone must be one of {BACKBONES}")
         if self.family == "blt":
             self.patching.validate()
             self.local.validate()
@@ -296,6 +300,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "local": {"dim": 384, "num_heads": 6, "encoder_layers": 1,
                             "decoder_layers": 4, "window": 512, "slots": 2}},
         "train": {"batch_size": 32, "lr": 8e-4, "warmup_steps": 1000, "eval_every": 1000,
+                  "precision": "auto"},
+    },
+    "mmfree-tiny": {  # unit tests
+        "model": {"backbone": "mmfree", "dim": 32, "num_layers": 2, "context": 32},
+        "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
+                  "log_every": 1},
+    },
+    "mmfree-small": {  # CPU: the `small` width and depth, ternary
+        "model": {"backbone": "mmfree", "dim": 256, "num_layers": 6, "context": 256},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100},
+    },
+    "mmfree-base": {  # GPU
+        "model": {"backbone": "mmfree", "dim": 768, "num_layers": 12, "context": 1024},
+        "train": {"batch_size": 32, "lr": 1.5e-3, "warmup_steps": 1000, "eval_every": 1000,
                   "precision": "auto"},
     },
     "large": {  # ~120M parameters; GPUs

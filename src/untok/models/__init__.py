@@ -10,6 +10,7 @@ from untok.errors import ConfigError
 from untok.models.base import ByteLM
 from untok.models.blt import BLT
 from untok.models.flat import FlatLM
+from untok.models.mmfree import MMFreeLM
 
 FAMILIES: dict[str, type[nn.Module]] = {"flat": FlatLM, "blt": BLT}
 
@@ -23,6 +24,8 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu",
                           f"families: {', '.join(FAMILIES)}")
     config.validate()
     family = FAMILIES[config.family]
+    if config.family == "flat" and config.backbone == "mmfree":
+        family = MMFreeLM
     if hasattr(family, "prepare_config"):  # e.g. BLT records its entropy model's shape
         config = family.prepare_config(config)
     with torch.device("meta"):
@@ -35,4 +38,4 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu",
     return model
 
 
-__all__ = ["BLT", "FAMILIES", "ByteLM", "FlatLM", "build_model"]
+__all__ = ["BLT", "FAMILIES", "ByteLM", "FlatLM", "MMFreeLM", "build_model"]

@@ -30,6 +30,7 @@ from untok.models.flat import FlatLM
 from untok.nn.attention import KVCache, local_causal_mask, rope_angles
 from untok.nn.blocks import TransformerBlock
 from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
+from untok.nn.mlgru import MMFreeBlock, forget_lower_bound
 from untok.patching import Patcher, PatcherState, fit_threshold
 from untok.units import PAD
 
@@ -106,7 +107,7 @@ class BLTState:
     past: torch.Tensor  # Long[1, history]: last bytes, for hash n-grams
     encoder: list[KVCache]
     decoder: list[KVCache]
-    global_caches: list[KVCache]
+    global_caches: list  # KVCache per layer, or the hidden vector (1, G) for mmfree
     patch_keys: list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (1, H, S, d)
     open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
     position: int = 0
@@ -136,9 +137,12 @@ class BLT(nn.Module):
             for _ in range(local.encoder_layers))
         self.pool = PatchPooling(local.dim, local.num_heads, local.slots, c.dim)
         self.start = nn.Parameter(torch.zeros(1, 1, c.dim))  # what bytes of patch 0 read
+        self.mmfree = c.backbone == "mmfree"
         self.blocks = nn.ModuleList(
+            MMFreeBlock(c.dim, c.hidden_dim, forget_lower_bound(i, c.num_layers), c.norm_eps)
+            if self.mmfree else
             TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout)
-            for _ in range(c.num_layers))
+            for i in range(c.num_layers))
         self.global_norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
         self.decoder = nn.ModuleList(
             DecoderLayer(local.dim, local.num_heads, hidden, c.dim, c.norm_eps, c.dropout)
@@ -226,7 +230,15 @@ class BLT(nn.Module):
 
     def _global(self, patches: torch.Tensor, caches: list[KVCache] | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch vectors Float[B, P, G] -> global outputs (causal over patches)."""
+        """Patch vectors Float[B, P, G] -> global outputs (causal over patches). With
+        ``caches`` (decoding one patch), they are updated in place."""
+        if self.mmfree:
+            for i, block in enumerate(self.blocks):
+                if caches is None:
+                    patches, _ = block(patches)
+                else:
+                    patches, caches[i] = block.step(patches, caches[i])
+            return self.global_norm(patches)
         end = patches.shape[1] if positions is None else int(positions[-1]) + 1
         cos, sin = _rope(self, end, patches.device, self.config.head_dim, self.config.rope_base)
         if positions is None:
@@ -298,7 +310,9 @@ class BLT(nn.Module):
             past=torch.full((1, history), -1, dtype=torch.long, device=device),
             encoder=caches(local.encoder_layers, local.num_heads, local.window, local_head),
             decoder=caches(local.decoder_layers, local.num_heads, local.window, local_head),
-            global_caches=caches(c.num_layers, c.num_heads, c.context, c.head_dim),
+            global_caches=[torch.zeros(1, c.dim, device=device, dtype=dtype)
+                           for _ in range(c.num_layers)] if self.mmfree else
+            caches(c.num_layers, c.num_heads, c.context, c.head_dim),
             patch_keys=[layer.cross.keys_values(start) for layer in self.decoder])
 
     def step(self, state: BLTState, ids: torch.Tensor) -> tuple[torch.Tensor, BLTState]:
