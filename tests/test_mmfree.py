@@ -156,3 +156,36 @@ def test_blt_with_an_mmfree_global_model():
         logits, state = blt.step(state, ids)
     torch.testing.assert_close(logits, full, atol=1e-4, rtol=1e-4)
     assert state.patches >= 4
+
+
+def test_packed_export_round_trip(capsys, model, tmp_path):
+    """`untok export --ternary`: 2-bit codes on disk, logits equal the training path's."""
+    from untok.cli import main
+    from untok.nn.bitlinear import BitLinear, PackedBitLinear
+
+    save_checkpoint(tmp_path / "m", model)
+    assert main(["export", str(tmp_path / "m"), "--ternary", "-o", str(tmp_path / "p")]) == 0
+    assert "BitLinear layers packed" in capsys.readouterr().out
+    packed = load(tmp_path / "p")
+    assert not any(isinstance(m, BitLinear) for m in packed.modules())
+    layers = [m for m in packed.modules() if isinstance(m, PackedBitLinear)]
+    assert layers and all(m.packed.dtype == torch.uint8 for m in layers)
+    ids = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(ids), model(ids), atol=1e-3, rtol=1e-3)
+        state = packed.new_state(1)
+        logits, _ = packed.step(state, ids[:1, :5])
+        torch.testing.assert_close(logits, model(ids[:1, :5]), atol=1e-3, rtol=1e-3)
+    source = (tmp_path / "m" / "model.safetensors").stat().st_size
+    assert (tmp_path / "p" / "model.safetensors").stat().st_size < source
+
+
+def test_export_rejects_bad_input(capsys, tmp_path):
+    from untok.cli import main
+
+    save_checkpoint(tmp_path / "flat", build_model(resolve(preset_name="tiny").model))
+    code = main(["export", str(tmp_path / "flat"), "--ternary", "-o", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code != 0 and "no BitLinear layers" in err and not (tmp_path / "x").exists()
+    code = main(["export", str(tmp_path / "flat"), "-o", str(tmp_path / "x")])
+    assert code != 0 and "--ternary" in capsys.readouterr().err

@@ -304,6 +304,19 @@ def cmd_patches(args: argparse.Namespace) -> None:
         print(format_patches(report, data))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from untok.export import export_ternary
+
+    if not args.ternary:
+        raise UntokError("choose an export format: --ternary (packed 2-bit BitLinear weights)")
+    stats = export_ternary(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {stats['layers']} BitLinear layers packed, "
+          f"{stats['bitlinear_fp32_bytes'] / 1e6:.2f} MB fp32 -> "
+          f"{stats['bitlinear_packed_bytes'] / 1e6:.3f} MB "
+          f"({stats['bitlinear_ratio']:.1%}); model file "
+          f"{stats['source_file_bytes'] / 1e6:.2f} MB -> {stats['file_bytes'] / 1e6:.2f} MB")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from untok import __version__
 
@@ -373,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=_positive_int, help="maximum patch length")
     p.add_argument("--patch-size", type=_positive_int, help="bytes per patch (fixed)")
     p.set_defaults(func=cmd_patches)
+
+    p = sub.add_parser("export", help="ship a checkpoint in a compact form")
+    p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
+    p.add_argument("--ternary", action="store_true",
+                   help="pack MatMul-free BitLinear weights as 2-bit codes + scale")
+    p.add_argument("-o", "--out", required=True, help="output checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="bits per byte and friends on held-out data")
     p.add_argument("checkpoint", help="checkpoint directory (or run directory)")

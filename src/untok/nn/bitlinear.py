@@ -100,6 +100,11 @@ class PackedBitLinear(nn.Module):
                                                    dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(()))
         self._codes: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(PackedBitLinear._forget_codes)
+
+    @staticmethod
+    def _forget_codes(module: PackedBitLinear, _keys) -> None:
+        module._codes = None  # new packed weights: unpack again
 
     @classmethod
     def from_bitlinear(cls, layer: BitLinear) -> PackedBitLinear:
@@ -128,3 +133,19 @@ class PackedBitLinear(nn.Module):
             acc = flat.to(torch.int32) @ weights.to(torch.int32)
         y = acc.to(torch.float32).view(*x.shape[:-1], self.out_features)
         return y * (self.scale / scale)
+
+
+def pack_bitlinears(model: nn.Module) -> int:
+    """Replace every :class:`BitLinear` of ``model`` by its :class:`PackedBitLinear`, in
+    place; returns how many were packed."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BitLinear):
+                setattr(parent, name, PackedBitLinear.from_bitlinear(child))
+                count += 1
+    return count
+
+
+def is_packed(model: nn.Module) -> bool:
+    return any(isinstance(m, PackedBitLinear) for m in model.modules())

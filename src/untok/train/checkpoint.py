@@ -29,8 +29,10 @@ from torch import nn
 from untok import __version__
 from untok.config import ModelConfig, from_dict
 from untok.errors import CheckpointError, ConfigError
+from untok.nn.bitlinear import is_packed, pack_bitlinears
 
 FORMAT = "untok-checkpoint"
+TERNARY_PACKED = "ternary-2bit"  # BitLinear weights stored as packed 2-bit codes
 FORMAT_VERSION = 1
 
 
@@ -70,6 +72,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, *,
         config = model.config
         header = {"format": FORMAT, "version": FORMAT_VERSION, "untok_version": __version__,
                   "family": config.family, "model": dataclasses.asdict(config)}
+        if is_packed(model):
+            header["weights"] = TERNARY_PACKED
         (tmp / "config.json").write_text(json.dumps(header, indent=2) + "\n")
         save_model(model, str(tmp / "model.safetensors"))
         if train_state is not None:
@@ -85,8 +89,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, *,
     return final
 
 
-def read_model_config(path: str | Path) -> ModelConfig:
-    """The model config stored in a checkpoint, checked."""
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The checked ``config.json`` of a checkpoint."""
     path = resolve_checkpoint(path)
     try:
         header = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -97,6 +101,12 @@ def read_model_config(path: str | Path) -> ModelConfig:
     if header.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer untok "
                               f"({header.get('untok_version')}); upgrade untok")
+    return header
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config stored in a checkpoint, checked."""
+    header = read_header(path)
     try:
         return from_dict({"model": header["model"]}).model
     except (ConfigError, KeyError) as exc:
@@ -113,6 +123,8 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
         model = build_model(config, device, init=False)
     except ConfigError as exc:
         raise CheckpointError(f"cannot build the model of {path}: {exc}") from None
+    if read_header(path).get("weights") == TERNARY_PACKED:
+        pack_bitlinears(model)  # the layers the packed weights load into
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {path} has no model.safetensors")
