@@ -109,6 +109,7 @@ def compile_decoding(model: nn.Module) -> nn.Module:
     Models without a ``decode_one`` method are returned unchanged.
     """
     if hasattr(model, "decode_one"):
+        model.static_decoding = True  # fixed-shape caches from now on
         model.decode_one = torch.compile(model.decode_one, dynamic=False)
     return model
 

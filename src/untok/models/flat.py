@@ -125,8 +125,10 @@ class FlatLM(nn.Module):
     def new_state(self, batch_size: int) -> FlatState:
         c = self.config
         weight = self.embed.table.weight
+        static = getattr(self, "static_decoding", False)  # set by compile_decoding
         caches = [KVCache.empty(batch_size, c.num_heads, c.context, c.head_dim,
-                                weight.device, weight.dtype) for _ in range(c.num_layers)]
+                                weight.device, weight.dtype, static)
+                  for _ in range(c.num_layers)]
         history = self.ngrams.history if self.ngrams is not None else 0
         past = torch.full((batch_size, history), -1, dtype=torch.long, device=weight.device)
         return FlatState(caches, past)
@@ -139,7 +141,8 @@ class FlatLM(nn.Module):
         logits = run(ids, positions, cos, sin, state.caches, state.past)
         state.past = update_past(state.past, ids)
         for cache in state.caches:
-            cache.length = min(cache.length + ids.shape[1], self.config.context)
+            if cache.static:  # (a dynamic cache counts its own length)
+                cache.length = min(cache.length + ids.shape[1], self.config.context)
         state.position = end
         return logits, state
 

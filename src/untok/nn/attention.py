@@ -43,31 +43,38 @@ class KVCache:
     v: torch.Tensor  # (B, H, capacity, d)
     positions: torch.Tensor  # Long[capacity]: the unit held by each slot, -1 if empty
     length: int = 0  # slots filled
+    static: bool = False  # always attend over every slot (fixed shapes, for compiling)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
-              device: torch.device, dtype: torch.dtype) -> KVCache:
+              device: torch.device, dtype: torch.dtype, static: bool = False) -> KVCache:
         shape = (batch, heads, capacity, head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype),
                    torch.zeros(shape, device=device, dtype=dtype),
-                   torch.full((capacity,), -1, dtype=torch.long, device=device))
+                   torch.full((capacity,), -1, dtype=torch.long, device=device),
+                   static=static)
 
     def append(self, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Store ``n`` new keys/values (B, H, n, d) for units at ``positions`` (Long[n]).
 
-        Returns every slot's keys and values and the mask Bool[n, capacity] of the slots
-        each new unit may attend to: filled, and not after the unit itself.
+        Returns the keys and values of the filled slots (of every slot when ``static``; the
+        caller then keeps ``length``) and the mask Bool[n, slots] of those each new unit
+        may attend to: filled, and not after the unit itself.
         """
-        if k.shape[2] > self.k.shape[2]:
-            raise ValueError(f"cannot add {k.shape[2]} units to a KV cache of "
-                             f"{self.k.shape[2]}")
-        slots = positions % self.k.shape[2]
+        capacity = self.k.shape[2]
+        if k.shape[2] > capacity:
+            raise ValueError(f"cannot add {k.shape[2]} units to a KV cache of {capacity}")
+        slots = positions % capacity
         self.k.index_copy_(2, slots, k)
         self.v.index_copy_(2, slots, v)
         self.positions.index_copy_(0, slots, positions)
-        held = self.positions[None, :]
-        return self.k, self.v, (held >= 0) & (held <= positions[:, None])
+        used = capacity
+        if not self.static:  # until the ring wraps, slots [0, length) hold every unit
+            self.length = used = min(self.length + k.shape[2], capacity)
+        held = self.positions[None, :used]
+        return self.k[:, :, :used], self.v[:, :, :used], \
+            (held >= 0) & (held <= positions[:, None])
 
 
 class CausalSelfAttention(nn.Module):
