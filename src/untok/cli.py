@@ -244,8 +244,11 @@ def cmd_presets(_: argparse.Namespace) -> None:
     for name in PRESETS:
         model = resolve(preset_name=name).model
         params = build_model(model, "meta", init=False).num_params()
-        line = f"{name:{width}s} {params / 1e6:7.2f}M params  {model.family:4s}  dim " \
-               f"{model.dim:4d}  layers {model.num_layers:2d}  heads {model.num_heads:2d}  " \
+        kind = "mmfree" if model.backbone == "mmfree" and model.family == "flat" else \
+            model.family
+        heads = "        " if kind == "mmfree" else f"heads {model.num_heads:2d}"
+        line = f"{name:{width}s} {params / 1e6:7.2f}M params  {kind:6s}  dim " \
+               f"{model.dim:4d}  layers {model.num_layers:2d}  {heads}  " \
                f"context {model.context}"
         if model.family == "blt":
             local = model.local

@@ -273,6 +273,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"dim": 512, "num_layers": 8, "num_heads": 8, "context": 512},
         "train": {"batch_size": 32, "lr": 1e-3, "warmup_steps": 500, "eval_every": 1000},
     },
+    "large": {  # ~120M parameters; GPUs
+        "model": {"dim": 768, "num_layers": 16, "num_heads": 12, "context": 1024},
+        "train": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 2000, "eval_every": 2000,
+                  "precision": "auto"},
+    },
     "entropy-small": {  # the entropy model that drives BLT's entropy patching: tiny, fast
         "model": {"dim": 128, "num_layers": 2, "num_heads": 4, "context": 128},
         "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 50, "eval_every": 200,
@@ -314,11 +319,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mmfree-base": {  # GPU
         "model": {"backbone": "mmfree", "dim": 768, "num_layers": 12, "context": 1024},
         "train": {"batch_size": 32, "lr": 1.5e-3, "warmup_steps": 1000, "eval_every": 1000,
-                  "precision": "auto"},
-    },
-    "large": {  # ~120M parameters; GPUs
-        "model": {"dim": 768, "num_layers": 16, "num_heads": 12, "context": 1024},
-        "train": {"batch_size": 64, "lr": 6e-4, "warmup_steps": 2000, "eval_every": 2000,
                   "precision": "auto"},
     },
 }
