@@ -56,13 +56,19 @@ def pack_section() -> dict:
         codes, _ = quantize_activations(pl.norm(x))
         return torch._int_mm(codes.to(torch.int8), pl.codes_t())
 
-    def float_transient(x):  # unpack to a float matrix for this call only
+    def float_transient(x):  # int8 codes widened to fp32 for this call only
+        codes, _ = quantize_activations(pl.norm(x))
+        return codes @ pl.codes_t().float()
+
+    def unpack_each_call(x):  # nothing resident but the packed bytes
         codes, _ = quantize_activations(pl.norm(x))
         return codes @ unpack_ternary(pl.packed, 256).t().float()
 
     formulations = {"fake-quant fp32 (training path)": layer,
-                    "int8 codes, torch._int_mm (integer adds)": int_mm,
-                    "packed -> transient float, fp32 matmul": float_transient}
+                    "int8 codes x int8 activations, torch._int_mm": int_mm,
+                    "int8 codes widened to fp32 per call": float_transient,
+                    "unpack 2-bit codes per call, fp32": unpack_each_call,
+                    "PackedBitLinear (as shipped)": pl}
     timings = {}
     with torch.no_grad():
         for rows in (1, 4096):

@@ -85,12 +85,16 @@ def unpack_ternary(packed: torch.Tensor, in_features: int) -> torch.Tensor:
 class PackedBitLinear(nn.Module):
     """Inference-only BitLinear from packed 2-bit codes and a scale.
 
-    The ternary codes are unpacked once to int8 (1 byte per weight, a quarter of fp32) and
-    multiplied with the int8 activation codes by ``torch._int_mm`` (int32 accumulation):
-    only additions and subtractions of activations happen, exactly, and the two scales are
-    applied once to the int32 result. Where ``_int_mm`` is unavailable (or rows < 17,
-    which it rejects) the same integer product runs as an int32 matmul.
+    The ternary codes are unpacked once to int8 (1 byte per weight, a quarter of fp32).
+    The product uses the int8 activation codes and applies both scales once at the end:
+    for a few rows (decoding) it is an integer matmul, ``torch._int_mm`` (int32 sums of
+    +-activations: additions and subtractions only); for many rows (prompts, evaluation)
+    the codes are widened to fp32 for that call, because CPU integer GEMMs are far slower
+    than float ones there; products of values this small are exact in fp32 either way.
+    ``bench/mmfree.py`` measures the formulations.
     """
+
+    INTEGER_ROWS = 64  # up to this many rows: the integer product
 
     def __init__(self, in_features: int, out_features: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -125,13 +129,13 @@ class PackedBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.float())
         codes, scale = quantize_activations(x)
-        flat = codes.reshape(-1, self.in_features).to(torch.int8)
+        flat = codes.reshape(-1, self.in_features)
         weights = self.codes_t()
-        if flat.shape[0] > 16 and flat.device.type == "cpu" or flat.device.type == "cuda":
-            acc = torch._int_mm(flat, weights)
+        if flat.shape[0] <= self.INTEGER_ROWS and flat.device.type == "cpu":
+            acc = torch._int_mm(flat.to(torch.int8), weights).to(torch.float32)
         else:
-            acc = flat.to(torch.int32) @ weights.to(torch.int32)
-        y = acc.to(torch.float32).view(*x.shape[:-1], self.out_features)
+            acc = flat @ weights.to(torch.float32)
+        y = acc.view(*x.shape[:-1], self.out_features)
         return y * (self.scale / scale)
 
 
