@@ -28,13 +28,18 @@ test: $(VENV)/.installed-dev,data,bench
 lint: $(VENV)/.installed-dev,data
 	$(BIN)/ruff check src tests bench
 
-# the whole suite with short budgets (about 20 minutes on 2 cores); run a script alone
-# with --budget-minutes / --train-minutes for full runs
+# the whole suite with short budgets (about 20 minutes on 2 cores), written to
+# bench/results/quick/ so that the full runs in bench/results/ stay; run a script alone
+# (see its --help) for a full run
+bench: export UNTOK_BENCH_RESULTS = bench/results/quick
 bench: $(VENV)/.installed-dev,data,bench
-	$(BIN)/python bench/train_speed.py
-	$(BIN)/python bench/generate_speed.py
-	$(BIN)/python bench/quality.py --budget-minutes 3
-	$(BIN)/python bench/core.py --train-minutes 3
+	$(BIN)/python bench/train_speed.py --steps 2
+	$(BIN)/python bench/generate_speed.py --bytes 256
+	$(BIN)/python bench/quality.py --budget-minutes 2
+	$(BIN)/python bench/core.py --train-minutes 2
+	$(BIN)/python bench/blt.py --budget-minutes 1 --entropy-minutes 1 --eval-bytes 32768 \
+		--generate-bytes 128
+	$(BIN)/python bench/mmfree.py --budget-minutes 1 --lengths 1024 8192 --eval-bytes 32768
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

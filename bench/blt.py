@@ -69,7 +69,7 @@ def mean_patch_len(model: torch.nn.Module, store) -> float | None:
 
 
 def run(name: str, spec: dict, minutes: float, entropy_model: Path, out: Path,
-        gen_bytes: int) -> dict:
+        gen_bytes: int, eval_bytes: int | None) -> dict:
     overrides = [*spec.get("set", []), *data_overrides(minutes)]
     if name == "blt-entropy":
         overrides.append(f"model.patching.entropy_model={str(entropy_model)!r}")
@@ -78,7 +78,7 @@ def run(name: str, spec: dict, minutes: float, entropy_model: Path, out: Path,
     result = train(config, out / name, progress=True)
     model = load(out / name / "last")
     store = open_data(config.data.path, val_bytes=VAL_BYTES, progress=False)
-    scores = evaluate(model, store, "val", progress=True)
+    scores = evaluate(model, store, "val", progress=True, max_bytes=eval_bytes)
     row = {"val_bpb": scores["bpb"], "val_bytes": scores["bytes"], "steps": result.step,
            "train_bytes": result.bytes_seen, "train_seconds": result.seconds,
            "train_bytes_per_s": result.bytes_seen / result.seconds,
@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--entropy-minutes", type=float, default=5.0)
     parser.add_argument("--entropy-model", help="reuse this entropy model checkpoint")
     parser.add_argument("--generate-bytes", type=int, default=512)
+    parser.add_argument("--eval-bytes", type=int, help="score only the first N val bytes "
+                        "(default: the whole val split)")
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS),
                         default=list(CONTENDERS))
     args = parser.parse_args()
@@ -110,7 +112,7 @@ def main() -> None:
             require(SHARED / "enwik8-4M"), val_bytes=VAL_BYTES, progress=False), "val",
             max_bytes=65536)["bpb"]
         rows = {name: run(name, CONTENDERS[name], args.budget_minutes, entropy_model, out,
-                          args.generate_bytes) for name in args.only}
+                          args.generate_bytes, args.eval_bytes) for name in args.only}
     flat = rows.get("flat")
     table = ["| contender | params | val bpb | train bytes/s | mean patch | generate bytes/s |"
              " vs flat |", "|---|---|---|---|---|---|---|"]

@@ -115,7 +115,7 @@ def generate_section(lengths: tuple[int, ...]) -> dict:
     return results
 
 
-def quality_section(minutes: float) -> dict:
+def quality_section(minutes: float, eval_bytes: int | None) -> dict:
     from untok.data.ingest import open_data
     from untok.evaluate import evaluate
     from untok.train.checkpoint import load
@@ -131,7 +131,7 @@ def quality_section(minutes: float) -> dict:
             model = load(Path(out) / "last")
             store = open_data(config.data.path, val_bytes=config.data.val_bytes,
                               progress=False)
-            bpb = evaluate(model, store, "val", progress=True)["bpb"]
+            bpb = evaluate(model, store, "val", progress=True, max_bytes=eval_bytes)["bpb"]
         rows[name] = {"val_bpb": bpb, "params": model.num_params(), "steps": result.step,
                       "train_bytes_per_s": result.bytes_seen / result.seconds}
         print(name, rows[name], flush=True)
@@ -176,6 +176,7 @@ def main() -> None:
                         choices=("pack", "generate", "quality"))
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--eval-bytes", type=int, help="score only the first N val bytes")
     parser.add_argument("--worker", choices=list(GENERATORS), help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,7 +189,7 @@ def main() -> None:
     if "generate" in args.sections:
         figures["generate"] = generate_section(tuple(args.lengths))
     if "quality" in args.sections:
-        figures["quality"] = quality_section(args.budget_minutes)
+        figures["quality"] = quality_section(args.budget_minutes, args.eval_bytes)
     table = render(figures)
     print(table)
     print(f"wrote {write_result('mmfree', figures, table)}")

@@ -59,3 +59,26 @@ def test_quality_smoke(tmp_path):
     assert set(figures["compressors"]) == {"gzip -9", "bzip2 -9", "xz -9e", "zstd -19",
                                            "xz -9e given train", "zstd -19 --long given train"}
     assert (tmp_path / "quality.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_blt_smoke(tmp_path):
+    figures = run_bench(tmp_path, "blt.py", "--budget-minutes", "0.05", "--entropy-minutes",
+                        "0.05", "--eval-bytes", "2048", "--generate-bytes", "8")
+    assert set(figures["contenders"]) == {"flat", "blt-entropy", "blt-space", "blt-fixed4"}
+    for name, row in figures["contenders"].items():
+        assert {"val_bpb", "train_bytes_per_s", "mean_patch_len", "generate_bytes_per_s",
+                "params"} <= set(row), name
+    assert figures["contenders"]["blt-entropy"]["patching"]["threshold"] is not None
+    assert figures["entropy_model_val_bpb"] > 0
+
+
+@pytest.mark.slow
+def test_mmfree_smoke(tmp_path):
+    figures = run_bench(tmp_path, "mmfree.py", "--lengths", "64", "--budget-minutes", "0.05",
+                        "--eval-bytes", "2048")
+    assert 0 < figures["pack"]["ratio"] < 0.1
+    assert len(figures["pack"]["product_us"]) >= 4
+    for row in figures["generate"].values():
+        assert {"bytes_per_s", "peak_rss_mb"} <= set(row["64"])
+    assert {"transformer", "mmfree"} == set(figures["quality"])
