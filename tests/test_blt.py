@@ -324,3 +324,13 @@ def test_precomputed_entropies_feed_training(capsys, tmp_path, store):
     assert main(["train", "--data", str(store.paths["bin"].with_suffix("")), "--preset",
                  "blt-tiny", "--patching", "entropy", "--entropy-model", str(ent),
                  "--steps", "1", "--out", str(tmp_path / "run2"), "--quiet"]) == 0
+
+
+def test_entropy_model_must_be_a_flat_transformer(tmp_path):
+    mmfree = build_model(resolve(preset_name="mmfree-tiny").model)
+    save_checkpoint(tmp_path / "mm", mmfree)
+    config = resolve(preset_name="blt-tiny", overrides=[
+        "model.patching.kind=entropy", f"model.patching.entropy_model='{tmp_path / 'mm'}'",
+        "model.patching.threshold=2.0"]).model
+    with pytest.raises(ConfigError, match="flat byte transformer"):
+        build_model(config)

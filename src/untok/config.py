@@ -86,9 +86,11 @@ class PatchingConfig:
                    "--patching space|fixed")
         if self.entropy_shape is not None:
             self.entropy_shape.validate()
-            _check(self.entropy_shape.family == "flat",
-                   "the entropy model must be a flat byte model "
-                   f"(got family '{self.entropy_shape.family}')")
+            _check(self.entropy_shape.family == "flat" and
+                   self.entropy_shape.backbone == "transformer",
+                   "the entropy model must be a flat byte transformer (got family "
+                   f"'{self.entropy_shape.family}', backbone "
+                   f"'{self.entropy_shape.backbone}')")
             _check(self.entropy_shape.vocab_size == VOCAB_SIZE,
                    "the entropy model must read bytes (vocabulary "
                    f"{VOCAB_SIZE}, got {self.entropy_shape.vocab_size})")

@@ -21,17 +21,18 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
     options override its settings. ``target_len`` fits the global threshold later (on the
     input, see :func:`describe_patches`)."""
     from untok.config import PatchingConfig
-    from untok.models.blt import BLT
+    from untok.models import BLT, FlatLM
     from untok.train.checkpoint import load
 
     model = load(path)
     if isinstance(model, BLT):
         config, entropy_model = model.config.patching, model.patcher.entropy_model
-    else:
-        if getattr(model.config, "vocab_size", None) != VOCAB_SIZE or \
-                not hasattr(model, "new_state"):
-            raise UntokError(f"{path} is not a byte model: it cannot drive entropy patching")
+    elif isinstance(model, FlatLM) and model.config.vocab_size == VOCAB_SIZE:
         config, entropy_model = PatchingConfig(kind="entropy", entropy_model=str(path)), model
+    else:
+        raise UntokError(f"{path} is neither a BLT nor a flat byte transformer, so it cannot "
+                         "drive entropy patching")
+    trained_with = config.kind
     changes = {k: v for k, v in (("kind", kind), ("threshold", threshold),
                                  ("relative", relative), ("max_len", max_len),
                                  ("patch_size", patch_size), ("target_len", target_len))
@@ -41,7 +42,7 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
         changes.setdefault("relative", relative)
     config = dataclasses.replace(config, **changes)
     if config.kind == "entropy" and entropy_model is None:
-        raise UntokError(f"{path} was trained with {config.kind} patching and holds no "
+        raise UntokError(f"{path} was trained with {trained_with} patching and holds no "
                          "entropy model; pass a byte model checkpoint for entropy patching")
     if target_len is not None and config.kind == "entropy":
         config = dataclasses.replace(config, threshold=None, relative=None)
