@@ -115,14 +115,15 @@ def generate_section(lengths: tuple[int, ...]) -> dict:
     return results
 
 
-def quality_section(minutes: float, eval_bytes: int | None) -> dict:
+def quality_section(minutes: float, eval_bytes: int | None, backbones: list[str]) -> dict:
     from untok.data.ingest import open_data
     from untok.evaluate import evaluate
     from untok.train.checkpoint import load
     from untok.train.trainer import train
 
     rows = {}
-    for name, backbone in (("transformer", "transformer"), ("mmfree", "mmfree")):
+    for name in backbones:
+        backbone = name
         config = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml", overrides=[
             f"data.path={str(require(SHARED / 'enwik8-4M'))!r}", f"train.minutes={minutes}",
             f"model.backbone={backbone!r}", "train.eval_every=100000"])
@@ -177,6 +178,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=10.0)
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--eval-bytes", type=int, help="score only the first N val bytes")
+    parser.add_argument("--quality-backbones", nargs="+", default=["transformer", "mmfree"],
+                        choices=("transformer", "mmfree"))
     parser.add_argument("--worker", choices=list(GENERATORS), help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,7 +192,8 @@ def main() -> None:
     if "generate" in args.sections:
         figures["generate"] = generate_section(tuple(args.lengths))
     if "quality" in args.sections:
-        figures["quality"] = quality_section(args.budget_minutes, args.eval_bytes)
+        figures["quality"] = quality_section(args.budget_minutes, args.eval_bytes,
+                                             args.quality_backbones)
     table = render(figures)
     print(table)
     print(f"wrote {write_result('mmfree', figures, table)}")

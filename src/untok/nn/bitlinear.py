@@ -51,14 +51,27 @@ class BitLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, eps: float = 1e-5) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.norm = nn.RMSNorm(in_features, eps=eps)
+        self._quantized: tuple[tuple, torch.Tensor] | None = None
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The ternarized weight x scale; without autograd it is cached until the master
+        weight changes (evaluation and decoding quantize once, not every call)."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            codes, scale = ternarize(self.weight)
+            return self.weight + (codes * scale - self.weight).detach()  # straight-through
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device,
+               self.weight.dtype)
+        if self._quantized is None or self._quantized[0] != key:
+            with torch.no_grad():
+                codes, scale = ternarize(self.weight)
+                self._quantized = (key, codes * scale)
+        return self._quantized[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         codes, scale = quantize_activations(x)
         x = x + (codes / scale - x).detach()  # straight-through
-        w_codes, w_scale = ternarize(self.weight)
-        w = self.weight + (w_codes * w_scale - self.weight).detach()
-        return F.linear(x, w)
+        return F.linear(x, self.quantized_weight())
 
 
 # -- packed inference ------------------------------------------------------------------------
