@@ -189,3 +189,18 @@ def test_export_rejects_bad_input(capsys, tmp_path):
     assert code != 0 and "no BitLinear layers" in err and not (tmp_path / "x").exists()
     code = main(["export", str(tmp_path / "flat"), "-o", str(tmp_path / "x")])
     assert code != 0 and "--ternary" in capsys.readouterr().err
+
+
+def test_cached_ternary_weights_follow_training_and_inference_mode():
+    """Without autograd BitLinear reuses its ternarized weight until the weight changes."""
+    torch.manual_seed(0)
+    layer = BitLinear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight.mul_(-1)  # an in-place update (as an optimizer step is)
+        torch.testing.assert_close(layer(x), -before)
+    with torch.inference_mode():  # tensors created here track no version: still works
+        built = build_model(MMFREE).eval()
+        logits, _ = built.step(built.new_state(1), torch.tensor([[256, 65]]))
+    assert torch.isfinite(logits).all()

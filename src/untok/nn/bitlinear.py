@@ -59,8 +59,9 @@ class BitLinear(nn.Linear):
         if torch.is_grad_enabled() and self.weight.requires_grad:
             codes, scale = ternarize(self.weight)
             return self.weight + (codes * scale - self.weight).detach()  # straight-through
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.device,
-               self.weight.dtype)
+        weight = self.weight
+        version = -1 if weight.is_inference() else weight._version  # (not tracked there)
+        key = (weight.data_ptr(), version, weight.device, weight.dtype)
         if self._quantized is None or self._quantized[0] != key:
             with torch.no_grad():
                 codes, scale = ternarize(self.weight)
