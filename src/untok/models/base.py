@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from untok.units import PAD
 
 
 @runtime_checkable
@@ -39,3 +43,22 @@ class ByteLM(Protocol):
     def flops_per_byte(self) -> float:
         """Training FLOPs (forward + backward) per unit, for MFU."""
         ...
+
+
+def next_unit_loss(logits: torch.Tensor, targets: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy (nats) of logits Float[B, T, V] against targets Long[B, T],
+    skipping PAD targets and those where ``mask`` is False."""
+    if mask is not None:
+        targets = targets.masked_fill(~mask, PAD)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+
+
+@torch.no_grad()
+def init_standard(model: nn.Module, std: float = 0.02) -> None:
+    """Normal(0, std) for every Linear and Embedding weight, ones for every RMSNorm."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)

@@ -26,13 +26,13 @@ from torch import nn
 
 from untok.config import ModelConfig
 from untok.errors import ConfigError
+from untok.models.base import init_standard, next_unit_loss
 from untok.models.flat import FlatLM
 from untok.nn.attention import KVCache, local_causal_mask, rope_angles
 from untok.nn.blocks import TransformerBlock
 from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
 from untok.nn.mlgru import MMFreeBlock, forget_lower_bound
 from untok.patching import Patcher, PatcherState, fit_threshold
-from untok.units import PAD
 
 
 class CrossAttention(nn.Module):
@@ -179,11 +179,7 @@ class BLT(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise every trained parameter; copy the entropy model's weights in."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.RMSNorm):
-                nn.init.ones_(module.weight)
+        init_standard(self)
         nn.init.normal_(self.pool.slot_embed, std=0.02)
         nn.init.normal_(self.start, std=0.02)
         c = self.config
@@ -282,11 +278,7 @@ class BLT(nn.Module):
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
              entropies: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self(ids, entropies)
-        if mask is not None:
-            targets = targets.masked_fill(~mask, PAD)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=PAD)
+        return next_unit_loss(self(ids, entropies), targets, mask)
 
     # -- one byte at a time --------------------------------------------------------------------
 

@@ -9,14 +9,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from untok.config import ModelConfig
+from untok.models.base import init_standard, next_unit_loss
 from untok.nn.attention import KVCache, local_causal_mask, rope_angles
 from untok.nn.blocks import TransformerBlock
 from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
-from untok.units import PAD
 
 
 @dataclass
@@ -55,11 +54,7 @@ class FlatLM(nn.Module):
     def init_weights(self) -> None:
         """Initialise every parameter (the model may have been built on the meta device)."""
         residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.RMSNorm):
-                nn.init.ones_(module.weight)
+        init_standard(self)
         for block in self.blocks:
             for linear in block.residual_outputs():
                 nn.init.normal_(linear.weight, std=residual_std)
@@ -110,17 +105,13 @@ class FlatLM(nn.Module):
         T = ids.shape[1]
         cos, sin = self._rope(T, ids.device)
         mask = None
-        if segments is not None or T > self.config.context is not None:
+        if segments is not None or self.config.context < T:
             mask = local_causal_mask(T, self.config.context, ids.device, segments)
         return self._run(ids, cos[:T], sin[:T], mask=mask)
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self(ids)
-        if mask is not None:
-            targets = targets.masked_fill(~mask, PAD)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=PAD)
+        return next_unit_loss(self(ids), targets, mask)
 
     def new_state(self, batch_size: int) -> FlatState:
         c = self.config

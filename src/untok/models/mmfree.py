@@ -11,14 +11,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from untok.config import ModelConfig
+from untok.models.base import init_standard, next_unit_loss
 from untok.nn.bitlinear import BitLinear
 from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
 from untok.nn.mlgru import MMFreeBlock, forget_lower_bound
-from untok.units import PAD
 
 
 @dataclass
@@ -52,11 +51,7 @@ class MMFreeLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            elif isinstance(module, nn.RMSNorm):
-                nn.init.ones_(module.weight)
+        init_standard(self)
         for block in self.blocks:
             for linear in block.residual_outputs():
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
@@ -73,11 +68,7 @@ class MMFreeLM(nn.Module):
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self(ids)
-        if mask is not None:
-            targets = targets.masked_fill(~mask, PAD)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=PAD)
+        return next_unit_loss(self(ids), targets, mask)
 
     def new_state(self, batch_size: int) -> MMFreeState:
         weight = self.embed.table.weight
