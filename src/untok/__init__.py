@@ -5,12 +5,14 @@ The public API::
     import untok
     model = untok.load("runs/books/best")            # any checkpoint directory
     text = untok.generate_text(model, "Once upon a time", max_bytes=200)
+    blob = untok.compress(open("notes.txt", "rb").read(), model)  # untok.decompress(blob, model)
     untok.fit(untok.resolve(preset_name="tiny", overrides=["data.path=book.txt",
                                                              "train.steps=100"]), "runs/x")
 """
 
 __version__ = "0.1.0"
 
+from untok.compression import compress, decompress  # noqa: E402
 from untok.config import DataConfig, ModelConfig, RunConfig, TrainConfig, resolve  # noqa: E402
 from untok.data import ByteStore, ingest, open_data  # noqa: E402
 from untok.errors import UntokError  # noqa: E402
@@ -32,6 +34,6 @@ save = save_checkpoint
 __all__ = [
     "BLT", "ByteLM", "ByteStore", "DataConfig", "FlatLM", "ModelConfig", "Patcher",
     "RunConfig", "SamplerConfig", "TrainConfig", "TrainResult", "Trainer", "UntokError",
-    "build_model", "compile_decoding", "evaluate", "fit", "generate", "generate_text",
-    "ingest", "load", "open_data", "resolve", "save", "save_checkpoint",
+    "build_model", "compile_decoding", "compress", "decompress", "evaluate", "fit", "generate",
+    "generate_text", "ingest", "load", "open_data", "resolve", "save", "save_checkpoint",
 ]

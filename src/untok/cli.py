@@ -22,6 +22,7 @@ EPILOG = """examples:
   untok eval runs/books/best --data books --json
   untok generate runs/books/best --prompt "Once upon a time" --max-bytes 400
   untok train --resume runs/books/last --minutes 10
+  untok compress notes.txt -m runs/books/best
 """
 
 
@@ -320,6 +321,57 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"{stats['source_file_bytes'] / 1e6:.2f} MB -> {stats['file_bytes'] / 1e6:.2f} MB")
 
 
+def cmd_compress(args: argparse.Namespace) -> None:
+    from untok.compression import compress_file
+
+    stats = compress_file(args.file, args.model, args.out, chunk_size=args.chunk_size,
+                          batch_size=args.batch_size, device=args.device,
+                          overwrite=args.force, progress=not args.quiet)
+    if not args.quiet:
+        print(f"{args.file}: {stats['bytes']:,} -> {stats['compressed_bytes']:,} bytes, "
+              f"{stats['bpb']:.3f} bits per byte, {stats['kb_per_second']:.1f} KB/s",
+              file=sys.stderr)
+
+
+def cmd_decompress(args: argparse.Namespace) -> None:
+    from untok.compression import decompress_file
+
+    stats = decompress_file(args.file, args.model, args.out, device=args.device,
+                            overwrite=args.force, progress=not args.quiet)
+    if not args.quiet:
+        print(f"{args.file}: {stats['bytes']:,} bytes restored (SHA-256 verified), "
+              f"{stats['kb_per_second']:.1f} KB/s", file=sys.stderr)
+
+
+def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="compress a file losslessly with a byte model",
+                       description="Arithmetic-code FILE with the model's next-byte "
+                       "probabilities. Decompressing needs the same checkpoint and the same "
+                       "kind of device.")
+    p.add_argument("file", help="file to compress (- = stdin)")
+    p.add_argument("-m", "--model", required=True, help="checkpoint (or run) directory")
+    p.add_argument("-o", "--out", help="output file (default FILE.utk; - = stdout)")
+    p.add_argument("--chunk-size", type=_positive_int, default=16384,
+                   help="bytes per independently decodable chunk (default 16384)")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="chunks coded side by side (default 16)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="restore a file made by untok compress",
+                       description="Decode FILE.utk with the checkpoint that compressed it; "
+                       "the output is written only once its SHA-256 checks out.")
+    p.add_argument("file", help="compressed file (- = stdin)")
+    p.add_argument("-m", "--model", required=True, help="checkpoint (or run) directory")
+    p.add_argument("-o", "--out", help="output file (default FILE without .utk; - = stdout)")
+    p.add_argument("--device", help="default: the kind of device the file was compressed on")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_decompress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from untok import __version__
 
@@ -426,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the decoding step first (slow start, faster long outputs)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    _add_coding_parsers(sub)
 
     p = sub.add_parser("presets", help="list model presets")
     p.set_defaults(func=cmd_presets)

@@ -1,0 +1,406 @@
+"""Lossless compression with any untok byte model: its next-byte distribution drives a range
+coder (``constriction``), and the compressed size is the model's bits per byte, paid in full.
+
+Both sides run the same arithmetic: the model's one-unit ``step`` over the same chunks in the
+same batches with the same number of threads, and one function (:func:`quantize`) turns its
+logits into integer frequencies. A batched ``forward`` is not used for encoding: it differs
+from ``step`` in the last bits of the logits, and any difference can flip an integer
+frequency (``bench/compress.py`` measures how often). The container is described in
+``docs/compression.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from constriction import stream
+from safetensors.torch import save_model
+from torch import nn
+from tqdm.auto import tqdm
+
+from untok.errors import UntokError
+from untok.units import BOS, NUM_BYTES
+
+SUFFIX = ".utk"
+MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
+FORMAT_VERSION = 1
+PRECISION = 24  # frequencies are integers summing to 2**PRECISION
+DEVICES = ("cpu", "cuda", "mps")
+# magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
+# chunks per batch, threads; then the CRC-32 of all of these
+HEADER = struct.Struct("<8sHBB32sQ32sIHH")
+CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
+CODED, STORED = 0, 1  # a chunk the model would expand is stored as it is
+CRC = struct.Struct("<I")
+
+
+class CompressionError(UntokError):
+    """A container that is damaged, truncated, or needs another model to decode."""
+
+
+@dataclass(frozen=True)
+class Header:
+    model_sha256: bytes
+    length: int
+    sha256: bytes
+    chunk_size: int
+    batch_size: int
+    threads: int
+    device: str
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.length // self.chunk_size)
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.length)
+
+
+def quantize(logits: torch.Tensor) -> np.ndarray:
+    """Integer frequencies Int64[B, 256] from next-unit logits Float[B, V].
+
+    Only the 256 byte values are coded (specials are never emitted). Every byte gets at least
+    1, the frequencies sum to exactly ``2**PRECISION``, and the rounding remainder goes to the
+    most likely byte. Computed in float64 on the CPU: identical logits give identical
+    frequencies on both sides.
+    """
+    total = 1 << PRECISION
+    probs = logits[:, :NUM_BYTES].detach().to("cpu", torch.float64).softmax(-1)
+    freqs = (probs * (total - NUM_BYTES)).floor().long() + 1
+    top = probs.argmax(-1, keepdim=True)
+    freqs.scatter_add_(1, top, total - freqs.sum(-1, keepdim=True))
+    return freqs.numpy()
+
+
+def weights_sha256(model: nn.Module) -> bytes:
+    """SHA-256 of the model's weights as untok saves them (``model.safetensors``): for a model
+    loaded from a checkpoint it equals the hash of that file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.safetensors")
+        save_model(model, path)
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").digest()
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=not enabled)
+
+
+# -- the shared coding loop ------------------------------------------------------------------
+
+class _Row:
+    """One chunk in a batch: ``pick`` gets the chunk's next byte given the model's integer
+    frequencies Float64[1, 256] for it, by encoding the known byte (``encode``), decoding
+    it (``words`` given) or reading it from a stored chunk (neither)."""
+
+    def __init__(self, raw: bytes = b"", *, encode: bool = False,
+                 words: np.ndarray | None = None) -> None:
+        self.raw, self.position = bytearray(raw), 0
+        self.encoder = stream.queue.RangeEncoder() if encode else None
+        self.decoder = stream.queue.RangeDecoder(words) if words is not None else None
+
+    def pick(self, freqs: np.ndarray) -> int:
+        if self.decoder is not None:
+            self.raw.append(int(self.decoder.decode(_CODER, freqs)[0]))
+        elif self.encoder is not None:
+            self.encoder.encode(np.array([self.raw[self.position]], np.int32), _CODER, freqs)
+        self.position += 1
+        return self.raw[self.position - 1]
+
+
+_CODER = stream.model.Categorical(perfect=False)
+
+
+def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm) -> None:
+    """Step ``model`` over ``len(rows)`` chunks side by side, each from a fresh state and a
+    BOS, asking every unfinished row for its next byte. Finished rows are fed byte 0, so that
+    every step has the same shape on both sides."""
+    device = next(model.parameters()).device
+    state = model.new_state(len(rows))
+    units = torch.full((len(rows), 1), BOS, device=device)
+    next_units = [0] * len(rows)
+    for t in range(max(lengths)):
+        logits, state = model.step(state, units)
+        freqs = quantize(logits[:, -1]).astype(np.float64)
+        live = [row for row, length in enumerate(lengths) if t < length]
+        for row in live:
+            next_units[row] = rows[row].pick(freqs[row:row + 1])
+        units = torch.tensor(next_units, device=device)[:, None]
+        bar.update(len(live))
+
+
+def _batches(header: Header) -> Iterator[list[int]]:
+    """Chunk indices coded together: ``batch_size`` consecutive chunks at a time."""
+    for first in range(0, header.num_chunks, header.batch_size):
+        yield list(range(first, min(first + header.batch_size, header.num_chunks)))
+
+
+def _batch_size_for(model: nn.Module, wanted: int) -> int:
+    try:
+        model.new_state(wanted)
+    except ValueError:  # a model that decodes one sequence at a time (BLT)
+        return 1
+    return wanted
+
+
+def _device_name(model: nn.Module) -> str:
+    name = next(model.parameters()).device.type
+    if name not in DEVICES:
+        raise CompressionError(f"cannot compress on device {name!r}; use one of {DEVICES}")
+    return name
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_size: int = 16,
+             progress: bool = False) -> bytes:
+    """Compress ``data`` with ``model``'s next-byte distribution; :func:`decompress` with the
+    same weights (on the same kind of device) gives ``data`` back exactly.
+
+    The data is cut into chunks of ``chunk_size`` bytes, each coded from a fresh model state
+    (so it decodes on its own); ``batch_size`` chunks are coded side by side. A chunk that
+    the model would expand is stored as it is.
+    """
+    if not 1 <= chunk_size < 2**32:
+        raise CompressionError(f"chunk size must be between 1 and 2**32 - 1, got {chunk_size}")
+    if not 1 <= batch_size < 2**16:
+        raise CompressionError(f"batch size must be between 1 and 65535, got {batch_size}")
+    data = bytes(data)
+    model.eval()
+    header = Header(model_sha256=weights_sha256(model), length=len(data),
+                    sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
+                    batch_size=_batch_size_for(model, batch_size),
+                    threads=torch.get_num_threads(), device=_device_name(model))
+    payloads: list[bytes] = []
+    table = bytearray()
+    with _progress_bar(len(data), "compress", progress) as bar:
+        for batch in _batches(header):
+            chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
+            rows = [_Row(chunk, encode=True) for chunk in chunks]
+            _run_batch(model, rows, [len(c) for c in chunks], bar)
+            for chunk, row in zip(chunks, rows, strict=True):
+                coded = row.encoder.get_compressed().astype("<u4").tobytes()
+                method, payload = (CODED, coded) if len(coded) < len(chunk) else (STORED, chunk)
+                payloads.append(payload)
+                table += CHUNK.pack(len(payload), method, zlib.crc32(chunk))
+    head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
+                       header.model_sha256, header.length, header.sha256, header.chunk_size,
+                       header.batch_size, header.threads)
+    return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
+                     CRC.pack(zlib.crc32(table)), *payloads])
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+def read_header(blob: bytes) -> Header:
+    """The checked header of a container (magic, version and CRC)."""
+    if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
+        raise CompressionError("not an untok compressed file (wrong magic number)")
+    if len(blob) < HEADER.size + CRC.size:
+        raise CompressionError("the file is truncated (its header is incomplete)")
+    fields = HEADER.unpack_from(blob)
+    (crc,) = CRC.unpack_from(blob, HEADER.size)
+    if zlib.crc32(blob[:HEADER.size]) != crc:
+        raise CompressionError("the file is damaged: its header fails its CRC check")
+    _, version, precision, device, model_sha, length, sha, chunk_size, batch, threads = fields
+    if version != FORMAT_VERSION or precision != PRECISION:
+        raise CompressionError(f"format version {version} (precision {precision}) is not "
+                               f"supported by this untok (version {FORMAT_VERSION}); upgrade "
+                               "untok")
+    if chunk_size == 0 or batch == 0 or threads == 0 or device >= len(DEVICES):
+        raise CompressionError("the file is damaged: its header holds impossible values")
+    return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
+                  batch_size=batch, threads=threads, device=DEVICES[device])
+
+
+def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
+    """(payload, method, CRC-32 of the original bytes) of every chunk, sizes checked."""
+    start = HEADER.size + CRC.size
+    end = start + header.num_chunks * CHUNK.size
+    if len(blob) < end + CRC.size:
+        raise CompressionError("the file is truncated (its chunk table is incomplete)")
+    table = blob[start:end]
+    if zlib.crc32(table) != CRC.unpack_from(blob, end)[0]:
+        raise CompressionError("the file is damaged: its chunk table fails its CRC check")
+    entries = [CHUNK.unpack_from(table, i * CHUNK.size) for i in range(header.num_chunks)]
+    offset = end + CRC.size
+    expected = offset + sum(size for size, _, _ in entries)
+    if len(blob) < expected:
+        raise CompressionError(f"the file is truncated: {len(blob):,} bytes, expected "
+                               f"{expected:,}")
+    if len(blob) > expected:
+        raise CompressionError(f"the file is damaged: {len(blob) - expected:,} unexpected "
+                               "bytes after the last chunk")
+    chunks = []
+    for index, (size, method, crc) in enumerate(entries):
+        stored_size = header.chunk_bounds(index)[1] - header.chunk_bounds(index)[0]
+        if method not in (CODED, STORED) or (method == CODED and size % 4) or (
+                method == STORED and size != stored_size):
+            raise CompressionError(f"the file is damaged: chunk {index} has an impossible "
+                                   "size or method")
+        chunks.append((blob[offset:offset + size], method, crc))
+        offset += size
+    return chunks
+
+
+@torch.inference_mode()
+def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> bytes:
+    """The original bytes of a container made by :func:`compress` with the same weights.
+
+    Raises :class:`CompressionError` naming the problem for another model, a truncated or
+    damaged file, or a chunk that does not decode to its recorded checksum; never returns
+    bytes that fail the SHA-256 recorded by the encoder.
+    """
+    header = read_header(blob)
+    chunks = _read_chunks(blob, header)
+    model.eval()
+    if weights_sha256(model) != header.model_sha256:
+        raise CompressionError(
+            "this file was compressed with a different model (weights SHA-256 "
+            f"{header.model_sha256.hex()[:16]}...); decompress it with that checkpoint")
+    if _device_name(model) != header.device:
+        raise CompressionError(f"this file was compressed on {header.device}; decompress it "
+                               f"on {header.device} too (arithmetic differs between devices)")
+    out = bytearray()
+    with _threads(header.threads), _progress_bar(header.length, "decompress", progress) as bar:
+        for batch in _batches(header):
+            rows = [_Row(payload) if method == STORED
+                    else _Row(words=np.frombuffer(payload, "<u4").astype(np.uint32))
+                    for payload, method, _ in (chunks[i] for i in batch)]
+            lengths = [end - start for start, end in map(header.chunk_bounds, batch)]
+            if any(row.decoder is not None for row in rows):
+                try:
+                    _run_batch(model, rows, lengths, bar)
+                except Exception as exc:  # garbage in a damaged payload can stop a decoder
+                    raise CompressionError(f"chunks {batch[0]}-{batch[-1]} cannot be decoded "
+                                           f"(the file is damaged): {exc}") from None
+            else:
+                bar.update(sum(lengths))
+            for index, row in zip(batch, rows, strict=True):
+                if zlib.crc32(row.raw) != chunks[index][2]:
+                    start, end = header.chunk_bounds(index)
+                    raise CompressionError(
+                        f"chunk {index} (bytes {start:,}-{end:,}) does not decode to what was "
+                        "compressed: the file is damaged there, or it was compressed with "
+                        "another untok/torch version or machine")
+                out += row.raw
+    if hashlib.sha256(out).digest() != header.sha256:
+        raise CompressionError("the decoded bytes fail the SHA-256 recorded at compression")
+    return bytes(out)
+
+
+# -- files -----------------------------------------------------------------------------------
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UntokError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write_output(path: str, data: bytes, overwrite: bool) -> None:
+    """Write to ``path`` (``-`` = stdout) through a temporary file renamed into place."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise UntokError(f"{path} already exists; pass --force to overwrite it")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UntokError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UntokError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def default_output(source: str, decompressing: bool) -> str:
+    """``FILE`` -> ``FILE.utk`` and back; stdin -> stdout."""
+    if source == "-":
+        return "-"
+    if not decompressing:
+        return source + SUFFIX
+    if not source.endswith(SUFFIX) or source == SUFFIX:
+        raise UntokError(f"cannot name the output: {source} does not end in {SUFFIX}; "
+                         "pass -o FILE")
+    return source[:-len(SUFFIX)]
+
+
+def compress_file(source: str, checkpoint: str, output: str | None = None, *,
+                  chunk_size: int = 16384, batch_size: int = 16, device: str = "auto",
+                  overwrite: bool = False, progress: bool = True) -> dict[str, float]:
+    """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
+    returns sizes, bits per byte and speed."""
+    from untok.hardware import pick_device
+    from untok.train.checkpoint import load
+
+    output = output or default_output(source, decompressing=False)
+    if output != "-" and Path(output).exists() and not overwrite:
+        raise UntokError(f"{output} already exists; pass --force to overwrite it")
+    data = _read_input(source)
+    model = load(checkpoint, pick_device(device))
+    start = time.perf_counter()
+    blob = compress(data, model, chunk_size=chunk_size, batch_size=batch_size,
+                    progress=progress)
+    seconds = time.perf_counter() - start
+    _write_output(output, blob, overwrite)
+    return {"bytes": len(data), "compressed_bytes": len(blob),
+            "bpb": 8 * len(blob) / max(len(data), 1), "seconds": seconds,
+            "kb_per_second": len(data) / 1024 / seconds}
+
+
+def decompress_file(source: str, checkpoint: str, output: str | None = None, *,
+                    device: str | None = None, overwrite: bool = False,
+                    progress: bool = True) -> dict[str, float]:
+    """Decompress ``source`` (``-`` = stdin) with the model in ``checkpoint``; the output is
+    written only after its SHA-256 matches the one recorded at compression. ``device``
+    defaults to the kind of device the file was compressed on."""
+    from untok.hardware import pick_device
+    from untok.train.checkpoint import load
+
+    output = output or default_output(source, decompressing=True)
+    if output != "-" and Path(output).exists() and not overwrite:
+        raise UntokError(f"{output} already exists; pass --force to overwrite it")
+    blob = _read_input(source)
+    header = read_header(blob)
+    model = load(checkpoint, pick_device(device or header.device))
+    start = time.perf_counter()
+    data = decompress(blob, model, progress=progress)
+    seconds = time.perf_counter() - start
+    _write_output(output, data, overwrite)
+    return {"bytes": len(data), "compressed_bytes": len(blob), "seconds": seconds,
+            "kb_per_second": len(data) / 1024 / seconds}

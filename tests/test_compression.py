@@ -1,0 +1,261 @@
+"""untok compress / decompress: exact round trips, honest sizes, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import untok
+from conftest import TINY, shakespeare
+from untok.compression import (
+    PRECISION,
+    CompressionError,
+    compress,
+    decompress,
+    quantize,
+    weights_sha256,
+)
+from untok.config import ModelConfig, PatchingConfig, resolve
+from untok.models import build_model
+from untok.units import BOS
+
+
+def _train(model: torch.nn.Module, text: bytes, steps: int = 150) -> torch.nn.Module:
+    """A few hundred Adam steps on ``text``: enough for the model to beat 8 bits per byte."""
+    ids = torch.tensor(list(text))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    window = model.config.context
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - window - 1, (16,), generator=gen)
+        batch = torch.stack([ids[s:s + window + 1] for s in starts])
+        loss = model.loss(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _train(build_model(TINY), shakespeare().read_bytes()[:200_000])
+
+
+@pytest.fixture(scope="module")
+def sample() -> bytes:
+    return shakespeare().read_bytes()[-5000:]  # val text, not trained on
+
+
+def roundtrip(data: bytes, model, **options) -> bytes:
+    blob = compress(data, model, **options)
+    assert decompress(blob, model) == data
+    return blob
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"x",
+    b"\xff\xfe\xc3(\x80 invalid \xed\xa0\x80 utf-8 \xc0\xaf",
+    bytes(range(256)),
+    b"a" * 3000 + b"\x00" * 2000 + b"ab" * 1000,
+], ids=["empty", "one-byte", "invalid-utf8", "all-256", "long-runs"])
+def test_roundtrip_edge_cases(trained, data: bytes) -> None:
+    roundtrip(data, trained, chunk_size=1000, batch_size=3)
+
+
+def test_roundtrip_random_binary(trained) -> None:
+    """A text model would expand random bytes: such chunks are stored as they are."""
+    data = os.urandom(3000)
+    blob = roundtrip(data, trained, chunk_size=700, batch_size=2)
+    assert len(blob) <= len(data) + 100 + 5 * 9
+    mixed = data[:1400] + shakespeare().read_bytes()[-2800:]
+    blob = roundtrip(mixed, trained, chunk_size=700, batch_size=3)
+    assert len(blob) < 1400 + 2800 * 5 / 8
+
+
+def test_text_compresses_to_the_models_cross_entropy(trained, sample: bytes) -> None:
+    """The compressed payload is the model's bits per byte, plus a few bytes per chunk."""
+    chunk = 1250
+    blob = roundtrip(sample, trained, chunk_size=chunk, batch_size=4)
+    bits = 0.0
+    with torch.no_grad():
+        for start in range(0, len(sample), chunk):
+            piece = list(sample[start:start + chunk])
+            logits = trained(torch.tensor([[BOS, *piece[:-1]]]))[0, :, :256]
+            bits -= logits.log_softmax(-1)[torch.arange(len(piece)), piece].sum().item()
+    bits /= math.log(2)
+    assert 8 * len(blob) / len(sample) < 5.0
+    overhead = 100 + 4 * 8  # header + table; each chunk's range coder ends within 64 bits
+    assert bits / 8 <= len(blob) <= bits / 8 * 1.002 + overhead + 8 * 4
+
+
+def test_deterministic_and_independent_of_current_threads(trained, sample: bytes) -> None:
+    blob = compress(sample, trained, chunk_size=1000, batch_size=5)
+    assert compress(sample, trained, chunk_size=1000, batch_size=5) == blob
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if before > 1 else 2)
+    try:
+        assert decompress(blob, trained) == sample  # the recorded thread count is used
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+
+
+def test_quantize_floor_total_and_determinism() -> None:
+    logits = torch.randn(6, 264) * 4
+    logits[0, 7] = 1e4  # one byte takes (almost) everything
+    logits[1, :] = 0.0  # uniform
+    logits[2, 100:200] = -torch.inf
+    logits[3, 256:] = 50.0  # specials are not coded: they must not take bytes' mass
+    freqs = quantize(logits)
+    assert freqs.shape == (6, 256)
+    assert (freqs >= 1).all()
+    assert (freqs.sum(-1) == 2**PRECISION).all()
+    assert freqs[0, 7] == 2**PRECISION - 255
+    assert len(set(freqs[1, :].tolist())) <= 2  # uniform up to the remainder
+    assert (quantize(logits) == freqs).all()
+    assert (quantize(logits.double()) == freqs).all()
+
+
+def test_weights_hash_equals_checkpoint_file(trained, tmp_path: Path) -> None:
+    path = untok.save(tmp_path / "ckpt", trained)
+    file_hash = hashlib.sha256((path / "model.safetensors").read_bytes()).digest()
+    assert weights_sha256(trained) == file_hash
+    assert weights_sha256(untok.load(path)) == file_hash
+
+
+@pytest.mark.parametrize("family", ["mmfree", "blt"])
+def test_other_families_roundtrip(family: str, sample: bytes) -> None:
+    torch.manual_seed(0)
+    config = resolve(preset_name=f"{family}-tiny").model
+    if family == "blt":  # BLT decodes one chunk at a time: batch_size falls back to 1
+        config = dataclasses.replace(config, patching=PatchingConfig(kind="space", max_len=6))
+    model = build_model(config).eval()
+    roundtrip(sample[:1500], model, chunk_size=600, batch_size=4)
+
+
+# -- damaged input ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def blob(trained, sample: bytes) -> bytes:
+    return compress(sample, trained, chunk_size=1000, batch_size=5)
+
+
+def test_another_model_is_refused(blob: bytes) -> None:
+    other = build_model(TINY)
+    with pytest.raises(CompressionError, match="different model"):
+        decompress(blob, other)
+
+
+@pytest.mark.parametrize("cut", [3, 50, 104, 140, -1])
+def test_truncated_file(trained, blob: bytes, cut: int) -> None:
+    with pytest.raises(CompressionError, match="truncated|magic"):
+        decompress(blob[:cut], trained)
+
+
+def test_wrong_magic_and_trailing_bytes(trained, blob: bytes) -> None:
+    with pytest.raises(CompressionError, match="not an untok compressed file"):
+        decompress(b"PK\x03\x04" + blob[4:], trained)
+    with pytest.raises(CompressionError, match="unexpected bytes"):
+        decompress(blob + b"\x00", trained)
+
+
+@pytest.mark.parametrize("where", ["header", "table", "payload"])
+def test_flipped_bit_is_caught(trained, blob: bytes, where: str) -> None:
+    position = {"header": 60, "table": 110, "payload": len(blob) - 40}[where]
+    damaged = bytearray(blob)
+    damaged[position] ^= 0x10
+    message = {"header": "header fails", "table": "table fails", "payload": "chunk 4"}[where]
+    with pytest.raises(CompressionError, match=message):
+        decompress(bytes(damaged), trained)
+
+
+def test_bad_options(trained) -> None:
+    with pytest.raises(CompressionError, match="chunk size"):
+        compress(b"abc", trained, chunk_size=0)
+    with pytest.raises(CompressionError, match="batch size"):
+        compress(b"abc", trained, batch_size=70000)
+
+
+@pytest.mark.slow
+def test_ten_megabytes_roundtrip() -> None:
+    """Many chunks, lengths past 2**16 and 2**20: a minimal model keeps this to a minute."""
+    text = shakespeare().read_bytes()
+    data = (text * (10_000_000 // len(text) + 1))[:10_000_000]
+    model = build_model(ModelConfig(dim=8, num_layers=1, num_heads=1, context=8)).eval()
+    blob = compress(data, model, chunk_size=65536, batch_size=256)
+    assert decompress(blob, model) == data
+
+
+# -- command line ----------------------------------------------------------------------------
+
+def run(*args: str, stdin: bytes | None = None, cwd: Path | None = None):
+    return subprocess.run([sys.executable, "-m", "untok", *args], input=stdin,
+                          capture_output=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return untok.save(tmp_path_factory.mktemp("ckpt") / "model", trained)
+
+
+def test_cli_file_roundtrip(checkpoint: Path, sample: bytes, tmp_path: Path) -> None:
+    source = tmp_path / "notes.txt"
+    source.write_bytes(sample[:1500])
+    done = run("compress", str(source), "-m", str(checkpoint), "--chunk-size", "500")
+    assert done.returncode == 0, done.stderr
+    assert b"bits per byte" in done.stderr
+    packed = tmp_path / "notes.txt.utk"
+    assert packed.stat().st_size < 1500 * 5 / 8
+    refused = run("decompress", str(packed), "-m", str(checkpoint))
+    assert refused.returncode == 2 and b"already exists" in refused.stderr
+    source.unlink()
+    done = run("decompress", str(packed), "-m", str(checkpoint), "-q")
+    assert done.returncode == 0, done.stderr
+    assert source.read_bytes() == sample[:1500]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "notes.txt.utk"]
+
+
+def test_cli_stdin_stdout(checkpoint: Path, sample: bytes) -> None:
+    packed = run("compress", "-", "-m", str(checkpoint), "-q", "--chunk-size", "300",
+                 stdin=sample[:900])
+    assert packed.returncode == 0, packed.stderr
+    assert packed.stderr == b""
+    restored = run("decompress", "-", "-m", str(checkpoint), "-q", stdin=packed.stdout)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout == sample[:900]
+
+
+def test_cli_damaged_file_writes_nothing(checkpoint: Path, blob: bytes, tmp_path: Path) -> None:
+    damaged = bytearray(blob)
+    damaged[-40] ^= 0x01
+    packed = tmp_path / "x.utk"
+    packed.write_bytes(bytes(damaged))
+    done = run("decompress", str(packed), "-m", str(checkpoint), "-q")
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("untok: error: chunk 4 (bytes 4,000-")
+    assert b"Traceback" not in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["x.utk"]
+
+
+def test_cli_errors(checkpoint: Path, tmp_path: Path) -> None:
+    missing = run("compress", str(tmp_path / "nope.txt"), "-m", str(checkpoint))
+    assert missing.returncode == 2 and b"cannot read" in missing.stderr
+    odd = tmp_path / "data.bin"
+    odd.write_bytes(b"abc")
+    unnamed = run("decompress", str(odd), "-m", str(checkpoint))
+    assert unnamed.returncode == 2 and b"does not end in .utk" in unnamed.stderr
+    garbage = run("decompress", str(odd), "-m", str(checkpoint), "-o", str(tmp_path / "out"))
+    assert garbage.returncode == 2 and b"wrong magic" in garbage.stderr
+    no_model = run("compress", str(odd), "-m", str(tmp_path / "none"))
+    assert no_model.returncode == 2 and b"checkpoint not found" in no_model.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
