@@ -1,8 +1,12 @@
-"""The models benchmarks compare: untok's flat transformer and a Hugging Face GPT-2 of the
-same shape (layers, width, heads, context, byte vocabulary), trained the same way."""
+"""What benchmarks compare against: a Hugging Face GPT-2 of the same shape as untok's flat
+transformer (layers, width, heads, context, byte vocabulary), trained the same way, and the
+classic compressors."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import resource
 from dataclasses import dataclass
 
@@ -84,3 +88,27 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compressors(train_part: bytes, val: bytes) -> dict[str, float]:
+    """bpb of classic compressors on the val bytes, alone and conditioned on train."""
+    import zstandard
+
+    def xz(data: bytes) -> int:
+        return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+
+    def zstd(data: bytes, long: bool = False) -> int:
+        params = zstandard.ZstdCompressionParameters.from_level(
+            19, enable_ldm=long, window_log=27 if long else 0)
+        return len(zstandard.ZstdCompressor(compression_params=params).compress(data))
+
+    n = 8 / len(val)
+    return {
+        "gzip -9": len(gzip.compress(val, 9)) * n,
+        "bzip2 -9": len(bz2.compress(val, 9)) * n,
+        "xz -9e": xz(val) * n,
+        "zstd -19": zstd(val) * n,
+        "xz -9e given train": (xz(train_part + val) - xz(train_part)) * n,
+        "zstd -19 --long given train": (zstd(train_part + val, True)
+                                    - zstd(train_part, True)) * n,
+    }

@@ -18,11 +18,8 @@ wall-clock time).
 from __future__ import annotations
 
 import argparse
-import bz2
 import dataclasses
-import gzip
 import json
-import lzma
 import math
 import tempfile
 import time
@@ -33,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from common import RESULTS, ROOT, SHARED, require, write_result
+from contenders import compressors
 from untok.config import replace, resolve
 from untok.data.ingest import open_data
 from untok.data.loader import eval_windows
@@ -49,30 +47,6 @@ BPE_VOCAB = 4096
 def split_bytes() -> tuple[bytes, bytes]:
     data = require(SHARED / "enwik8-4M").read_bytes()
     return data[:-VAL_BYTES], data[-VAL_BYTES:]
-
-
-def compressors(train_part: bytes, val: bytes) -> dict[str, float]:
-    """bpb of classic compressors on the val bytes, alone and conditioned on train."""
-    import zstandard
-
-    def xz(data: bytes) -> int:
-        return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
-
-    def zstd(data: bytes, long: bool = False) -> int:
-        params = zstandard.ZstdCompressionParameters.from_level(
-            19, enable_ldm=long, window_log=27 if long else 0)
-        return len(zstandard.ZstdCompressor(compression_params=params).compress(data))
-
-    n = 8 / len(val)
-    return {
-        "gzip -9": len(gzip.compress(val, 9)) * n,
-        "bzip2 -9": len(bz2.compress(val, 9)) * n,
-        "xz -9e": xz(val) * n,
-        "zstd -19": zstd(val) * n,
-        "xz -9e given train": (xz(train_part + val) - xz(train_part)) * n,
-        "zstd -19 --long given train": (zstd(train_part + val, True)
-                                    - zstd(train_part, True)) * n,
-    }
 
 
 def run_untok(minutes: float) -> tuple[dict, list[tuple[float, float]]]:

@@ -82,3 +82,15 @@ def test_mmfree_smoke(tmp_path):
     for row in figures["generate"].values():
         assert {"bytes_per_s", "peak_rss_mb"} <= set(row["64"])
     assert {"transformer", "mmfree"} == set(figures["quality"])
+
+
+@pytest.mark.slow
+def test_compress_smoke(tmp_path):
+    figures = run_bench(tmp_path, "compress.py", "--runs", str(tmp_path / "runs"),
+                        "--minutes", "0.05", "--val-bytes", "1500", "--chunk-size", "500",
+                        "--corpora", "tinyshakespeare")
+    result = figures["corpora"]["tinyshakespeare"]
+    assert result["val_bytes"] == 1500 and "xz -9e given train" in result["compressors"]
+    assert {"bpb", "eval_bpb", "encode_kb_per_s", "decode_kb_per_s", "params",
+            "weights_bytes", "bytes_saved_vs_xz_given_train"} <= set(result["untok"]["0.05"])
+    assert 0 <= figures["forward_step_mismatch"]["share_differing"] <= 1

@@ -15,6 +15,7 @@ import torch
 
 import untok
 from conftest import TINY, shakespeare
+from untok.cli import main
 from untok.compression import (
     PRECISION,
     CompressionError,
@@ -198,9 +199,10 @@ def test_ten_megabytes_roundtrip() -> None:
 
 # -- command line ----------------------------------------------------------------------------
 
-def run(*args: str, stdin: bytes | None = None, cwd: Path | None = None):
-    return subprocess.run([sys.executable, "-m", "untok", *args], input=stdin,
-                          capture_output=True, cwd=cwd, timeout=300)
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run ``untok ARGS`` in this process; (exit code, stderr)."""
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -208,54 +210,59 @@ def checkpoint(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return untok.save(tmp_path_factory.mktemp("ckpt") / "model", trained)
 
 
-def test_cli_file_roundtrip(checkpoint: Path, sample: bytes, tmp_path: Path) -> None:
+def test_cli_file_roundtrip(capsys, checkpoint: Path, sample: bytes, tmp_path: Path) -> None:
     source = tmp_path / "notes.txt"
     source.write_bytes(sample[:1500])
-    done = run("compress", str(source), "-m", str(checkpoint), "--chunk-size", "500")
-    assert done.returncode == 0, done.stderr
-    assert b"bits per byte" in done.stderr
+    code, err = cli(capsys, "compress", source, "-m", checkpoint, "--chunk-size", 500)
+    assert code == 0 and "bits per byte" in err
     packed = tmp_path / "notes.txt.utk"
     assert packed.stat().st_size < 1500 * 5 / 8
-    refused = run("decompress", str(packed), "-m", str(checkpoint))
-    assert refused.returncode == 2 and b"already exists" in refused.stderr
+    code, err = cli(capsys, "decompress", packed, "-m", checkpoint)
+    assert code == 2 and "notes.txt already exists; pass --force" in err
     source.unlink()
-    done = run("decompress", str(packed), "-m", str(checkpoint), "-q")
-    assert done.returncode == 0, done.stderr
+    code, err = cli(capsys, "decompress", packed, "-m", checkpoint, "-q")
+    assert code == 0 and err == ""
     assert source.read_bytes() == sample[:1500]
+    code, err = cli(capsys, "decompress", packed, "-m", checkpoint, "-q", "--force")
+    assert code == 0 and source.read_bytes() == sample[:1500]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "notes.txt.utk"]
 
 
 def test_cli_stdin_stdout(checkpoint: Path, sample: bytes) -> None:
+    """Through real pipes: `untok compress - | untok decompress -`."""
+    def run(*args: str, stdin: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "untok", *args], input=stdin,
+                              capture_output=True, timeout=300)
+
     packed = run("compress", "-", "-m", str(checkpoint), "-q", "--chunk-size", "300",
                  stdin=sample[:900])
-    assert packed.returncode == 0, packed.stderr
-    assert packed.stderr == b""
+    assert packed.returncode == 0 and packed.stderr == b""
     restored = run("decompress", "-", "-m", str(checkpoint), "-q", stdin=packed.stdout)
     assert restored.returncode == 0, restored.stderr
     assert restored.stdout == sample[:900]
 
 
-def test_cli_damaged_file_writes_nothing(checkpoint: Path, blob: bytes, tmp_path: Path) -> None:
+def test_cli_damaged_file_writes_nothing(capsys, checkpoint: Path, blob: bytes,
+                                         tmp_path: Path) -> None:
     damaged = bytearray(blob)
     damaged[-40] ^= 0x01
     packed = tmp_path / "x.utk"
     packed.write_bytes(bytes(damaged))
-    done = run("decompress", str(packed), "-m", str(checkpoint), "-q")
-    assert done.returncode == 2
-    assert done.stderr.decode().startswith("untok: error: chunk 4 (bytes 4,000-")
-    assert b"Traceback" not in done.stderr
+    code, err = cli(capsys, "decompress", packed, "-m", checkpoint, "-q")
+    assert code == 2
+    assert err.startswith("untok: error: chunk 4 (bytes 4,000-") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.utk"]
 
 
-def test_cli_errors(checkpoint: Path, tmp_path: Path) -> None:
-    missing = run("compress", str(tmp_path / "nope.txt"), "-m", str(checkpoint))
-    assert missing.returncode == 2 and b"cannot read" in missing.stderr
+def test_cli_errors(capsys, checkpoint: Path, tmp_path: Path) -> None:
+    code, err = cli(capsys, "compress", tmp_path / "nope.txt", "-m", checkpoint)
+    assert code == 2 and "cannot read" in err
     odd = tmp_path / "data.bin"
     odd.write_bytes(b"abc")
-    unnamed = run("decompress", str(odd), "-m", str(checkpoint))
-    assert unnamed.returncode == 2 and b"does not end in .utk" in unnamed.stderr
-    garbage = run("decompress", str(odd), "-m", str(checkpoint), "-o", str(tmp_path / "out"))
-    assert garbage.returncode == 2 and b"wrong magic" in garbage.stderr
-    no_model = run("compress", str(odd), "-m", str(tmp_path / "none"))
-    assert no_model.returncode == 2 and b"checkpoint not found" in no_model.stderr
+    code, err = cli(capsys, "decompress", odd, "-m", checkpoint)
+    assert code == 2 and "does not end in .utk" in err
+    code, err = cli(capsys, "decompress", odd, "-m", checkpoint, "-o", tmp_path / "out")
+    assert code == 2 and "wrong magic" in err
+    code, err = cli(capsys, "compress", odd, "-m", tmp_path / "none")
+    assert code == 2 and "checkpoint not found" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
