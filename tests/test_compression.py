@@ -17,6 +17,9 @@ import untok
 from conftest import TINY, shakespeare
 from untok.cli import main
 from untok.compression import (
+    CHUNK,
+    CRC,
+    HEADER,
     PRECISION,
     CompressionError,
     compress,
@@ -56,6 +59,11 @@ def sample() -> bytes:
     return shakespeare().read_bytes()[-5000:]  # val text, not trained on
 
 
+def container_overhead(chunks: int) -> int:
+    """Header + CRC, chunk table + CRC."""
+    return HEADER.size + CHUNK.size * chunks + 2 * CRC.size
+
+
 def roundtrip(data: bytes, model, **options) -> bytes:
     blob = compress(data, model, **options)
     assert decompress(blob, model) == data
@@ -70,14 +78,14 @@ def roundtrip(data: bytes, model, **options) -> bytes:
     b"a" * 3000 + b"\x00" * 2000 + b"ab" * 1000,
 ], ids=["empty", "one-byte", "invalid-utf8", "all-256", "long-runs"])
 def test_roundtrip_edge_cases(trained, data: bytes) -> None:
-    roundtrip(data, trained, chunk_size=1000, batch_size=3)
+    roundtrip(data, trained, chunk_size=1000, batch_size=8)
 
 
 def test_roundtrip_random_binary(trained) -> None:
     """A text model would expand random bytes: such chunks are stored as they are."""
     data = os.urandom(3000)
     blob = roundtrip(data, trained, chunk_size=700, batch_size=2)
-    assert len(blob) <= len(data) + 100 + 5 * 9
+    assert len(blob) == len(data) + container_overhead(chunks=5)
     mixed = data[:1400] + shakespeare().read_bytes()[-2800:]
     blob = roundtrip(mixed, trained, chunk_size=700, batch_size=3)
     assert len(blob) < 1400 + 2800 * 5 / 8
@@ -95,8 +103,8 @@ def test_text_compresses_to_the_models_cross_entropy(trained, sample: bytes) -> 
             bits -= logits.log_softmax(-1)[torch.arange(len(piece)), piece].sum().item()
     bits /= math.log(2)
     assert 8 * len(blob) / len(sample) < 5.0
-    overhead = 100 + 4 * 8  # header + table; each chunk's range coder ends within 64 bits
-    assert bits / 8 <= len(blob) <= bits / 8 * 1.002 + overhead + 8 * 4
+    overhead = container_overhead(chunks=4) + 4 * 8  # each range coder ends within 64 bits
+    assert bits / 8 <= len(blob) <= bits / 8 * 1.002 + overhead
 
 
 def test_deterministic_and_independent_of_current_threads(trained, sample: bytes) -> None:
@@ -134,6 +142,19 @@ def test_weights_hash_equals_checkpoint_file(trained, tmp_path: Path) -> None:
     assert weights_sha256(untok.load(path)) == file_hash
 
 
+def test_adaptation_roundtrip_learns_and_leaves_the_model_alone(trained, sample: bytes) -> None:
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    text = sample[:3000]
+    static = compress(text, trained, chunk_size=1500, batch_size=2)
+    adapted = compress(text, trained, chunk_size=1500, batch_size=2, adapt_lr=3e-3,
+                       adapt_every=32)
+    assert len(adapted) < len(static)  # it learned from the text as it coded it
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert decompress(adapted, trained) == text
+    with pytest.raises(CompressionError, match="adaptation"):
+        compress(sample, trained, adapt_lr=-1.0)
+
+
 @pytest.mark.parametrize("family", ["mmfree", "blt"])
 def test_other_families_roundtrip(family: str, sample: bytes) -> None:
     torch.manual_seed(0)
@@ -142,6 +163,7 @@ def test_other_families_roundtrip(family: str, sample: bytes) -> None:
         config = dataclasses.replace(config, patching=PatchingConfig(kind="space", max_len=6))
     model = build_model(config).eval()
     roundtrip(sample[:1500], model, chunk_size=600, batch_size=4)
+    roundtrip(sample[:700], model, chunk_size=400, batch_size=2, adapt_lr=1e-3, adapt_every=16)
 
 
 # -- damaged input ---------------------------------------------------------------------------

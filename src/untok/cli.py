@@ -325,7 +325,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
     from untok.compression import compress_file
 
     stats = compress_file(args.file, args.model, args.out, chunk_size=args.chunk_size,
-                          batch_size=args.batch_size, device=args.device,
+                          batch_size=args.batch_size, adapt_lr=args.adapt_lr,
+                          adapt_every=args.adapt_every, device=args.device,
                           overwrite=args.force, progress=not args.quiet)
     if not args.quiet:
         print(f"{args.file}: {stats['bytes']:,} -> {stats['compressed_bytes']:,} bytes, "
@@ -355,6 +356,12 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                    help="bytes per independently decodable chunk (default 16384)")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="chunks coded side by side (default 16)")
+    p.add_argument("--adapt-lr", type=float, default=0.0,
+                   help="keep training a copy of the model on the file as it is coded, with "
+                        "this Adam learning rate (default 0 = off; smaller files, slower, and "
+                        "a damaged chunk spoils its whole batch)")
+    p.add_argument("--adapt-every", type=_positive_int, default=128,
+                   help="bytes per row between adaptation steps (default 128)")
     p.add_argument("--device", default="auto")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")

@@ -11,7 +11,9 @@ frequency (``bench/compress.py`` measures how often). The container is described
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 import os
 import struct
 import sys
@@ -31,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from untok.errors import UntokError
-from untok.units import BOS, NUM_BYTES
+from untok.units import BOS, NUM_BYTES, PAD
 
 SUFFIX = ".utk"
 MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
@@ -39,8 +41,8 @@ FORMAT_VERSION = 1
 PRECISION = 24  # frequencies are integers summing to 2**PRECISION
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
-# chunks per batch, threads; then the CRC-32 of all of these
-HEADER = struct.Struct("<8sHBB32sQ32sIHH")
+# chunks per batch, threads, adaptation learning rate and interval; then the CRC-32 of these
+HEADER = struct.Struct("<8sHBB32sQ32sIHHfH")
 CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
 CODED, STORED = 0, 1  # a chunk the model would expand is stored as it is
 CRC = struct.Struct("<I")
@@ -59,6 +61,7 @@ class Header:
     batch_size: int
     threads: int
     device: str
+    adaptation: Adaptation
 
     @property
     def num_chunks(self) -> int:
@@ -135,7 +138,18 @@ class _Row:
 _CODER = stream.model.Categorical(perfect=False)
 
 
-def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm) -> None:
+@dataclass(frozen=True)
+class Adaptation:
+    """Online learning while coding: after every ``every`` bytes of a batch, one Adam step
+    with learning rate ``lr`` on those bytes (0 = the model stays as it is). Both sides make
+    the same updates, so the model keeps learning from the file as it codes it."""
+
+    lr: float = 0.0
+    every: int = 128
+
+
+def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm,
+               adaptation: Adaptation) -> None:
     """Step ``model`` over ``len(rows)`` chunks side by side, each from a fresh state and a
     BOS, asking every unfinished row for its next byte. Finished rows are fed byte 0, so that
     every step has the same shape on both sides."""
@@ -143,14 +157,42 @@ def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm
     state = model.new_state(len(rows))
     units = torch.full((len(rows), 1), BOS, device=device)
     next_units = [0] * len(rows)
+    learner = _Learner(model, adaptation, len(rows), max(lengths)) if adaptation.lr else None
     for t in range(max(lengths)):
-        logits, state = model.step(state, units)
+        logits, state = (learner.model if learner else model).step(state, units)
         freqs = quantize(logits[:, -1]).astype(np.float64)
         live = [row for row, length in enumerate(lengths) if t < length]
         for row in live:
             next_units[row] = rows[row].pick(freqs[row:row + 1])
         units = torch.tensor(next_units, device=device)[:, None]
         bar.update(len(live))
+        if learner:
+            learner.observe(t, units[:, 0], live)
+
+
+class _Learner:
+    """A copy of the model that takes an Adam step on every ``every`` new bytes of a batch
+    (targets of finished rows are PAD: not learned)."""
+
+    def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):
+        self.model = copy.deepcopy(model)
+        self.every = adaptation.every
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad], lr=adaptation.lr)
+        device = next(model.parameters()).device
+        self.units = torch.full((rows, steps + 1), PAD, device=device)
+        self.units[:, 0] = BOS
+
+    def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
+        self.units[live, t + 1] = units[live]
+        if (t + 1) % self.every:
+            return
+        window = self.units[:, t + 1 - self.every:t + 2]
+        with torch.enable_grad():
+            loss = self.model.loss(window[:, :-1], window[:, 1:])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
 
 
 def _batches(header: Header) -> Iterator[list[int]]:
@@ -176,33 +218,40 @@ def _device_name(model: nn.Module) -> str:
 
 # -- encoding --------------------------------------------------------------------------------
 
-@torch.inference_mode()
+@torch.no_grad()
 def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_size: int = 16,
-             progress: bool = False) -> bytes:
+             adapt_lr: float = 0.0, adapt_every: int = 128, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution; :func:`decompress` with the
     same weights (on the same kind of device) gives ``data`` back exactly.
 
     The data is cut into chunks of ``chunk_size`` bytes, each coded from a fresh model state
     (so it decodes on its own); ``batch_size`` chunks are coded side by side. A chunk that
-    the model would expand is stored as it is.
+    the model would expand is stored as it is. With ``adapt_lr > 0`` a copy of the model
+    learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
+    damaged chunk then spoils the rest of its batch too.
     """
     if not 1 <= chunk_size < 2**32:
         raise CompressionError(f"chunk size must be between 1 and 2**32 - 1, got {chunk_size}")
     if not 1 <= batch_size < 2**16:
         raise CompressionError(f"batch size must be between 1 and 65535, got {batch_size}")
+    if not (adapt_lr >= 0 and math.isfinite(adapt_lr) and 1 <= adapt_every < 2**16):
+        raise CompressionError("adaptation needs a learning rate >= 0 and an interval of 1 "
+                               f"to 65535 bytes, got {adapt_lr} and {adapt_every}")
+    adapt_lr = struct.unpack("<f", struct.pack("<f", adapt_lr))[0]  # as the header holds it
     data = bytes(data)
     model.eval()
     header = Header(model_sha256=weights_sha256(model), length=len(data),
                     sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
                     batch_size=_batch_size_for(model, batch_size),
-                    threads=torch.get_num_threads(), device=_device_name(model))
+                    threads=torch.get_num_threads(), device=_device_name(model),
+                    adaptation=Adaptation(lr=adapt_lr, every=adapt_every))
     payloads: list[bytes] = []
     table = bytearray()
     with _progress_bar(len(data), "compress", progress) as bar:
         for batch in _batches(header):
             chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
             rows = [_Row(chunk, encode=True) for chunk in chunks]
-            _run_batch(model, rows, [len(c) for c in chunks], bar)
+            _run_batch(model, rows, [len(c) for c in chunks], bar, header.adaptation)
             for chunk, row in zip(chunks, rows, strict=True):
                 coded = row.encoder.get_compressed().astype("<u4").tobytes()
                 method, payload = (CODED, coded) if len(coded) < len(chunk) else (STORED, chunk)
@@ -210,7 +259,8 @@ def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_si
                 table += CHUNK.pack(len(payload), method, zlib.crc32(chunk))
     head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
-                       header.batch_size, header.threads)
+                       header.batch_size, header.threads, header.adaptation.lr,
+                       header.adaptation.every)
     return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
                      CRC.pack(zlib.crc32(table)), *payloads])
 
@@ -227,15 +277,18 @@ def read_header(blob: bytes) -> Header:
     (crc,) = CRC.unpack_from(blob, HEADER.size)
     if zlib.crc32(blob[:HEADER.size]) != crc:
         raise CompressionError("the file is damaged: its header fails its CRC check")
-    _, version, precision, device, model_sha, length, sha, chunk_size, batch, threads = fields
+    (_, version, precision, device, model_sha, length, sha, chunk_size, batch, threads,
+     adapt_lr, adapt_every) = fields
     if version != FORMAT_VERSION or precision != PRECISION:
         raise CompressionError(f"format version {version} (precision {precision}) is not "
                                f"supported by this untok (version {FORMAT_VERSION}); upgrade "
                                "untok")
-    if chunk_size == 0 or batch == 0 or threads == 0 or device >= len(DEVICES):
+    if (chunk_size == 0 or batch == 0 or threads == 0 or device >= len(DEVICES)
+            or not (adapt_lr >= 0 and math.isfinite(adapt_lr)) or adapt_every == 0):
         raise CompressionError("the file is damaged: its header holds impossible values")
     return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
-                  batch_size=batch, threads=threads, device=DEVICES[device])
+                  batch_size=batch, threads=threads, device=DEVICES[device],
+                  adaptation=Adaptation(lr=adapt_lr, every=adapt_every))
 
 
 def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
@@ -268,7 +321,7 @@ def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
     return chunks
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> bytes:
     """The original bytes of a container made by :func:`compress` with the same weights.
 
@@ -295,7 +348,7 @@ def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> byte
             lengths = [end - start for start, end in map(header.chunk_bounds, batch)]
             if any(row.decoder is not None for row in rows):
                 try:
-                    _run_batch(model, rows, lengths, bar)
+                    _run_batch(model, rows, lengths, bar, header.adaptation)
                 except Exception as exc:  # garbage in a damaged payload can stop a decoder
                     raise CompressionError(f"chunks {batch[0]}-{batch[-1]} cannot be decoded "
                                            f"(the file is damaged): {exc}") from None
@@ -361,8 +414,9 @@ def default_output(source: str, decompressing: bool) -> str:
 
 
 def compress_file(source: str, checkpoint: str, output: str | None = None, *,
-                  chunk_size: int = 16384, batch_size: int = 16, device: str = "auto",
-                  overwrite: bool = False, progress: bool = True) -> dict[str, float]:
+                  chunk_size: int = 16384, batch_size: int = 16, adapt_lr: float = 0.0,
+                  adapt_every: int = 128, device: str = "auto", overwrite: bool = False,
+                  progress: bool = True) -> dict[str, float]:
     """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
     returns sizes, bits per byte and speed."""
     from untok.hardware import pick_device
@@ -375,7 +429,7 @@ def compress_file(source: str, checkpoint: str, output: str | None = None, *,
     model = load(checkpoint, pick_device(device))
     start = time.perf_counter()
     blob = compress(data, model, chunk_size=chunk_size, batch_size=batch_size,
-                    progress=progress)
+                    adapt_lr=adapt_lr, adapt_every=adapt_every, progress=progress)
     seconds = time.perf_counter() - start
     _write_output(output, blob, overwrite)
     return {"bytes": len(data), "compressed_bytes": len(blob),
