@@ -8,7 +8,8 @@ For each corpus (enwik8-4M: val = the last 200,000 bytes; Tiny Shakespeare: val 
   or ``recipes/<corpus>-60min.toml`` (any other budget), unless ``--runs`` already holds it
   (``RUNS/<corpus>-<minutes>``), so a long training can run beforehand;
 - ``untok.compress`` codes the val split, ``untok.decompress`` restores it (checked equal):
-  compressed bpb = 8 x file size / val bytes, with encode and decode KB/s;
+  compressed bpb = 8 x file size / val bytes, with encode and decode KB/s, once with the
+  model as it is and once adapting to the file as it codes (``--adapt-lr``);
 - the model's eval bpb on the same bytes (sliding windows: what the file would cost with a
   full context everywhere), its size, and the bytes it saves against xz given train;
 - gzip -9, bzip2 -9, xz -9e, zstd -19 on the val bytes, and xz / zstd --long conditioned on
@@ -77,25 +78,29 @@ def forward_step_mismatch(model: torch.nn.Module, data: bytes) -> dict[str, floa
 
 
 def measure(model: torch.nn.Module, val: bytes, chunk_size: int, batch_size: int,
-            store_path: Path, val_bytes: int) -> dict:
-    """Compressed size and speed on ``val``, next to the model's eval bpb on the same
-    bytes (sliding windows, every byte with a full context where possible)."""
+            adapt_lr: float, adapt_every: int) -> dict:
+    """Compressed size and speed on ``val`` (round trip checked)."""
     start = time.perf_counter()
-    blob = compress(val, model, chunk_size=chunk_size, batch_size=batch_size, progress=True)
+    blob = compress(val, model, chunk_size=chunk_size, batch_size=batch_size,
+                    adapt_lr=adapt_lr, adapt_every=adapt_every, progress=True)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     restored = decompress(blob, model, progress=True)
     decode_s = time.perf_counter() - start
     assert restored == val, "round trip failed"
-    store = open_data(store_path, val_bytes=val_bytes, progress=False)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {
-        "compressed_bytes": len(blob), "bpb": 8 * len(blob) / len(val),
-        "eval_bpb": evaluate(model, store, "val", max_bytes=len(val), progress=False)["bpb"],
-        "encode_kb_per_s": len(val) / 1024 / encode_s,
-        "decode_kb_per_s": len(val) / 1024 / decode_s,
-        "params": model.num_params(), "weights_bytes": weights,
-    }
+    return {"adapt_lr": adapt_lr, "adapt_every": adapt_every, "compressed_bytes": len(blob),
+            "bpb": 8 * len(blob) / len(val), "encode_kb_per_s": len(val) / 1024 / encode_s,
+            "decode_kb_per_s": len(val) / 1024 / decode_s}
+
+
+def describe(model: torch.nn.Module, corpus: str, val: bytes) -> dict:
+    """Size of the model, and its eval bpb on the same val bytes (sliding windows: what
+    the file would cost with a full context everywhere and no adaptation)."""
+    file, _, val_bytes = CORPORA[corpus]
+    store = open_data(SHARED / file, val_bytes=val_bytes, progress=False)
+    return {"params": model.num_params(),
+            "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "eval_bpb": evaluate(model, store, "val", max_bytes=len(val), progress=False)["bpb"]}
 
 
 def render(figures: dict) -> str:
@@ -105,10 +110,12 @@ def render(figures: dict) -> str:
         rows += [f"**{corpus}** val, {result['val_bytes']:,} bytes (goal: untok <= "
                  f"{0.85 * xz_given:.2f} bpb = 0.85 x xz -9e given train)", "",
                  "| contender | bpb | encode KB/s | decode KB/s |", "|---|---|---|---|"]
-        for minutes, row in result["untok"].items():
-            rows.append(f"| untok, trained {minutes} min ({row['params'] / 1e6:.1f}M params; "
-                        f"eval {row['eval_bpb']:.3f}) | **{row['bpb']:.3f}** | "
-                        f"{row['encode_kb_per_s']:.1f} | {row['decode_kb_per_s']:.1f} |")
+        for minutes, model in result["untok"].items():
+            for row in model["runs"]:
+                how = f"adapting, lr {row['adapt_lr']:g}" if row["adapt_lr"] else "static"
+                rows.append(f"| untok, trained {minutes} min, {how} ({model['params'] / 1e6:.1f}M"
+                            f" params; eval bpb {model['eval_bpb']:.3f}) | **{row['bpb']:.3f}**"
+                            f" | {row['encode_kb_per_s']:.1f} | {row['decode_kb_per_s']:.1f} |")
         rows += [f"| {name} | {bpb:.3f} | | |" for name, bpb in result["compressors"].items()]
         rows.append("")
     mismatch = figures["forward_step_mismatch"]
@@ -129,6 +136,9 @@ def main() -> None:
     parser.add_argument("--val-bytes", type=int, help="compress only the first N val bytes")
     parser.add_argument("--chunk-size", type=int, default=16384)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--adapt-lr", type=float, nargs="+", default=[0.0, 3e-4],
+                        help="adaptation learning rates to run (0 = static model)")
+    parser.add_argument("--adapt-every", type=int, default=32)
     args = parser.parse_args()
     figures: dict = {"chunk_size": args.chunk_size, "batch_size": args.batch_size,
                      "corpora": {}}
@@ -142,12 +152,16 @@ def main() -> None:
             if "forward_step_mismatch" not in figures:
                 figures["forward_step_mismatch"] = forward_step_mismatch(
                     model, val[:min(len(val), 4 * model.config.context)])
-            row = measure(model, val, args.chunk_size, args.batch_size,
-                          SHARED / CORPORA[corpus][0], CORPORA[corpus][2])
-            saved = (result["compressors"]["xz -9e given train"] - row["bpb"]) * len(val) / 8
-            row["bytes_saved_vs_xz_given_train"] = saved
-            result["untok"][f"{minutes:g}"] = row
-            print(f"{corpus} {minutes:g} min: {row['bpb']:.3f} bpb", flush=True)
+            entry = {**describe(model, corpus, val), "runs": []}
+            for lr in args.adapt_lr:
+                row = measure(model, val, args.chunk_size, args.batch_size, lr,
+                              args.adapt_every)
+                xz_given = result["compressors"]["xz -9e given train"]
+                row["bytes_saved_vs_xz_given_train"] = (xz_given - row["bpb"]) * len(val) / 8
+                entry["runs"].append(row)
+                print(f"{corpus} {minutes:g} min, adapt lr {lr:g}: {row['bpb']:.3f} bpb",
+                      flush=True)
+            result["untok"][f"{minutes:g}"] = entry
         figures["corpora"][corpus] = result
     table = render(figures)
     print(table)

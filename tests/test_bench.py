@@ -91,6 +91,10 @@ def test_compress_smoke(tmp_path):
                         "--corpora", "tinyshakespeare")
     result = figures["corpora"]["tinyshakespeare"]
     assert result["val_bytes"] == 1500 and "xz -9e given train" in result["compressors"]
-    assert {"bpb", "eval_bpb", "encode_kb_per_s", "decode_kb_per_s", "params",
-            "weights_bytes", "bytes_saved_vs_xz_given_train"} <= set(result["untok"]["0.05"])
+    model = result["untok"]["0.05"]
+    assert {"eval_bpb", "params", "weights_bytes", "runs"} <= set(model)
+    assert [run["adapt_lr"] for run in model["runs"]] == [0.0, 3e-4]
+    for run in model["runs"]:
+        assert {"bpb", "encode_kb_per_s", "decode_kb_per_s",
+                "bytes_saved_vs_xz_given_train"} <= set(run)
     assert 0 <= figures["forward_step_mismatch"]["share_differing"] <= 1
