@@ -82,6 +82,9 @@ def quantize(logits: torch.Tensor) -> np.ndarray:
     """
     total = 1 << PRECISION
     probs = logits[:, :NUM_BYTES].detach().to("cpu", torch.float64).softmax(-1)
+    if not torch.isfinite(probs).all():
+        raise CompressionError("the model gave non-finite logits (NaN or inf); its weights "
+                               "are damaged or it was trained into divergence")
     freqs = (probs * (total - NUM_BYTES)).floor().long() + 1
     top = probs.argmax(-1, keepdim=True)
     freqs.scatter_add_(1, top, total - freqs.sum(-1, keepdim=True))
@@ -94,8 +97,7 @@ def weights_sha256(model: nn.Module) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         save_model(model, path)
-        with open(path, "rb") as file:
-            return hashlib.file_digest(file, "sha256").digest()
+        return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
 @contextmanager
