@@ -103,6 +103,21 @@ def describe(model: torch.nn.Module, corpus: str, val: bytes) -> dict:
             "eval_bpb": evaluate(model, store, "val", max_bytes=len(val), progress=False)["bpb"]}
 
 
+def chunk_sweep(model: torch.nn.Module, val: bytes, sizes: list[int], batch_size: int,
+                default_size: int, default_run: dict) -> list[dict]:
+    """bpb and encode speed for other chunk sizes (batch large enough for every chunk)."""
+    rows = [{"chunk_size": default_size, "chunks": -(-len(val) // default_size),
+             "bpb": default_run["bpb"], "encode_kb_per_s": default_run["encode_kb_per_s"]}]
+    for size in sizes:
+        chunks = -(-len(val) // size)
+        start = time.perf_counter()
+        blob = compress(val, model, chunk_size=size, batch_size=max(batch_size, chunks))
+        seconds = time.perf_counter() - start
+        rows.append({"chunk_size": size, "chunks": chunks, "bpb": 8 * len(blob) / len(val),
+                     "encode_kb_per_s": len(val) / 1024 / seconds})
+    return sorted(rows, key=lambda row: row["chunk_size"])
+
+
 def render(figures: dict) -> str:
     rows = []
     for corpus, result in figures["corpora"].items():
@@ -117,6 +132,12 @@ def render(figures: dict) -> str:
                             f" params; eval bpb {model['eval_bpb']:.3f}) | **{row['bpb']:.3f}**"
                             f" | {row['encode_kb_per_s']:.1f} | {row['decode_kb_per_s']:.1f} |")
         rows += [f"| {name} | {bpb:.3f} | | |" for name, bpb in result["compressors"].items()]
+        rows.append("")
+    if figures.get("chunk_sweep"):
+        rows += [f"Chunk size ({figures['chunk_sweep_model']}, static, all chunks in one "
+                 "batch):", "", "| chunk size | chunks | bpb | encode KB/s |", "|---|---|---|---|"]
+        rows += [f"| {r['chunk_size']:,} | {r['chunks']} | {r['bpb']:.3f} | "
+                 f"{r['encode_kb_per_s']:.1f} |" for r in figures["chunk_sweep"]]
         rows.append("")
     mismatch = figures["forward_step_mismatch"]
     rows.append(f"Encoding with a batched forward instead of `step`: integer frequencies differ "
@@ -139,6 +160,9 @@ def main() -> None:
     parser.add_argument("--adapt-lr", type=float, nargs="+", default=[0.0, 3e-4],
                         help="adaptation learning rates to run (0 = static model)")
     parser.add_argument("--adapt-every", type=int, default=32)
+    parser.add_argument("--chunk-sweep", type=int, nargs="*", default=[4096, 65536],
+                        help="other chunk sizes to encode with (static), on the first corpus "
+                             "and the longest-trained model: cold starts against batching")
     args = parser.parse_args()
     figures: dict = {"chunk_size": args.chunk_size, "batch_size": args.batch_size,
                      "corpora": {}}
@@ -162,6 +186,10 @@ def main() -> None:
                 print(f"{corpus} {minutes:g} min, adapt lr {lr:g}: {row['bpb']:.3f} bpb",
                       flush=True)
             result["untok"][f"{minutes:g}"] = entry
+        if args.chunk_sweep and "chunk_sweep" not in figures:
+            figures["chunk_sweep"] = chunk_sweep(model, val, args.chunk_sweep, args.batch_size,
+                                                 args.chunk_size, entry["runs"][0])
+            figures["chunk_sweep_model"] = f"{corpus}, {minutes:g} min"
         figures["corpora"][corpus] = result
     table = render(figures)
     print(table)

@@ -88,7 +88,7 @@ def test_mmfree_smoke(tmp_path):
 def test_compress_smoke(tmp_path):
     figures = run_bench(tmp_path, "compress.py", "--runs", str(tmp_path / "runs"),
                         "--minutes", "0.05", "--val-bytes", "1500", "--chunk-size", "500",
-                        "--corpora", "tinyshakespeare")
+                        "--corpora", "tinyshakespeare", "--chunk-sweep", "1000")
     result = figures["corpora"]["tinyshakespeare"]
     assert result["val_bytes"] == 1500 and "xz -9e given train" in result["compressors"]
     model = result["untok"]["0.05"]
@@ -98,3 +98,4 @@ def test_compress_smoke(tmp_path):
         assert {"bpb", "encode_kb_per_s", "decode_kb_per_s",
                 "bytes_saved_vs_xz_given_train"} <= set(run)
     assert 0 <= figures["forward_step_mismatch"]["share_differing"] <= 1
+    assert [row["chunk_size"] for row in figures["chunk_sweep"]] == [500, 1000]
