@@ -125,6 +125,7 @@ class _Row:
     def __init__(self, raw: bytes = b"", *, encode: bool = False,
                  words: np.ndarray | None = None) -> None:
         self.raw, self.position = bytearray(raw), 0
+        self.symbols = np.frombuffer(self.raw, np.uint8).astype(np.int32) if encode else None
         self.encoder = stream.queue.RangeEncoder() if encode else None
         self.decoder = stream.queue.RangeDecoder(words) if words is not None else None
 
@@ -132,7 +133,7 @@ class _Row:
         if self.decoder is not None:
             self.raw.append(int(self.decoder.decode(_CODER, freqs)[0]))
         elif self.encoder is not None:
-            self.encoder.encode(np.array([self.raw[self.position]], np.int32), _CODER, freqs)
+            self.encoder.encode(self.symbols[self.position:self.position + 1], _CODER, freqs)
         self.position += 1
         return self.raw[self.position - 1]
 
