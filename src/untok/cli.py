@@ -121,7 +121,9 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     budget = {k: v for k, v in (("steps", args.steps), ("bytes", args.bytes),
                                 ("minutes", args.minutes)) if v is not None}
     runtime = {k: v for k, v in (("device", args.device), ("precision", args.precision),
-                                 ("compile", args.compile or None)) if v is not None}
+                                 ("compile", args.compile or None),
+                                 ("parallel", args.parallel),
+                                 ("cpu_offload", args.cpu_offload or None)) if v is not None}
     if args.resume:
         resume = resolve_checkpoint(args.resume)
         saved = read_train_state(resume)["run_config"]
@@ -142,6 +144,19 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     return replace(config, train={**budget, **runtime}), None
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` minus ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _patching_overrides(args: argparse.Namespace) -> list[str]:
     """``--patching/--patch-size/--entropy-model`` as ``model.patching.*`` overrides."""
     overrides = []
@@ -155,8 +170,12 @@ def _patching_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from untok.train.distributed import launched_world, relaunch_with_torchrun
     from untok.train.trainer import train
 
+    world = launched_world()
+    if args.nproc and args.nproc > 1 and not world.distributed:
+        relaunch_with_torchrun(args.nproc, _without_nproc(sys.argv[1:]))
     config, resume = _train_config(args)
     if resume is not None:
         out = Path(args.out) if args.out else resume.parent
@@ -168,6 +187,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.overwrite:
             (out / "metrics.jsonl").unlink(missing_ok=True)
     result = train(config, out, resume=resume, progress=not args.quiet)
+    if not world.is_main:
+        return
     best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
     print(f"{result.stop_reason}: {result.step} steps, {result.bytes_seen:,} bytes in "
           f"{result.seconds / 60:.1f} min; best val bpb {best}")
@@ -277,6 +298,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=_positive_int,
+                   help="train with N processes: relaunches this command through torchrun "
+                        "(same as torchrun --standalone --nproc-per-node N -m untok train ...)")
+    p.add_argument("--parallel", choices=("auto", "ddp", "fsdp"),
+                   help="under torchrun: ddp (default) or fsdp (parameters sharded per block)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="with --parallel fsdp: keep parameters and optimizer state on the CPU")
     p.add_argument("--patching", choices=("entropy", "space", "fixed"),
                    help="BLT presets: how bytes are cut into patches")
     p.add_argument("--patch-size", type=_positive_int,

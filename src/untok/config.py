@@ -172,6 +172,7 @@ class ModelConfig:
 
 SCHEDULES = ("cosine", "constant", "warmup")
 PRECISIONS = ("fp32", "bf16", "auto")
+PARALLEL = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +206,9 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     seed: int = 1337
+    parallel: str = "auto"  # under torchrun: ddp (auto) or fsdp
+    cpu_offload: bool = False  # FSDP: keep parameters and optimizer state on the CPU
+    dist_timeout: float = 300.0  # seconds a collective waits for a rank before failing
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr must be positive")
@@ -214,6 +218,8 @@ class TrainConfig:
         _check(self.batch_size > 0 and self.grad_accum > 0,
                "train.batch_size and train.grad_accum must be positive")
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.parallel in PARALLEL, f"train.parallel must be one of {PARALLEL}")
+        _check(self.dist_timeout > 0, "train.dist_timeout must be positive")
         _check(self.eval_every > 0 and self.log_every > 0,
                "train.eval_every and train.log_every must be positive")
         for name in ("steps", "bytes", "minutes", "patience", "eval_bytes", "eval_stride"):

@@ -64,10 +64,19 @@ def targets_of(ids: torch.Tensor) -> torch.Tensor:
 
 
 class TrainSampler:
-    """Random training windows of ``context + 1`` ids with a resumable generator."""
+    """Random training windows of ``context + 1`` ids with a resumable generator.
+
+    ``batch_size`` is the global batch: every rank draws the same windows and keeps its own
+    ``batch_size / world_size`` rows, so ranks see disjoint windows, the state is the same on
+    every rank, and a run resumes exactly with any world size that divides the batch.
+    """
 
     def __init__(self, stream: UnitStream, context: int, batch_size: int, seed: int,
-                 side: np.ndarray | None = None) -> None:
+                 side: np.ndarray | None = None, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise DataError(f"the batch of {batch_size} windows does not split evenly over "
+                            f"{world_size} processes; choose a train.batch_size divisible "
+                            f"by {world_size}")
         if len(stream) < context + 1:
             raise DataError(
                 f"the {stream.split} split of '{stream.store.name}' has {stream.num_bytes} "
@@ -79,13 +88,15 @@ class TrainSampler:
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.side = side
         self.side_batch: torch.Tensor | None = None
+        per_rank = batch_size // world_size
+        self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), both Long[B, context]. With ``side`` (one value per stream
-        position, e.g. precomputed entropies), ``side_batch`` then holds the inputs' values
-        Float[B, context]."""
+        """(inputs, targets), both Long[B, context] for this rank's B rows. With ``side`` (one
+        value per stream position, e.g. precomputed entropies), ``side_batch`` then holds the
+        inputs' values Float[B, context]."""
         high = len(self.stream) - self.context  # last valid start, exclusive
-        starts = self.rng.integers(0, high, size=self.batch_size)
+        starts = self.rng.integers(0, high, size=self.batch_size)[self.rows]
         positions = starts[:, None] + np.arange(self.context + 1)[None, :]
         ids = torch.from_numpy(self.stream.gather(positions))
         if self.side is not None:

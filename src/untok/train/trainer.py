@@ -28,7 +28,7 @@ from untok.config import RunConfig, from_dict
 from untok.data.entropies import open_entropies
 from untok.data.ingest import open_data
 from untok.data.loader import TrainSampler, UnitStream
-from untok.errors import CheckpointError, ConfigError
+from untok.errors import CheckpointError, ConfigError, UntokError
 from untok.evaluate import LN2, evaluate_stream
 from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
 from untok.models import build_model
@@ -37,6 +37,19 @@ from untok.train.checkpoint import (
     read_train_state,
     resolve_checkpoint,
     save_checkpoint,
+)
+from untok.train.distributed import (
+    agree,
+    device_for,
+    full_optimizer_state,
+    full_state_dict,
+    init_world,
+    load_optimizer_state,
+    mean_over_ranks,
+    no_sync,
+    resolve_parallel,
+    shutdown,
+    wrap,
 )
 from untok.train.optim import lr_at, make_optimizer
 
@@ -76,23 +89,26 @@ class Trainer:
             raise ConfigError("no training data: pass --data STORE_OR_TEXT_FILE")
         self.config = config
         self.out = Path(out)
-        self.progress = progress
         self.callbacks = list(callbacks)
-        self.device = pick_device(t.device)
+        device = pick_device(t.device)
+        self.world = init_world(device, t.dist_timeout)
+        self.device = device_for(self.world, device)
+        self.parallel = resolve_parallel(t.parallel, self.world)
+        self.progress = progress and self.world.is_main
         self.dtype = autocast_dtype(t.precision, self.device)
         self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
-                               val_bytes=config.data.val_bytes, progress=progress)
+                               val_bytes=config.data.val_bytes, progress=self.progress)
         self.train_stream = UnitStream(self.store, "train")
         self.val_stream = UnitStream(self.store, "val")
         torch.manual_seed(t.seed)
         self.model = build_model(config.model, self.device)
         if hasattr(self.model, "fit_patching"):  # BLT: fit an entropy threshold if unset
             self.model.fit_patching(self._patching_sample())
-        self.optimizer = make_optimizer(self.model, t, self.device)
         self.entropies = open_entropies(self.store, self.model.config.patching) \
             if getattr(self.model, "patcher", None) is not None else None
         self.sampler = TrainSampler(self.train_stream, config.model.context, t.batch_size,
-                                    seed=t.seed, side=self.entropies and self.entropies["train"])
+                                    seed=t.seed, side=self.entropies and self.entropies["train"],
+                                    rank=self.world.rank, world_size=self.world.world_size)
         self.units_per_step = t.batch_size * t.grad_accum * config.model.context
         self.step = 0
         self.bytes_seen = 0
@@ -103,9 +119,13 @@ class Trainer:
         self.stop_requested = False
         self.last_eval_step = -1
         if resume is not None:
-            self._restore(resume)
+            self._restore_weights(resume)  # into the plain module, before any sharding
         if t.compile:  # compiles __call__ in place: loss() and eval go through it too,
             self.model.compile()  # and the state dict keeps its plain names
+        self.objective = wrap(self.model, self.parallel, self.device, t.cpu_offload)
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        if resume is not None:
+            self._restore_state(resume)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -122,15 +142,17 @@ class Trainer:
                 "seconds": self.seconds_before + elapsed, "sampler": self.sampler.state_dict(),
                 "seed": self.config.train.seed, "untok_version": __version__,
                 "data": {"name": self.store.name, "sha256": self.store.meta["sha256"]},
+                "world_size": self.world.world_size, "parallel": self.parallel,
                 "run_config": self.config.to_dict()}
 
     def _optimizer_state(self) -> dict[str, Any]:
-        state = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        state = {"optimizer": full_optimizer_state(self.model, self.optimizer, self.parallel),
+                 "parallel": self.parallel, "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def _restore(self, path: str | Path) -> None:
+    def _restore_weights(self, path: str | Path) -> None:
         from safetensors.torch import load_model
 
         path = resolve_checkpoint(path)
@@ -143,8 +165,14 @@ class Trainer:
             raise CheckpointError(f"{path} was trained on different data "
                                   f"('{state['data']['name']}'); resume with the same --data")
         load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+
+    def _restore_state(self, path: str | Path) -> None:
+        """Optimizer, RNGs, data position and counters (after wrapping)."""
+        path = resolve_checkpoint(path)
+        state = read_train_state(path)
         opt = read_optimizer_state(path)
-        self.optimizer.load_state_dict(opt["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, opt["optimizer"],
+                             saved=opt.get("parallel", "none"), parallel=self.parallel)
         torch.set_rng_state(opt["torch_rng"])
         if "cuda_rng" in opt and self.device.type == "cuda":
             torch.cuda.set_rng_state(opt["cuda_rng"], self.device)
@@ -156,11 +184,18 @@ class Trainer:
         self.evals_without_improvement = state["evals_without_improvement"]
         self.seconds_before = state["seconds"]
 
-    def save(self, name: str, elapsed: float) -> Path:
-        return save_checkpoint(self.out / name, self.model,
-                               train_state=self._train_state(elapsed),
-                               optimizer_state=self._optimizer_state(),
-                               metrics=self.metrics_path)
+    def save(self, name: str, elapsed: float) -> Path | None:
+        """Write checkpoint ``name`` from rank 0 (every rank takes part in gathering it)."""
+        model = self.model
+        if self.parallel == "fsdp":  # gather the shards into a plain single-device model
+            weights = full_state_dict(self.model, self.parallel)
+            model = build_model(self.config.model, "cpu", init=False)
+            model.load_state_dict(weights) if self.world.is_main else None
+        optimizer_state = self._optimizer_state()
+        if not self.world.is_main:
+            return None
+        return save_checkpoint(self.out / name, model, train_state=self._train_state(elapsed),
+                               optimizer_state=optimizer_state, metrics=self.metrics_path)
 
     # -- budget --------------------------------------------------------------------------
 
@@ -194,7 +229,14 @@ class Trainer:
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
+    def say(self, message: str) -> None:
+        """Print a line above the progress bar (rank 0 only)."""
+        if self.world.is_main:
+            tqdm.write(message)
+
     def log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -204,17 +246,19 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(t.grad_accum):
+        for micro in range(t.grad_accum):
             inputs, targets = self.sampler.next_batch()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             extra = {} if self.sampler.side_batch is None else \
                 {"entropies": self.sampler.side_batch.to(self.device)}  # precomputed
-            with autocast(self.device, self.dtype):
-                loss = self.model.loss(inputs, targets, **extra) / t.grad_accum
-            loss.backward()
+            with no_sync(self.objective, skip=micro < t.grad_accum - 1):
+                with autocast(self.device, self.dtype):
+                    loss = self.objective(inputs, targets, **extra) / t.grad_accum
+                loss.backward()
             total += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        total = mean_over_ranks(total, self.world)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -234,8 +278,8 @@ class Trainer:
             if self.stop_requested:  # second signal: stop now
                 raise KeyboardInterrupt
             self.stop_requested = True
-            tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint and stopping "
-                       "(send again to stop at once)")
+            self.say(f"{signal.Signals(signum).name}: saving a checkpoint and stopping "
+                     "(send again to stop at once)")
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -247,7 +291,7 @@ class Trainer:
         """Train until the budget, early stopping or a stop request; return a summary."""
         t = self.config.train
         self.out.mkdir(parents=True, exist_ok=True)
-        peak = matmul_peak(self.device)
+        peak = matmul_peak(self.device) * self.world.world_size  # every rank computes
         flops_per_byte = self.model.flops_per_byte()
         previous_handlers = self._install_signal_handlers()
         total = self.total_steps
@@ -267,15 +311,17 @@ class Trainer:
         window_start, window_steps = started, 0
         reason = "budget"
         try:
-            while not self.budget_reached(time.perf_counter() - started):
+            [finished] = agree(self.world, self.device,
+                               self.budget_reached(time.perf_counter() - started))
+            while not finished:
                 elapsed = time.perf_counter() - started
                 lr = lr_at(t, self.step, self.progress_fraction(elapsed))
                 loss, grad_norm = self.train_step(lr)
                 window_steps += 1
                 if not math.isfinite(loss):
                     reason = "diverged"
-                    tqdm.write(f"loss is {loss} at step {self.step}: stopping; lower "
-                               "train.lr or raise train.warmup_steps")
+                    self.say(f"loss is {loss} at step {self.step}: stopping; lower "
+                             "train.lr or raise train.warmup_steps")
                     break
                 now = time.perf_counter()
                 if self.step % t.log_every == 0:
@@ -293,15 +339,18 @@ class Trainer:
                 else:
                     bar.set_description(f"train step {self.step}", refresh=False)
                     bar.update(min(round(now - started), bar.total) - bar.n)
-                finished = self.budget_reached(now - started) or self.stop_requested
+                for callback in self.callbacks:
+                    callback(self)
+                # every rank must take the same decision (time budgets and signals differ)
+                finished, stop = agree(self.world, self.device,
+                                       self.budget_reached(now - started), self.stop_requested)
+                finished = finished or stop
                 if self.step % t.eval_every == 0 or finished:
                     if self.evaluate_and_save(t.eval_bytes, now - started, bar):
                         reason = "early stop"
                         break
                     window_start, window_steps = time.perf_counter(), 0  # rate excludes eval
-                for callback in self.callbacks:
-                    callback(self)
-                if self.stop_requested:
+                if stop:
                     reason = "interrupted"
                     break
             if self.last_eval_step != self.step and reason != "diverged":
@@ -329,7 +378,7 @@ class Trainer:
             self.evals_without_improvement += 1
         self.log({"event": "eval", "step": self.step, "val_bpb": bpb,
                   "best_val_bpb": self.best_val_bpb, "seconds": elapsed})
-        bar.write(f"step {self.step}: val bpb {bpb:.4f}"
+        self.say(f"step {self.step}: val bpb {bpb:.4f}"
                   f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
         if improved:
             self.save("best", elapsed)
@@ -339,5 +388,16 @@ class Trainer:
 
 def train(config: RunConfig, out: str | Path, *, resume: str | Path | None = None,
           progress: bool = True, callbacks: Iterable[Callback] = ()) -> TrainResult:
-    """Train a model as described by ``config``, writing checkpoints under ``out``."""
-    return Trainer(config, out, resume=resume, progress=progress, callbacks=callbacks).run()
+    """Train a model as described by ``config``, writing checkpoints under ``out``.
+
+    Launched by torchrun, every process calls this; rank 0 prints and writes.
+    """
+    try:
+        return Trainer(config, out, resume=resume, progress=progress,
+                       callbacks=callbacks).run()
+    except torch.distributed.DistError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UntokError(f"lost contact with the other training processes (one died or "
+                         f"hangs; see its error above): {first}") from None
+    finally:
+        shutdown()

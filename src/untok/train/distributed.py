@@ -1,0 +1,227 @@
+"""Data-parallel training on PyTorch's own engine, launched by ``torchrun``.
+
+The model code stays single-device. This module reads the ranks torchrun sets, starts the
+process group (gloo on CPU, NCCL on CUDA), wraps the model for DDP or FSDP2
+(``fully_shard`` per block), and offers the few collectives the trainer needs: agreeing on a
+stop, and gathering a full state dict on rank 0 for checkpoints that load in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from untok.config import PARALLEL
+from untok.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (a single process: 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_world() -> World:
+    """The ranks torchrun put in the environment (a single process when absent)."""
+    return World(rank=int(os.environ.get("RANK", 0)),
+                 world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                 local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def device_for(world: World, device: torch.device) -> torch.device:
+    """One CUDA device per local rank; CPU ranks share the CPU."""
+    if device.type == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def init_world(device: torch.device, timeout_s: float) -> World:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on CUDA).
+
+    A collective that waits longer than ``timeout_s`` (a rank died or hangs) raises on the
+    others, so no rank waits forever.
+    """
+    world = launched_world()
+    if not world.distributed or dist.is_initialized():
+        return world
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return world
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_parallel(parallel: str, world: World) -> str:
+    """``auto`` is DDP when there is more than one rank; nothing for a single process."""
+    if parallel not in PARALLEL:
+        raise ConfigError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
+    if not world.distributed:
+        return "none"
+    return "ddp" if parallel == "auto" else parallel
+
+
+class Objective(nn.Module):
+    """``model.loss`` as a module call, so that DDP sees it and syncs the gradients."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, **extra) -> torch.Tensor:
+        return self.model.loss(inputs, targets, **extra)
+
+
+def wrap(model: nn.Module, parallel: str, device: torch.device,
+         cpu_offload: bool = False) -> nn.Module:
+    """The training objective (``objective(inputs, targets) -> loss``) for ``parallel``:
+    ``none``, ``ddp`` (gradients averaged over ranks) or ``fsdp``.
+
+    FSDP2 shards ``model`` in place: every block on its own, then the rest at the root, so
+    only one block's full parameters exist at a time during forward and backward. Build the
+    optimizer after wrapping.
+    """
+    if parallel == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(Objective(model), device_ids=ids)
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+        offload = {"offload_policy": CPUOffloadPolicy()} if cpu_offload else {}
+        for block in _blocks(model):
+            fully_shard(block, **offload)
+        fully_shard(model, **offload)
+    return Objective(model)
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """Every module listed in a ``blocks``/``layers`` ModuleList, at any depth."""
+    found = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in ("blocks", "layers") and isinstance(module,
+                                                                         nn.ModuleList):
+            found.extend(module)
+    return found
+
+
+@contextlib.contextmanager
+def no_sync(objective: nn.Module, skip: bool) -> Iterator[None]:
+    """No gradient reduction in this backward (the micro-steps of gradient accumulation)."""
+    if not skip:
+        yield
+    elif isinstance(objective, nn.parallel.DistributedDataParallel):
+        with objective.no_sync():
+            yield
+    elif hasattr(objective.model, "set_requires_gradient_sync"):  # FSDP2
+        objective.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            objective.model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def agree(world: World, device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag, True on every rank when it is True on at least one (one all-reduce)."""
+    if not world.distributed:
+        return list(flags)
+    values = torch.tensor([int(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
+
+
+def full_state_dict(model: nn.Module, parallel: str) -> dict[str, torch.Tensor]:
+    """Unsharded weights (every rank must call this under FSDP; rank 0 saves them)."""
+    if parallel != "fsdp":
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                         parallel: str) -> dict:
+    """The optimizer state to checkpoint: PyTorch's own format on one process and under DDP
+    (identical on every rank), a full state keyed by parameter names under FSDP."""
+    if parallel != "fsdp":
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, *,
+                         saved: str, parallel: str) -> None:
+    """Restore what :func:`full_optimizer_state` saved (any world size, same parallelism
+    family: FSDP states resume under FSDP, the others under one process or DDP)."""
+    if (saved == "fsdp") != (parallel == "fsdp"):
+        how = "under" if saved == "fsdp" else "without"
+        raise CheckpointError(f"this checkpoint's optimizer state was saved {how} FSDP; resume "
+                              f"it with --parallel {'fsdp' if saved == 'fsdp' else 'ddp'} "
+                              "(its weights load anywhere with untok.load)")
+    if parallel != "fsdp":
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The mean of a scalar over all ranks (the value itself on one process)."""
+    if not world.distributed:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)  # gloo has no AVG: sum, then divide
+    return value / world.world_size
+
+
+def relaunch_with_torchrun(nproc: int, argv: list[str]) -> None:
+    """Replace this process with ``torchrun --nproc-per-node N -m untok ARGV``."""
+    if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
+        raise ConfigError("torchrun is not available in this environment")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "untok", *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
