@@ -182,14 +182,13 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, *,
                          saved: str, parallel: str) -> None:
-    """Restore what :func:`full_optimizer_state` saved (any world size, same parallelism
-    family: FSDP states resume under FSDP, the others under one process or DDP)."""
-    if (saved == "fsdp") != (parallel == "fsdp"):
-        how = "under" if saved == "fsdp" else "without"
-        raise CheckpointError(f"this checkpoint's optimizer state was saved {how} FSDP; resume "
-                              f"it with --parallel {'fsdp' if saved == 'fsdp' else 'ddp'} "
-                              "(its weights load anywhere with untok.load)")
-    if parallel != "fsdp":
+    """Restore what :func:`full_optimizer_state` saved, with any world size. A state saved
+    under FSDP (keyed by parameter names) resumes anywhere; one saved by a single process or
+    DDP resumes without FSDP."""
+    if saved != "fsdp":
+        if parallel == "fsdp":
+            raise CheckpointError("this checkpoint's optimizer state was saved without FSDP; "
+                                  "resume it with --parallel ddp or in one process")
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import (
