@@ -170,12 +170,12 @@ def _patching_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from untok.train.distributed import launched_world, relaunch_with_torchrun
+    from untok.train.distributed import launched_world, run_with_torchrun
     from untok.train.trainer import train
 
     world = launched_world()
     if args.nproc and args.nproc > 1 and not world.distributed:
-        relaunch_with_torchrun(args.nproc, _without_nproc(sys.argv[1:]))
+        return run_with_torchrun(args.nproc, ["train", *_without_nproc(args.argv)])
     config, resume = _train_config(args)
     if resume is not None:
         out = Path(args.out) if args.out else resume.parent
@@ -524,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]  # after the subcommand
     try:
         args.func(args)
     except UntokError as exc:

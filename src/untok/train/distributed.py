@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from untok.config import PARALLEL
-from untok.errors import CheckpointError, ConfigError
+from untok.errors import CheckpointError, ConfigError, UntokError
 
 
 @dataclass(frozen=True)
@@ -209,18 +207,21 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     return value / world.world_size
 
 
-def relaunch_with_torchrun(nproc: int, argv: list[str]) -> None:
-    """Replace this process with ``torchrun --nproc-per-node N -m untok ARGV``."""
-    if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
-        raise ConfigError("torchrun is not available in this environment")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "untok", *argv]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, command)
+def run_with_torchrun(nproc: int, argv: list[str]) -> None:
+    """Run ``torchrun --standalone --nproc-per-node N -m untok ARGV`` with this process as
+    torchrun's agent, turning its failures into one line: the rank that failed first, or
+    an interruption (the workers have saved their checkpoint)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
 
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "untok", *argv])
+    try:
+        run(args)
+    except SignalException:
+        raise KeyboardInterrupt from None
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        raise UntokError(f"training process {rank} failed (exit code {failure.exitcode}; its "
+                         "error is above); the others were stopped") from None
