@@ -81,6 +81,18 @@ def test_two_processes_match_one(parallel, single, shared_text, tmp_path) -> Non
     assert json.loads((out / "last" / "train_state.json").read_text())["step"] == 12
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["blt-tiny", "mmfree-tiny"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_every_family_trains_on_two_processes(preset, parallel, shared_text, tmp_path) -> None:
+    out = tmp_path / "run"
+    done = untok_cli("--data", shared_text, "--preset", preset, "--steps", "2", "--quiet",
+                     "--set", "train.batch_size=4", "--set", "train.eval_bytes=1024",
+                     "--out", out, "--parallel", parallel, nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert untok.load(out / "last").config.family == untok.load(out / "best").config.family
+
+
 def test_ranks_read_disjoint_rows_of_the_global_batch(store) -> None:
     stream = UnitStream(store, "train")
     whole = TrainSampler(stream, 16, 8, seed=3).next_batch()[0]
