@@ -99,3 +99,14 @@ def test_compress_smoke(tmp_path):
                 "bytes_saved_vs_xz_given_train"} <= set(run)
     assert 0 <= figures["forward_step_mismatch"]["share_differing"] <= 1
     assert [row["chunk_size"] for row in figures["chunk_sweep"]] == [500, 1000]
+
+
+@pytest.mark.slow
+def test_distributed_smoke(tmp_path):
+    figures = run_bench(tmp_path, "distributed.py", "--preset", "tiny", "--steps", "6",
+                        "--batch", "8")
+    assert len(figures["speed"]) == 4
+    for row in figures["speed"].values():
+        assert row["bytes_per_s"] > 0
+    assert set(figures["parity"]) == {"ddp", "fsdp"}
+    assert {"max_loss_diff_bpb", "max_weight_diff"} <= set(figures["parity"]["ddp"])

@@ -69,6 +69,16 @@ def init_world(device: torch.device, timeout_s: float) -> World:
     return world
 
 
+@contextlib.contextmanager
+def main_first(world: World) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. ingesting data into the cache), then the others."""
+    if world.distributed and not world.is_main:
+        dist.barrier()
+    yield
+    if world.distributed and world.is_main:
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -45,6 +45,7 @@ from untok.train.distributed import (
     full_state_dict,
     init_world,
     load_optimizer_state,
+    main_first,
     mean_over_ranks,
     no_sync,
     resolve_parallel,
@@ -96,8 +97,9 @@ class Trainer:
         self.parallel = resolve_parallel(t.parallel, self.world)
         self.progress = progress and self.world.is_main
         self.dtype = autocast_dtype(t.precision, self.device)
-        self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
-                               val_bytes=config.data.val_bytes, progress=self.progress)
+        with main_first(self.world):  # one rank ingests a text file into the cache
+            self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
+                                   val_bytes=config.data.val_bytes, progress=self.progress)
         self.train_stream = UnitStream(self.store, "train")
         self.val_stream = UnitStream(self.store, "val")
         torch.manual_seed(t.seed)
