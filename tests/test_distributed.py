@@ -62,6 +62,19 @@ def shared_text(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+def test_gradient_accumulation_on_two_processes(shared_text, tmp_path) -> None:
+    """Micro-batches of 4 (2 per rank), 2 per step, the all-reduce skipped on the first:
+    the same training as one process accumulating the same micro-batches."""
+    args = [a.replace("batch_size=8", "batch_size=4") for a in TRAIN]
+    args += ["--set", "train.grad_accum=2"]
+    assert main(["train", "--data", str(shared_text), *args, "--out", str(tmp_path / "one")]) == 0
+    done = untok_cli("--data", shared_text, *args, "--out", tmp_path / "two", nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert np.allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), atol=1e-5)
+    assert max_weight_difference(tmp_path / "two" / "last", tmp_path / "one" / "last") < 1e-5
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(parallel, single, shared_text, tmp_path) -> None:
     """Global batch 8 over 2 ranks = batch 8 in one process: same losses, same weights."""
@@ -146,8 +159,10 @@ def test_nproc_is_removed_before_relaunching() -> None:
         ["train", "--steps", "3"]
 
 
-def test_fsdp_needs_torchrun_to_matter(text_file, tmp_path) -> None:
-    """One process ignores --parallel (nothing to split) and trains as usual."""
-    code = main(["train", "--data", str(text_file), "--preset", "tiny", "--steps", "2",
-                 "--quiet", "--parallel", "fsdp", "--out", str(tmp_path / "run")])
-    assert code == 0
+def test_one_process_ignores_parallel_and_refuses_offload(capsys, text_file,
+                                                          tmp_path) -> None:
+    """One process has nothing to split: --parallel is ignored; CPU offload is for GPUs."""
+    args = ["train", "--data", str(text_file), "--preset", "tiny", "--steps", "2", "--quiet"]
+    assert main([*args, "--parallel", "fsdp", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--cpu-offload", "--out", str(tmp_path / "b")]) == 2
+    assert "--cpu-offload applies to --parallel fsdp on GPUs" in capsys.readouterr().err

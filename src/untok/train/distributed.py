@@ -113,6 +113,9 @@ def wrap(model: nn.Module, parallel: str, device: torch.device,
     only one block's full parameters exist at a time during forward and backward. Build the
     optimizer after wrapping.
     """
+    if cpu_offload and (parallel != "fsdp" or device.type == "cpu"):
+        raise ConfigError("--cpu-offload applies to --parallel fsdp on GPUs (it keeps the "
+                          "sharded parameters in CPU memory between uses)")
     if parallel == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(Objective(model), device_ids=ids)
