@@ -386,10 +386,10 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                    help="chunks coded side by side (default 16)")
     p.add_argument("--adapt-lr", type=float, default=0.0,
                    help="keep training a copy of the model on the file as it is coded, with "
-                        "this Adam learning rate (default 0 = off; smaller files, slower, and "
-                        "a damaged chunk spoils its whole batch)")
-    p.add_argument("--adapt-every", type=_positive_int, default=128,
-                   help="bytes per row between adaptation steps (default 128)")
+                        "this Adam learning rate (default 0 = off; 3e-4 works well: smaller "
+                        "files, somewhat slower, and a damaged chunk spoils its whole batch)")
+    p.add_argument("--adapt-every", type=_positive_int, default=32,
+                   help="bytes per row between adaptation steps (default 32)")
     p.add_argument("--device", default="auto")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")

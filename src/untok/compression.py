@@ -148,7 +148,7 @@ class Adaptation:
     the same updates, so the model keeps learning from the file as it codes it."""
 
     lr: float = 0.0
-    every: int = 128
+    every: int = 32
 
 
 def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm,
@@ -223,7 +223,7 @@ def _device_name(model: nn.Module) -> str:
 
 @torch.no_grad()
 def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_size: int = 16,
-             adapt_lr: float = 0.0, adapt_every: int = 128, progress: bool = False) -> bytes:
+             adapt_lr: float = 0.0, adapt_every: int = 32, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution; :func:`decompress` with the
     same weights (on the same kind of device) gives ``data`` back exactly.
 
@@ -418,7 +418,7 @@ def default_output(source: str, decompressing: bool) -> str:
 
 def compress_file(source: str, checkpoint: str, output: str | None = None, *,
                   chunk_size: int = 16384, batch_size: int = 16, adapt_lr: float = 0.0,
-                  adapt_every: int = 128, device: str = "auto", overwrite: bool = False,
+                  adapt_every: int = 32, device: str = "auto", overwrite: bool = False,
                   progress: bool = True) -> dict[str, float]:
     """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
     returns sizes, bits per byte and speed."""
