@@ -166,10 +166,8 @@ def agree(world: World, device: torch.device, *flags: bool) -> list[bool]:
     return [bool(v) for v in values.tolist()]
 
 
-def full_state_dict(model: nn.Module, parallel: str) -> dict[str, torch.Tensor]:
-    """Unsharded weights (every rank must call this under FSDP; rank 0 saves them)."""
-    if parallel != "fsdp":
-        return model.state_dict()
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded weights of an FSDP model, on the CPU (every rank must call this)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,

@@ -190,9 +190,10 @@ class Trainer:
         """Write checkpoint ``name`` from rank 0 (every rank takes part in gathering it)."""
         model = self.model
         if self.parallel == "fsdp":  # gather the shards into a plain single-device model
-            weights = full_state_dict(self.model, self.parallel)
-            model = build_model(self.config.model, "cpu", init=False)
-            model.load_state_dict(weights) if self.world.is_main else None
+            weights = full_state_dict(self.model)
+            if self.world.is_main:
+                model = build_model(self.config.model, "cpu", init=False)
+                model.load_state_dict(weights)
         optimizer_state = self._optimizer_state()
         if not self.world.is_main:
             return None
@@ -381,7 +382,7 @@ class Trainer:
         self.log({"event": "eval", "step": self.step, "val_bpb": bpb,
                   "best_val_bpb": self.best_val_bpb, "seconds": elapsed})
         self.say(f"step {self.step}: val bpb {bpb:.4f}"
-                  f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
+                 f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
         if improved:
             self.save("best", elapsed)
         self.save("last", elapsed)
