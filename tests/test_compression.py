@@ -133,6 +133,8 @@ def test_quantize_floor_total_and_determinism() -> None:
     assert len(set(freqs[1, :].tolist())) <= 2  # uniform up to the remainder
     assert (quantize(logits) == freqs).all()
     assert (quantize(logits.double()) == freqs).all()
+    with pytest.raises(CompressionError, match="non-finite"):
+        quantize(torch.full((1, 264), float("nan")))
 
 
 def test_weights_hash_equals_checkpoint_file(trained, tmp_path: Path) -> None:
