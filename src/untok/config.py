@@ -31,16 +31,27 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+EMBEDDINGS = ("table", "wave")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EmbeddingConfig:
-    """Hash n-gram embeddings added to the unit embedding (DESIGN 5.2): for each n in
-    ``ngrams`` a ``buckets x dim`` table indexed by a rolling hash of the n units ending at
-    each position. ``ngrams = []`` turns them off."""
+    """How units become vectors (DESIGN 5.2). ``kind``: ``table`` (one learned vector per
+    id; for code points a sum of per-block and per-offset vectors) or ``wave`` (no table:
+    ``waves`` learned sinusoids of the unit value, then a small MLP; ``model.embedding =
+    "wave"`` is short for ``model.embedding.kind = "wave"``).
 
+    Hash n-grams are added to either: for each n in ``ngrams`` a ``buckets x dim`` table
+    indexed by a rolling hash of the n units ending at each position; ``[]`` = off."""
+
+    kind: str = "table"
+    waves: int = 64
     ngrams: tuple[int, ...] = ()
     buckets: int = 4096
 
     def validate(self) -> None:
+        _check(self.kind in EMBEDDINGS, f"model.embedding.kind must be one of {EMBEDDINGS}")
+        _check(self.waves >= 2, "model.embedding.waves must be >= 2")
         _check(all(n >= 2 for n in self.ngrams), "model.embedding.ngrams must all be >= 2")
         _check(len(set(self.ngrams)) == len(self.ngrams),
                "model.embedding.ngrams must not repeat a size")
@@ -49,6 +60,9 @@ class EmbeddingConfig:
 
 PATCHERS = ("fixed", "space", "entropy")
 BACKBONES = ("transformer", "mmfree")
+UNITS = ("byte", "codepoint")
+ATTENTIONS = ("standard", "differential")
+OBJECTIVES = ("ce", "mse")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +142,7 @@ class ModelConfig:
     """
 
     family: str = "flat"
+    unit: str = "byte"  # or "codepoint": one id per Unicode character (DESIGN 3.1)
     vocab_size: int = VOCAB_SIZE
     context: int = 256  # training window in units; also the KV-cache length
     dim: int = 256
@@ -140,6 +155,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     backbone: str = "transformer"  # or "mmfree" (MLGRU + BitLinear GLU, DESIGN 5.5)
     ternary_head: bool = False  # mmfree: a BitLinear output head (not tied)
+    attention: str = "standard"  # or "differential" (DESIGN 5.1)
+    objective: str = "ce"  # copied from train.objective: "mse" adds a learned temperature
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     patching: PatchingConfig = field(default_factory=PatchingConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
@@ -165,12 +182,67 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         self.embedding.validate()
         _check(self.backbone in BACKBONES, f"model.backbone must be one of {BACKBONES}")
+        _check(self.unit in UNITS, f"model.unit must be one of {UNITS}")
+        _check(self.attention in ATTENTIONS, f"model.attention must be one of {ATTENTIONS}")
+        _check(self.objective in OBJECTIVES, f"train.objective must be one of {OBJECTIVES}")
+        if self.attention == "differential":
+            _check(self.num_heads % 2 == 0 and self.head_dim % 2 == 0,
+                   "differential attention pairs heads: model.num_heads must be even")
+        options = (self.unit != "byte", self.embedding.kind != "table",
+                   self.attention != "standard", self.objective != "ce")
+        if any(options):
+            _check(self.family == "flat" and self.backbone == "transformer",
+                   "model.unit, model.embedding.kind, model.attention and train.objective "
+                   "are options of the flat transformer (family 'flat', backbone "
+                   "'transformer')")
+        if self.unit == "codepoint":
+            _check(self.objective == "ce", "train.objective = 'mse' needs model.unit = "
+                   "'byte' (a code-point model has no candidate table to score)")
+            _check(not self.embedding.ngrams,
+                   "hash n-grams read bytes: drop model.embedding.ngrams for model.unit = "
+                   "'codepoint'")
         if self.family == "blt":
             self.patching.validate()
             self.local.validate()
 
 
 SCHEDULES = ("cosine", "constant", "warmup")
+LR_CONTROLLERS = ("none", "qlearn")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QLearnConfig:
+    """The tabular Q-learning learning-rate controller (``train.lr_controller = "qlearn"``).
+
+    Every step it observes (loss trend, gradient norm), each bucketed, and scales the
+    learning rate by one of ``actions`` within ``[lr_min, lr_max]`` (``None``: ``lr / 100``
+    and ``lr x 10``); with ``momentum`` it also scales beta1 within ``[0.8, 0.99]``.
+    Reward: relative loss improvement. epsilon-greedy with per-step decay."""
+
+    actions: tuple[float, ...] = (0.5, 0.9, 1.0, 1.1, 1.5)
+    lr_min: float | None = None
+    lr_max: float | None = None
+    momentum: bool = False
+    every: int = 10  # steps between decisions (the loss trend is measured over them)
+    alpha: float = 0.2  # Q-table learning rate
+    gamma: float = 0.9  # discount
+    epsilon: float = 0.3
+    epsilon_decay: float = 0.995  # per decision
+    epsilon_min: float = 0.02
+
+    def validate(self) -> None:
+        _check(len(self.actions) > 0 and all(a > 0 for a in self.actions),
+               "train.qlearn.actions must be positive learning-rate factors")
+        _check(self.every >= 1, "train.qlearn.every must be >= 1")
+        _check(0 < self.alpha <= 1 and 0 <= self.gamma < 1,
+               "train.qlearn needs 0 < alpha <= 1 and 0 <= gamma < 1")
+        _check(0 <= self.epsilon_min <= self.epsilon <= 1 and 0 < self.epsilon_decay <= 1,
+               "train.qlearn needs 0 <= epsilon_min <= epsilon <= 1, 0 < epsilon_decay <= 1")
+        for name in ("lr_min", "lr_max"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.qlearn.{name} must be positive")
+        if self.lr_min is not None and self.lr_max is not None:
+            _check(self.lr_min <= self.lr_max, "train.qlearn.lr_min must be <= lr_max")
 PRECISIONS = ("fp32", "bf16", "auto")
 PARALLEL = ("auto", "ddp", "fsdp")
 
@@ -209,9 +281,16 @@ class TrainConfig:
     parallel: str = "auto"  # under torchrun: ddp (auto) or fsdp
     cpu_offload: bool = False  # FSDP: keep parameters and optimizer state on the CPU
     dist_timeout: float = 300.0  # seconds a collective waits for a rank before failing
+    objective: str = "ce"  # or "mse": regress the next unit's embedding (DESIGN 5.8)
+    lr_controller: str = "none"  # or "qlearn" (DESIGN 5.8; settings in train.qlearn)
+    qlearn: QLearnConfig = field(default_factory=QLearnConfig)
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr must be positive")
+        _check(self.objective in OBJECTIVES, f"train.objective must be one of {OBJECTIVES}")
+        _check(self.lr_controller in LR_CONTROLLERS,
+               f"train.lr_controller must be one of {LR_CONTROLLERS}")
+        self.qlearn.validate()
         _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]")
         _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")
         _check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
@@ -249,8 +328,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> RunConfig:
-        self.model.validate()
         self.train.validate()
+        _check(self.model.objective == self.train.objective,
+               "set the objective with train.objective (model.objective follows it)")
+        self.model.validate()
         self.data.validate()
         return self
 
@@ -363,6 +444,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
+        if isinstance(value, str) and "kind" in {f.name for f in dataclasses.fields(annotation)}:
+            value = {"kind": value}  # model.embedding = "wave" means kind = "wave"
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table of settings, got {value!r}")
         return _section_from_dict(annotation, value, key)
@@ -411,7 +494,14 @@ def _section_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from nested dicts; unknown sections or keys are errors."""
+    """Build a :class:`RunConfig` from nested dicts; unknown sections or keys are errors.
+
+    ``model.objective`` follows ``train.objective`` (the one users set)."""
+    values = dict(values)
+    objective = values.get("train", {}).get("objective") if isinstance(
+        values.get("train"), dict) else None
+    if objective is not None and isinstance(values.get("model", {}), dict):
+        values["model"] = {**values.get("model", {}), "objective": objective}
     sections = {}
     for name, section in values.items():
         if name not in SECTIONS:

@@ -46,19 +46,25 @@ class ByteLM(Protocol):
 
 
 def next_unit_loss(logits: torch.Tensor, targets: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, pad: int = PAD) -> torch.Tensor:
     """Mean cross-entropy (nats) of logits Float[B, T, V] against targets Long[B, T],
-    skipping PAD targets and those where ``mask`` is False."""
+    skipping ``pad`` targets and those where ``mask`` is False."""
     if mask is not None:
-        targets = targets.masked_fill(~mask, PAD)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD)
+        targets = targets.masked_fill(~mask, pad)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad)
 
 
 @torch.no_grad()
 def init_standard(model: nn.Module, std: float = 0.02) -> None:
-    """Normal(0, std) for every Linear and Embedding weight, ones for every RMSNorm."""
+    """Normal(0, std) for every Linear and Embedding weight, zeros for biases, ones for
+    every RMSNorm; modules with other parameters initialise them in ``init_parameters()``."""
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.RMSNorm):
             nn.init.ones_(module.weight)
+    for module in model.modules():  # after the defaults, so that they may override them
+        if hasattr(module, "init_parameters"):
+            module.init_parameters()

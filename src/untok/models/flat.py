@@ -1,6 +1,10 @@
 """The flat byte transformer: embeddings -> pre-norm blocks -> RMSNorm -> head.
 
-The baseline every other design in untok has to beat (DESIGN 5.1).
+The baseline every other design in untok has to beat (DESIGN 5.1). Options of the same
+model: the unit (bytes, or code points with a factorized head), the embedding (a table or
+table-free waves, optionally tied to the output), the attention (standard or
+differential) and the objective (cross-entropy, or ``mse``: regress the next unit's
+embedding and score candidates by distance with a learned temperature).
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from untok.config import ModelConfig
 from untok.models.base import init_standard, next_unit_loss
 from untok.nn.attention import KVCache, local_causal_mask, rope_angles
 from untok.nn.blocks import TransformerBlock
-from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
+from untok.nn.codepoint_head import CodepointHead, CodepointScores
+from untok.nn.embeddings import (
+    ByteEmbedding,
+    CodepointEmbedding,
+    HashNgramEmbedding,
+    WaveEmbedding,
+    update_past,
+)
+from untok.units import unit_of
 
 
 @dataclass
@@ -35,19 +47,34 @@ class FlatLM(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.embed = ByteEmbedding(c.vocab_size, c.dim)
+        self.unit = unit_of(c)
+        codepoint, wave = c.unit == "codepoint", c.embedding.kind == "wave"
+        vocab = self.unit.vocab_size
+        if wave:
+            self.embed = WaveEmbedding(c.dim, c.embedding.waves, vocab)
+        else:
+            self.embed = CodepointEmbedding(c.dim) if codepoint else ByteEmbedding(vocab, c.dim)
         self.ngrams = HashNgramEmbedding(c.dim, c.embedding.ngrams, c.embedding.buckets) \
             if c.embedding.ngrams else None
         self.blocks = nn.ModuleList(
-            TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout)
-            for _ in range(c.num_layers))
+            TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout,
+                             c.attention, layer=i + 1)
+            for i in range(c.num_layers))
         self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
-        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.head: nn.Module | None = None  # none: scores against the embeddings themselves
+        self.log_temperature = None
+        if codepoint:
+            self.head = CodepointHead(c.dim)
+        elif c.objective == "mse":  # distances to the candidates, with a learned scale
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+        elif not (wave and c.tie_embeddings):
+            self.head = nn.Linear(c.dim, vocab, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         """Share the embedding table with the head (again after ``to_empty``)."""
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and isinstance(self.embed, ByteEmbedding) and \
+                isinstance(self.head, nn.Linear):
             self.head.weight = self.embed.table.weight
 
     @torch.no_grad()
@@ -55,22 +82,74 @@ class FlatLM(nn.Module):
         """Initialise every parameter (the model may have been built on the meta device)."""
         residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
         init_standard(self)
+        if self.log_temperature is not None:
+            self.log_temperature.zero_()
         for block in self.blocks:
             for linear in block.residual_outputs():
                 nn.init.normal_(linear.weight, std=residual_std)
 
-    def _run(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-             caches: list[KVCache] | None = None, positions: torch.Tensor | None = None,
-             past: torch.Tensor | None = None, mask: torch.Tensor | None = None
-             ) -> torch.Tensor:
-        """Logits Float[B, T, V] for ``ids`` Long[B, T] given their RoPE angles (and the
-        units before them, for hash n-grams)."""
+    def _hidden(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                caches: list[KVCache] | None = None, positions: torch.Tensor | None = None,
+                past: torch.Tensor | None = None, mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Final hidden states Float[B, T, D] (after the last norm) for ``ids`` Long[B, T]
+        given their RoPE angles (and the units before them, for hash n-grams)."""
         x = self.embed(ids)  # (B, T, D)
         if self.ngrams is not None:
             x = x + self.ngrams(ids, past)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if caches is None else caches[i], positions, mask)
-        return self.head(self.norm(x))
+        return self.norm(x)
+
+    def _run(self, *args, **kwargs) -> torch.Tensor:
+        """Logits Float[B, T, V] (a code-point model: the hidden states; see ``_wrap``)."""
+        h = self._hidden(*args, **kwargs)
+        if isinstance(self.head, CodepointHead):
+            return h
+        if self.log_temperature is not None:
+            return self.distance_scores(h)
+        if self.head is None:  # wave embeddings tied to the output
+            return h @ self.candidates().T.to(h.dtype)
+        return self.head(h)
+
+    def _wrap(self, out: torch.Tensor) -> torch.Tensor | CodepointScores:
+        """What ``forward``/``step`` return: logits, or a code-point model's scores."""
+        return CodepointScores(out, self.head) if isinstance(self.head, CodepointHead) else out
+
+    def candidates(self) -> torch.Tensor:
+        """Input embeddings of every unit, Float[V, D] (what a tied output scores)."""
+        if isinstance(self.embed, ByteEmbedding):
+            return self.embed.table.weight
+        if torch.is_grad_enabled():
+            return self.embed.table(self.unit.vocab_size)
+        key = tuple((p._version, p.data_ptr()) for p in self.embed.parameters())
+        cached = getattr(self, "_candidates", None)  # inference: reuse until weights change
+        if cached is None or cached[0] != key:
+            cached = (key, self.embed.table(self.unit.vocab_size))
+            self._candidates = cached
+        return cached[1]
+
+    def distance_scores(self, h: torch.Tensor,
+                        candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``mse`` objective's logits: ``-exp(t) ||h - e_v||^2`` for every candidate v,
+        up to a per-position constant (``||h||^2``, which softmax ignores)."""
+        e = self.candidates() if candidates is None else candidates  # (V, D)
+        e = e.to(h.dtype)
+        return self.log_temperature.exp() * (2 * h @ e.T - (e * e).sum(-1))  # (B, T, V)
+
+    def mse_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance from ``h`` to the (stop-gradient) embedding of the target,
+        plus the cross-entropy of the distance scores with ``h`` and the candidates
+        detached, which trains only the temperature (so bpb comes from a calibrated
+        distribution)."""
+        pad = self.unit.pad
+        keep = targets != pad
+        e = self.candidates()
+        target_vectors = e.detach()[targets.masked_fill(~keep, 0)]  # (B, T, D)
+        distance = (h.float() - target_vectors.float()).pow(2).mean(-1)
+        regression = (distance * keep).sum() / keep.sum().clamp(min=1)
+        calibration = next_unit_loss(self.distance_scores(h.detach(), e.detach()), targets)
+        return regression + calibration
 
     def _cached(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
                 sin_table: torch.Tensor, caches: list[KVCache],
@@ -107,19 +186,31 @@ class FlatLM(nn.Module):
         mask = None
         if segments is not None or self.config.context < T:
             mask = local_causal_mask(T, self.config.context, ids.device, segments)
-        return self._run(ids, cos[:T], sin[:T], mask=mask)
+        return self._wrap(self._run(ids, cos[:T], sin[:T], mask=mask))
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
-        return next_unit_loss(self(ids), targets, mask)
+        """Mean cross-entropy in nats per unit (``mse``: the regression loss plus the
+        temperature's cross-entropy)."""
+        if mask is not None:
+            targets = targets.masked_fill(~mask, self.unit.pad)
+        if isinstance(self.head, CodepointHead) or self.log_temperature is not None:
+            T = ids.shape[1]
+            cos, sin = self._rope(T, ids.device)
+            mask = local_causal_mask(T, self.config.context, ids.device) \
+                if self.config.context < T else None
+            h = self._hidden(ids, cos[:T], sin[:T], mask=mask)
+            if self.log_temperature is not None:
+                return self.mse_loss(h, targets)
+            return self.head.loss(h, targets)
+        return next_unit_loss(self(ids), targets, pad=self.unit.pad)
 
     def new_state(self, batch_size: int) -> FlatState:
         c = self.config
-        weight = self.embed.table.weight
+        weight = self.norm.weight
         static = getattr(self, "static_decoding", False)  # set by compile_decoding
-        caches = [KVCache.empty(batch_size, c.num_heads, c.context, c.head_dim,
-                                weight.device, weight.dtype, static)
-                  for _ in range(c.num_layers)]
+        caches = [block.attn.new_cache(batch_size, c.context, weight.device, weight.dtype,
+                                       static) for block in self.blocks]
         history = self.ngrams.history if self.ngrams is not None else 0
         past = torch.full((batch_size, history), -1, dtype=torch.long, device=weight.device)
         return FlatState(caches, past)
@@ -129,7 +220,7 @@ class FlatLM(nn.Module):
         cos, sin = self._rope(end, ids.device)
         positions = torch.arange(start, end, device=ids.device)
         run = self.decode_one if ids.shape[1] == 1 else self._cached
-        logits = run(ids, positions, cos, sin, state.caches, state.past)
+        logits = self._wrap(run(ids, positions, cos, sin, state.caches, state.past))
         state.past = update_past(state.past, ids)
         for cache in state.caches:
             if cache.static:  # (a dynamic cache counts its own length)
@@ -144,5 +235,7 @@ class FlatLM(nn.Module):
         """6 x (matmul weights) + causal attention scores and mixing, forward + backward."""
         c = self.config
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        if self.head is None:  # scores against every candidate's embedding
+            matmul += self.unit.vocab_size * c.dim
         attention = 6 * c.num_layers * c.context * c.dim  # 2 matmuls x T/2 keys x 2 x 3
         return 6.0 * matmul + attention

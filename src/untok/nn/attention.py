@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,11 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
+    def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
+                  static: bool = False) -> KVCache:
+        return KVCache.empty(batch, self.num_heads, capacity, self.head_dim, device, dtype,
+                             static)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,3 +125,71 @@ def local_causal_mask(length: int, window: int, device: torch.device,
     if segments is not None:
         mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
     return mask
+
+
+def lambda_init_of(layer: int) -> float:
+    """Differential attention's lambda at init for ``layer`` (counted from 1)."""
+    return 0.8 - 0.6 * math.exp(-0.3 * (layer - 1))
+
+
+class DifferentialAttention(nn.Module):
+    """Differential attention (DESIGN 5.1): each of ``num_heads / 2`` heads computes two
+    softmax maps from two halves of its queries and keys and subtracts them::
+
+        y = (softmax(Q1 K1^T / sqrt d) - lambda softmax(Q2 K2^T / sqrt d)) V
+        lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init(layer)
+
+    then a per-head RMSNorm and a ``(1 - lambda_init)`` scale. Heads are twice as wide as
+    standard ones (values of 2d), so the projections, and the parameter count up to the
+    four lambda vectors and the norm, equal standard attention's with ``num_heads`` heads.
+    The KV cache stores the two key halves side by side (B, H/2, slots, 2d).
+    """
+
+    def __init__(self, dim: int, num_heads: int, layer: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads // 2
+        self.head_dim = dim // num_heads  # d: width of each query/key half
+        self.lambda_init = lambda_init_of(layer)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.lambdas = nn.Parameter(torch.empty(4, self.head_dim))  # lq1, lk1, lq2, lk2
+        self.head_norm = nn.RMSNorm(2 * self.head_dim, eps=1e-5)
+        self.dropout = dropout
+
+    @torch.no_grad()
+    def init_parameters(self) -> None:
+        nn.init.normal_(self.lambdas, std=0.1)
+
+    def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
+                  static: bool = False) -> KVCache:
+        return KVCache.empty(batch, self.num_heads, capacity, 2 * self.head_dim, device,
+                             dtype, static)
+
+    def lambda_full(self) -> torch.Tensor:
+        lq1, lk1, lq2, lk2 = self.lambdas.float()
+        return torch.exp(lq1 @ lk1) - torch.exp(lq2 @ lk2) + self.lambda_init
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`CausalSelfAttention.forward`."""
+        B, T, D = x.shape
+        H, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, 2 * d).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, 2d)
+        q = apply_rope(q.unflatten(-1, (2, d)), cos[:, None], sin[:, None]).flatten(-2)
+        k = apply_rope(k.unflatten(-1, (2, d)), cos[:, None], sin[:, None]).flatten(-2)
+        dropout = self.dropout if self.training else 0.0
+        if cache is not None:
+            k, v, mask = cache.append(k, v, positions)  # (B, H, slots, 2d), (T, slots)
+            dropout = 0.0
+        causal = mask is None
+        q1, q2 = q.chunk(2, dim=-1)
+        k1, k2 = k.chunk(2, dim=-1)
+        y1 = F.scaled_dot_product_attention(q1, k1, v, attn_mask=mask, dropout_p=dropout,
+                                            is_causal=causal)
+        y2 = F.scaled_dot_product_attention(q2, k2, v, attn_mask=mask, dropout_p=dropout,
+                                            is_causal=causal)
+        y = y1 - self.lambda_full().to(y1.dtype) * y2  # (B, H, T, 2d)
+        y = self.head_norm(y) * (1.0 - self.lambda_init)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from untok.nn.attention import CausalSelfAttention, KVCache
+from untok.nn.attention import CausalSelfAttention, DifferentialAttention, KVCache
 
 
 class SwiGLU(nn.Module):
@@ -23,13 +23,15 @@ class SwiGLU(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """``x += attn(norm(x)); x += mlp(norm(x))``."""
+    """``x += attn(norm(x)); x += mlp(norm(x))``; ``attention = "differential"`` uses
+    :class:`DifferentialAttention` with the lambda of ``layer`` (counted from 1)."""
 
     def __init__(self, dim: int, num_heads: int, hidden: int, eps: float,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, attention: str = "standard", layer: int = 1) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(dim, eps=eps)
-        self.attn = CausalSelfAttention(dim, num_heads, dropout)
+        self.attn = DifferentialAttention(dim, num_heads, layer, dropout) \
+            if attention == "differential" else CausalSelfAttention(dim, num_heads, dropout)
         self.mlp_norm = nn.RMSNorm(dim, eps=eps)
         self.mlp = SwiGLU(dim, hidden)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -62,3 +64,63 @@ def update_past(past: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """The last ``past.shape[1]`` units after appending ``ids`` (both Long[B, *])."""
     keep = past.shape[1]
     return torch.cat([past, ids], dim=1)[:, -keep:] if keep else past
+
+
+class WaveEmbedding(nn.Module):
+    """A table-free embedding (DESIGN 5.2): ``mlp(a_k sin(w_k v + p_k))`` for k < ``waves``.
+
+    Frequencies, phases and amplitudes are learned. At init the periods are spread
+    log-uniformly from 2 units (neighbouring values differ) to twice ``max_value`` (far
+    values differ), so every value gets a distinct vector. The parameter count does not
+    depend on the alphabet. Angles are computed in float64 and reduced modulo 2 pi, so
+    code points up to 0x10FFFF keep their precision.
+    """
+
+    def __init__(self, dim: int, waves: int, max_value: int) -> None:
+        super().__init__()
+        self.scale = float(max_value)  # frequencies are per unit of v / scale: Adam steps
+        self.frequency = nn.Parameter(torch.empty(waves))  # move angles by at most lr
+        self.phase = nn.Parameter(torch.empty(waves))
+        self.amplitude = nn.Parameter(torch.empty(waves))
+        self.mlp = nn.Sequential(nn.Linear(waves, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    @torch.no_grad()
+    def init_parameters(self) -> None:
+        waves = self.frequency.numel()
+        periods = torch.logspace(math.log10(2.0), math.log10(2.0 * self.scale), waves,
+                                 dtype=torch.float64)
+        self.frequency.copy_(2 * math.pi * self.scale / periods)
+        self.phase.uniform_(0.0, 2 * math.pi)
+        self.amplitude.fill_(1.0)
+        first = self.mlp[0]  # unit-variance pre-activations: the waves start distinguishable
+        nn.init.normal_(first.weight, std=1.0 / math.sqrt(waves))
+
+    def waves(self, ids: torch.Tensor) -> torch.Tensor:
+        """Long[...] -> the sinusoid features Float[..., waves]."""
+        u = ids.to(torch.float64)[..., None] / self.scale
+        angle = u * self.frequency.to(torch.float64) + self.phase.to(torch.float64)
+        return self.amplitude * torch.sin(torch.remainder(angle, 2 * math.pi)).to(
+            self.amplitude.dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.waves(ids))  # (B, T) -> (B, T, D)
+
+    def table(self, count: int) -> torch.Tensor:
+        """The embeddings of ids ``0 .. count-1`` (Float[count, D]), e.g. to score every
+        candidate unit (a tied output)."""
+        return self(torch.arange(count, device=self.frequency.device))
+
+
+class CodepointEmbedding(nn.Module):
+    """A code-point table without a 1.1M-row table: ``E_block[id >> 8] + E_offset[id & 255]``
+    (4,360 + 256 rows: characters of one 256-character block share a vector)."""
+
+    BLOCKS = 0x1100 + 8  # blocks of U+0000..U+10FFFF plus the specials' block, padded
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Embedding(self.BLOCKS, dim)
+        self.offset = nn.Embedding(256, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.block(ids >> 8) + self.offset(ids & 255)  # (B, T) -> (B, T, D)
