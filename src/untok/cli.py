@@ -236,7 +236,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     else:
         prompt = to_bytes(args.prompt or "")
     temperature = 0.0 if args.greedy else args.temperature
-    sampler = SamplerConfig(temperature=temperature, top_k=args.top_k, top_p=args.top_p)
+    sampler = SamplerConfig(sampler=args.sampler, temperature=temperature, top_k=args.top_k,
+                            top_p=args.top_p, low=args.low, high=args.high)
     model = load(args.checkpoint, pick_device(args.device))
     if args.compile:
         compile_decoding(model)
@@ -502,8 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="text to continue")
     p.add_argument("--prompt-file", help="read the prompt (raw bytes) from a file")
     p.add_argument("--max-bytes", type=_nonnegative_int, default=256)
+    p.add_argument("--sampler", choices=("standard", "adaptive"), default="standard",
+                   help="adaptive: greedy when the next-unit entropy is below --low bits, "
+                        "top-k between --low and --high, full sampling above --high")
+    p.add_argument("--low", type=float, default=0.3,
+                   help="adaptive sampler: entropy (bits) below which it decodes greedily")
+    p.add_argument("--high", type=float, default=2.5,
+                   help="adaptive sampler: entropy (bits) from which it samples everything")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=_nonnegative_int, default=0, help="0 = off")
+    p.add_argument("--top-k", type=_nonnegative_int, default=0,
+                   help="0 = off (adaptive sampler: k of its middle band, default 10)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass, 1 = off")
     p.add_argument("--greedy", action="store_true", help="same as --temperature 0")
     p.add_argument("--seed", type=int, help="seed for reproducible sampling")

@@ -222,6 +222,13 @@ def _device_name(model: nn.Module) -> str:
 # -- encoding --------------------------------------------------------------------------------
 
 @torch.no_grad()
+def _check_byte_model(model: nn.Module) -> None:
+    unit = getattr(model.config, "unit", "byte")
+    if unit != "byte":
+        raise CompressionError(f"compression codes bytes, and this model reads {unit}s; "
+                               "use a byte model (model.unit = 'byte')")
+
+
 def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_size: int = 16,
              adapt_lr: float = 0.0, adapt_every: int = 32, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution; :func:`decompress` with the
@@ -233,6 +240,7 @@ def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_si
     learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
     damaged chunk then spoils the rest of its batch too.
     """
+    _check_byte_model(model)
     if not 1 <= chunk_size < 2**32:
         raise CompressionError(f"chunk size must be between 1 and 2**32 - 1, got {chunk_size}")
     if not 1 <= batch_size < 2**16:

@@ -105,7 +105,8 @@ class PatchingConfig:
                    "the entropy model must be a flat byte transformer (got family "
                    f"'{self.entropy_shape.family}', backbone "
                    f"'{self.entropy_shape.backbone}')")
-            _check(self.entropy_shape.vocab_size == VOCAB_SIZE,
+            _check(self.entropy_shape.unit == "byte" and
+                   self.entropy_shape.vocab_size == VOCAB_SIZE,
                    "the entropy model must read bytes (vocabulary "
                    f"{VOCAB_SIZE}, got {self.entropy_shape.vocab_size})")
 

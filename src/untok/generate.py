@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -9,58 +10,109 @@ import torch
 from torch import nn
 
 from untok.errors import ConfigError
-from untok.units import BOS, EOS, NUM_BYTES, to_bytes
+from untok.nn.codepoint_head import CodepointScores
+from untok.units import BOS, EOS, to_bytes, unit_of
+
+SAMPLERS = ("standard", "adaptive")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
-    """``temperature = 0`` is greedy decoding; ``top_k = 0`` and ``top_p = 1`` disable those
-    filters."""
+    """How the next unit is picked.
 
+    ``standard``: ``temperature = 0`` is greedy decoding; ``top_k = 0`` and ``top_p = 1``
+    disable those filters.
+
+    ``adaptive`` (entropy-adaptive, DESIGN 3.7): with H the entropy in bits of the model's
+    next-unit distribution, greedy when H < ``low``, top-k sampling (k = ``top_k``, 10 when
+    unset) when ``low`` <= H < ``high``, and sampling from the whole distribution when
+    H >= ``high``; ``temperature`` applies to both sampling bands, ``top_p`` is not used.
+    A code-point model picks its plane, block and character one after the other, and the
+    rule applies to each level's distribution.
+    """
+
+    sampler: str = "standard"
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    low: float = 0.3
+    high: float = 2.5
 
     def validate(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}")
         if self.temperature < 0:
             raise ConfigError("--temperature must be >= 0 (0 = greedy)")
         if self.top_k < 0:
             raise ConfigError("--top-k must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError("--top-p must be in (0, 1]")
+        if self.sampler == "adaptive":
+            if not 0.0 <= self.low <= self.high:
+                raise ConfigError("the adaptive sampler needs 0 <= --low <= --high (bits)")
+            if self.temperature == 0:
+                raise ConfigError("the adaptive sampler samples: give --temperature > 0 "
+                                  "(or use --greedy without --sampler adaptive)")
 
 
-def sample_next(logits: torch.Tensor, sampler: SamplerConfig,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next unit from logits Float[B, V]: bytes and EOS only. Returns Long[B]."""
-    logits = logits.float().clone()
-    logits[:, EOS + 1:] = -torch.inf  # BOS, PAD and unused ids are never emitted
-    logits[:, BOS] = -torch.inf
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of each row's distribution, Float[N, K] -> Float[N]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1) / math.log(2.0)
+
+
+def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, -torch.inf)
+
+
+def pick(logits: torch.Tensor, sampler: SamplerConfig,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Choose one index per row of logits Float[N, K] (excluded options at -inf): Long[N]."""
+    logits = logits.float()
+    if sampler.sampler == "adaptive":
+        entropy = entropy_bits(logits)
+        scaled = logits / sampler.temperature
+        middle = _top_k(scaled, sampler.top_k or 10)
+        scaled = torch.where((entropy < sampler.high)[:, None], middle, scaled)
+        sampled = torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+        return torch.where(entropy < sampler.low, logits.argmax(-1), sampled)
     if sampler.temperature == 0:
         return logits.argmax(-1)
     logits = logits / sampler.temperature
     if sampler.top_k:
-        kth = logits.topk(min(sampler.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -torch.inf)
+        logits = _top_k(logits, sampler.top_k)
     if sampler.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         # drop a unit when the units ranked before it already reach top_p
         drop = probs.cumsum(-1) - probs >= sampler.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -torch.inf))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def sample_next(logits: torch.Tensor | CodepointScores, sampler: SamplerConfig,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next unit from a model's output at one position (logits Float[B, V], or a
+    code-point model's scores): text units and EOS only. Returns Long[B]."""
+    if isinstance(logits, CodepointScores):
+        return logits.choose(lambda level: pick(level, sampler, generator))
+    logits = logits.float().clone()
+    logits[:, EOS + 1:] = -torch.inf  # BOS, PAD and unused ids are never emitted
+    logits[:, BOS] = -torch.inf
+    return pick(logits, sampler, generator)
 
 
 @torch.inference_mode()
 def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 256,
              sampler: SamplerConfig | None = None, seed: int | None = None,
              stop: Iterable[str | bytes] = (), use_cache: bool = True) -> Iterator[bytes]:
-    """Yield generated bytes one at a time (as 1-byte ``bytes``) after ``prompt``.
+    """Yield the bytes of each generated unit after ``prompt``: one byte at a time for a
+    byte model, one whole character (1-4 bytes) at a time for a code-point model.
 
-    Stops at ``EOS``, after ``max_bytes`` bytes, or once the output ends with one of the
-    ``stop`` strings (which is yielded). ``use_cache=False`` re-runs the full forward for
-    every byte (the slow reference path, for benchmarks).
+    Stops at ``EOS``, before the output would exceed ``max_bytes`` bytes, or once the
+    output ends with one of the ``stop`` strings (which is yielded). ``use_cache=False``
+    re-runs the full forward for every unit (the slow reference path, for benchmarks).
     """
     sampler = sampler or SamplerConfig()
     sampler.validate()
@@ -71,32 +123,35 @@ def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 25
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     context = model.config.context
-    ids = [BOS, *to_bytes(prompt)]
-    history = ids[-context:]
+    unit = unit_of(model.config)
+    history = [unit.bos, *unit.encode(to_bytes(prompt)).tolist()][-context:]
     if max_bytes == 0:
         return
     if use_cache:
         state = model.new_state(1)
-        prompt_ids = torch.tensor([history], device=device)
-        logits, state = model.step(state, prompt_ids)
+        logits, state = model.step(state, torch.tensor([history], device=device))
     else:
         logits = model(torch.tensor([history], device=device))
     longest_stop = max((len(s) for s in stops), default=0)
     tail = b""  # the last bytes of the output, enough to spot a stop string
-    for _ in range(max_bytes):
-        unit = sample_next(logits[:, -1], sampler, generator)
-        value = int(unit)
-        if value >= NUM_BYTES:
+    emitted = 0
+    while emitted < max_bytes:
+        chosen = sample_next(logits[:, -1], sampler, generator)
+        value = int(chosen)
+        if value >= unit.num_content:  # EOS
             return
-        byte = bytes([value])
-        yield byte
+        piece = unit.decode([value])
+        emitted += len(piece)
+        if emitted > max_bytes:
+            return
+        yield piece
         if stops:
-            tail = (tail + byte)[-longest_stop:]
+            tail = (tail + piece)[-longest_stop:]
             if any(tail.endswith(s) for s in stops):
                 return
         history = (history + [value])[-context:]
         if use_cache:
-            logits, state = model.step(state, unit[:, None])
+            logits, state = model.step(state, chosen[:, None])
         else:
             logits = model(torch.tensor([history], device=device))
 

@@ -10,6 +10,9 @@ of the memory-mapped store on the fly, so a corpus larger than RAM costs no memo
 
 Training draws windows at random positions from a seeded generator whose state is part of
 the checkpoint (exact resume). ``BOS`` is never a target (it is given, not predicted).
+
+A code-point model reads a :class:`CodepointStream` instead: the same layout with one id per
+character, decoded once when the split is opened (4 bytes of memory per character).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import torch
 
 from untok.data.store import ByteStore, Segments
 from untok.errors import DataError
-from untok.units import BOS, EOS, PAD
+from untok.units import BOS, EOS, Unit
 
 
 class UnitStream:
     """The ids of one split of a store, addressable by position."""
+
+    unit = Unit("byte")
 
     def __init__(self, store: ByteStore, split: str) -> None:
         self.store = store
@@ -58,9 +63,41 @@ class UnitStream:
         return np.searchsorted(self.offsets, positions, side="right") - 1
 
 
-def targets_of(ids: torch.Tensor) -> torch.Tensor:
+class CodepointStream(UnitStream):
+    """The code-point ids of one split (see :func:`untok.units.encode_codepoints`): each
+    piece ``BOS chars.. [EOS]``, held in memory as int32."""
+
+    unit = Unit("codepoint")
+
+    def __init__(self, store: ByteStore, split: str) -> None:
+        self.store = store
+        self.split = split
+        self.segments = store.segments(split)
+        self.num_bytes = self.segments.num_bytes
+        unit, parts, sizes = self.unit, [], []
+        data = store.data
+        for start, length, ends in zip(self.segments.starts, self.segments.lengths,
+                                       self.segments.ends_doc, strict=True):
+            chars = unit.encode(bytes(data[start:start + length]))
+            piece = [np.array([unit.bos]), chars] + ([np.array([unit.eos])] if ends else [])
+            parts.extend(piece)
+            sizes.append(sum(len(p) for p in piece))
+        self.ids = np.concatenate(parts).astype(np.int32) if parts else \
+            np.zeros(0, dtype=np.int32)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        return self.ids[positions].astype(np.int64)
+
+
+def open_stream(store: ByteStore, split: str, unit: str = "byte") -> UnitStream:
+    """The stream of ``split`` in the ids of ``unit`` (``byte`` or ``codepoint``)."""
+    return CodepointStream(store, split) if unit == "codepoint" else UnitStream(store, split)
+
+
+def targets_of(ids: torch.Tensor, unit: Unit = UnitStream.unit) -> torch.Tensor:
     """Next-unit targets with ``BOS`` replaced by ``PAD`` (ignored by the loss)."""
-    return ids.masked_fill(ids == BOS, PAD)
+    return ids.masked_fill(ids == unit.bos, unit.pad)
 
 
 class TrainSampler:
@@ -101,7 +138,7 @@ class TrainSampler:
         ids = torch.from_numpy(self.stream.gather(positions))
         if self.side is not None:
             self.side_batch = torch.from_numpy(self.side[positions[:, :-1]].astype(np.float32))
-        return ids[:, :-1], targets_of(ids[:, 1:])
+        return ids[:, :-1], targets_of(ids[:, 1:], self.stream.unit)
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self.rng.bit_generator.state}

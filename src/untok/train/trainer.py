@@ -27,7 +27,7 @@ from untok import __version__
 from untok.config import RunConfig, from_dict
 from untok.data.entropies import open_entropies
 from untok.data.ingest import open_data
-from untok.data.loader import TrainSampler, UnitStream
+from untok.data.loader import TrainSampler, open_stream
 from untok.errors import CheckpointError, ConfigError, UntokError
 from untok.evaluate import LN2, evaluate_stream
 from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
@@ -52,6 +52,7 @@ from untok.train.distributed import (
     shutdown,
     wrap,
 )
+from untok.train.lr_control import QLearnController
 from untok.train.optim import lr_at, make_optimizer
 
 Callback = Callable[["Trainer"], None]
@@ -100,8 +101,8 @@ class Trainer:
         with main_first(self.world):  # one rank ingests a text file into the cache
             self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
                                    val_bytes=config.data.val_bytes, progress=self.progress)
-        self.train_stream = UnitStream(self.store, "train")
-        self.val_stream = UnitStream(self.store, "val")
+        self.train_stream = open_stream(self.store, "train", config.model.unit)
+        self.val_stream = open_stream(self.store, "val", config.model.unit)
         torch.manual_seed(t.seed)
         self.model = build_model(config.model, self.device)
         if hasattr(self.model, "fit_patching"):  # BLT: fit an entropy threshold if unset
@@ -112,6 +113,7 @@ class Trainer:
                                     seed=t.seed, side=self.entropies and self.entropies["train"],
                                     rank=self.world.rank, world_size=self.world.world_size)
         self.units_per_step = t.batch_size * t.grad_accum * config.model.context
+        self.controller = QLearnController(t) if t.lr_controller == "qlearn" else None
         self.step = 0
         self.bytes_seen = 0
         self.best_val_bpb: float | None = None
@@ -145,6 +147,7 @@ class Trainer:
                 "seed": self.config.train.seed, "untok_version": __version__,
                 "data": {"name": self.store.name, "sha256": self.store.meta["sha256"]},
                 "world_size": self.world.world_size, "parallel": self.parallel,
+                "lr_controller": self.controller and self.controller.state_dict(),
                 "run_config": self.config.to_dict()}
 
     def _optimizer_state(self) -> dict[str, Any]:
@@ -179,6 +182,11 @@ class Trainer:
         if "cuda_rng" in opt and self.device.type == "cuda":
             torch.cuda.set_rng_state(opt["cuda_rng"], self.device)
         self.sampler.load_state_dict(state["sampler"])
+        if self.controller is not None and state.get("lr_controller"):
+            try:
+                self.controller.load_state_dict(state["lr_controller"])
+            except ValueError as exc:
+                raise CheckpointError(f"cannot resume {path}: {exc}") from None
         self.step = state["step"]
         self.bytes_seen = state["bytes_seen"]
         self.best_val_bpb = state["best_val_bpb"]
@@ -226,6 +234,13 @@ class Trainer:
         steps_done = self.total_steps is not None and self.step >= self.total_steps
         return steps_done or (t.minutes is not None and elapsed >= 60 * t.minutes)
 
+    def current_lr(self, elapsed: float) -> float:
+        """The schedule's learning rate, or the controller's once warmup is over."""
+        t = self.config.train
+        if self.controller is not None and self.step >= t.warmup_steps:
+            return self.controller.lr
+        return lr_at(t, self.step, self.progress_fraction(elapsed))
+
     # -- loop ----------------------------------------------------------------------------
 
     @property
@@ -248,6 +263,8 @@ class Trainer:
         t = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+            if self.controller is not None:  # it may steer beta1 too
+                group["betas"] = (self.controller.beta1, t.beta2)
         total = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             inputs, targets = self.sampler.next_batch()
@@ -318,8 +335,10 @@ class Trainer:
                                self.budget_reached(time.perf_counter() - started))
             while not finished:
                 elapsed = time.perf_counter() - started
-                lr = lr_at(t, self.step, self.progress_fraction(elapsed))
+                lr = self.current_lr(elapsed)
                 loss, grad_norm = self.train_step(lr)
+                if self.controller is not None and self.step > t.warmup_steps:
+                    self.controller.observe(loss, grad_norm)
                 window_steps += 1
                 if not math.isfinite(loss):
                     reason = "diverged"
@@ -331,11 +350,14 @@ class Trainer:
                     rate = window_steps * self.units_per_step / (now - window_start)
                     mfu = rate * flops_per_byte / peak
                     window_start, window_steps = now, 0
-                    record = {"step": self.step, "loss_bpb": loss / LN2, "lr": lr,
+                    # the mse objective's loss is a squared distance, not bits
+                    name, label, shown = ("loss_bpb", "bpb", loss / LN2) \
+                        if t.objective == "ce" else ("loss", "loss", loss)
+                    record = {"step": self.step, name: shown, "lr": lr,
                               "grad_norm": grad_norm, "bytes_per_s": rate, "mfu": mfu,
                               "bytes_seen": self.bytes_seen, "seconds": now - started}
                     self.log(record)
-                    bar.set_postfix_str(f"bpb {loss / LN2:.3f} lr {lr:.2e} "
+                    bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} "
                                         f"{rate / 1e3:.1f} kB/s mfu {mfu:.0%}")
                 if total:
                     bar.update(1)
