@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from untok.config import ModelConfig
@@ -28,6 +29,8 @@ from untok.nn.embeddings import (
     update_past,
 )
 from untok.units import unit_of
+
+TEMPERATURE_RATE = 10.0  # the scalar log-temperature moves this much faster than Adam steps
 
 
 @dataclass
@@ -67,6 +70,7 @@ class FlatLM(nn.Module):
             self.head = CodepointHead(c.dim)
         elif c.objective == "mse":  # distances to the candidates, with a learned scale
             self.log_temperature = nn.Parameter(torch.zeros(()))
+            self.register_buffer("spread", torch.ones(()))  # running mean squared residual
         elif not (wave and c.tie_embeddings):
             self.head = nn.Linear(c.dim, vocab, bias=False)
         self.tie_weights()
@@ -84,6 +88,7 @@ class FlatLM(nn.Module):
         init_standard(self)
         if self.log_temperature is not None:
             self.log_temperature.zero_()
+            self.spread.fill_(1.0)
         for block in self.blocks:
             for linear in block.residual_outputs():
                 nn.init.normal_(linear.weight, std=residual_std)
@@ -129,13 +134,23 @@ class FlatLM(nn.Module):
             self._candidates = cached
         return cached[1]
 
+    def targets(self) -> torch.Tensor:
+        """What the ``mse`` objective regresses: every unit's embedding scaled to unit RMS
+        (Float[V, D]), so the targets are as large as the normed hidden state from the first
+        step and cannot shrink towards each other."""
+        return F.rms_norm(self.candidates(), (self.config.dim,))
+
     def distance_scores(self, h: torch.Tensor,
                         candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """The ``mse`` objective's logits: ``-exp(t) ||h - e_v||^2`` for every candidate v,
-        up to a per-position constant (``||h||^2``, which softmax ignores)."""
-        e = self.candidates() if candidates is None else candidates  # (V, D)
+        """The ``mse`` objective's logits for every candidate v: a Gaussian around the
+        prediction, ``-exp(t) ||h - e_v||^2 / (2 D s)`` with ``s`` the running mean squared
+        residual per channel (the Gaussian's maximum-likelihood variance) and ``t`` a
+        learned correction; up to a per-position constant (``||h||^2``, which softmax
+        ignores)."""
+        e = self.targets() if candidates is None else candidates  # (V, D)
         e = e.to(h.dtype)
-        return self.log_temperature.exp() * (2 * h @ e.T - (e * e).sum(-1))  # (B, T, V)
+        scale = (TEMPERATURE_RATE * self.log_temperature).exp() / (2 * h.shape[-1] * self.spread)
+        return scale * (2 * h @ e.T - (e * e).sum(-1))  # (B, T, V)
 
     def mse_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean squared distance from ``h`` to the (stop-gradient) embedding of the target,
@@ -144,10 +159,12 @@ class FlatLM(nn.Module):
         distribution)."""
         pad = self.unit.pad
         keep = targets != pad
-        e = self.candidates()
+        e = self.targets()
         target_vectors = e.detach()[targets.masked_fill(~keep, 0)]  # (B, T, D)
         distance = (h.float() - target_vectors.float()).pow(2).mean(-1)
         regression = (distance * keep).sum() / keep.sum().clamp(min=1)
+        if self.training:  # track the residual's scale (a buffer: saved, not learned)
+            self.spread.lerp_(regression.detach().clamp(min=1e-8), 0.05)
         calibration = next_unit_loss(self.distance_scores(h.detach(), e.detach()), targets)
         return regression + calibration
 

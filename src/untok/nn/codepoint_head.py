@@ -22,7 +22,7 @@ from torch import nn
 from untok.units import CP_BOS, CP_EOS, CP_PAD, ESCAPE_FIRST
 
 PLANES = 24  # 17 Unicode planes + the specials' plane (17), rounded up to a multiple of 8
-BLOCKS = 0x1100 + 8  # (plane, block) prefixes: id >> 8
+BLOCKS = 18 << 8  # (plane, block) prefixes id >> 8 of planes 0..17
 
 
 class CodepointHead(nn.Module):
