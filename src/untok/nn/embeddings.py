@@ -92,8 +92,10 @@ class WaveEmbedding(nn.Module):
         self.frequency.copy_(2 * math.pi * self.scale / periods)
         self.phase.uniform_(0.0, 2 * math.pi)
         self.amplitude.fill_(1.0)
-        first = self.mlp[0]  # unit-variance pre-activations: the waves start distinguishable
-        nn.init.normal_(first.weight, std=1.0 / math.sqrt(waves))
+        first, last = self.mlp[0], self.mlp[2]
+        nn.init.normal_(first.weight, std=1.0 / math.sqrt(waves))  # unit pre-activations
+        # outputs of std 0.02 like a table's rows (E[silu(z)^2] = 0.36 for z ~ N(0, 1))
+        nn.init.normal_(last.weight, std=0.02 / math.sqrt(0.36 * last.in_features))
 
     def waves(self, ids: torch.Tensor) -> torch.Tensor:
         """Long[...] -> the sinusoid features Float[..., waves]."""
