@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-dev,data,bench
 	$(BIN)/python bench/mmfree.py --budget-minutes 1 --lengths 1024 8192 --eval-bytes 32768
 	$(BIN)/python bench/compress.py --runs bench/results/quick/runs --minutes 2 --val-bytes 32768
 	$(BIN)/python bench/distributed.py --steps 16
+	$(BIN)/python bench/options.py --minutes 1 --runs bench/results/quick/runs
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -110,3 +110,19 @@ def test_distributed_smoke(tmp_path):
         assert row["bytes_per_s"] > 0
     assert set(figures["parity"]) == {"ddp", "fsdp"}
     assert {"max_loss_diff_bpb", "max_weight_diff"} <= set(figures["parity"]["ddp"])
+
+
+@pytest.mark.slow
+def test_options_smoke(tmp_path):
+    if not (SHARED / "multilingual").is_dir():
+        pytest.skip("reference corpora missing")
+    figures = run_bench(tmp_path, "options.py", "--sections", "multilingual", "--minutes",
+                        "0.05", "--runs", str(tmp_path / "runs"))
+    rows = figures["multilingual"]
+    assert set(rows) == {"byte", "codepoint"}
+    for row in rows.values():
+        assert {"params", "steps", "train_bytes_per_s", "val_bpb", "languages"} <= set(row)
+        assert len(row["languages"]) == 25
+        assert all({"bpb", "bits_per_char", "bytes"} <= set(v) for v in row["languages"].values())
+    assert rows["byte"]["languages"]["cmn"]["bytes"] == rows["codepoint"]["languages"]["cmn"][
+        "bytes"]

@@ -27,7 +27,8 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
     model = load(path)
     if isinstance(model, BLT):
         config, entropy_model = model.config.patching, model.patcher.entropy_model
-    elif isinstance(model, FlatLM) and model.config.vocab_size == VOCAB_SIZE:
+    elif isinstance(model, FlatLM) and model.config.vocab_size == VOCAB_SIZE and \
+            model.config.unit == "byte":
         config, entropy_model = PatchingConfig(kind="entropy", entropy_model=str(path)), model
     else:
         raise UntokError(f"{path} is neither a BLT nor a flat byte transformer, so it cannot "
