@@ -493,3 +493,32 @@ def test_config_keys():
     ]:
         with pytest.raises(ConfigError, match=message):
             resolve(preset_name="tiny", overrides=bad)
+
+
+# -- command line --------------------------------------------------------------------------
+
+def test_cli_codepoint_model_and_adaptive_sampler(capsys, tmp_path):
+    from untok.cli import main
+
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_bytes((CJK * 120).encode())
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--preset", "tiny", "--steps", "8",
+                 "--out", str(run_dir), "--quiet", "--set", "model.unit=codepoint",
+                 "--set", "model.embedding=wave"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run_dir / "best"), "--data", str(corpus), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["units"] < scores["bytes"] / 2 and scores["bits_per_char"] > scores["bpb"]
+    assert main(["generate", str(run_dir / "best"), "--prompt", "我们", "--max-bytes", "30",
+                 "--seed", "1", "--sampler", "adaptive", "--low", "0.5", "--high", "3",
+                 "--no-prompt"]) == 0
+    out = capsys.readouterr().out
+    assert 0 < len(out.rstrip("\n").encode("utf-8", "surrogateescape")) <= 30
+    assert main(["generate", str(run_dir / "best"), "--sampler", "adaptive", "--low", "3",
+                 "--high", "1"]) == 2
+    assert "--low <= --high" in capsys.readouterr().err
+    assert main(["compress", str(corpus), "-m", str(run_dir / "best"),
+                 "-o", str(tmp_path / "x.utk")]) == 2
+    assert "reads codepoints" in capsys.readouterr().err
+    assert not (tmp_path / "x.utk").exists()
