@@ -194,16 +194,22 @@ class FlatLM(nn.Module):
             self._rope_table = table
         return table
 
-    def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits Float[B, T, V]. Past the context each unit sees the last ``context``
-        units (as decoding with the KV cache does); with ``segments`` (Long[B, T],
-        non-decreasing) a unit sees only its own segment."""
+    def _whole(self, ids: torch.Tensor, segments: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor | None]:
+        """RoPE angles and attention mask for a whole sequence ``ids`` Long[B, T]: past the
+        context each unit sees the last ``context`` units (as decoding with the KV cache
+        does); with ``segments`` (non-decreasing) a unit sees only its own segment."""
         T = ids.shape[1]
         cos, sin = self._rope(T, ids.device)
         mask = None
         if segments is not None or self.config.context < T:
             mask = local_causal_mask(T, self.config.context, ids.device, segments)
-        return self._wrap(self._run(ids, cos[:T], sin[:T], mask=mask))
+        return {"cos": cos[:T], "sin": sin[:T], "mask": mask}
+
+    def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None
+                ) -> torch.Tensor | CodepointScores:
+        """Logits Float[B, T, V] (a code-point model: :class:`CodepointScores`)."""
+        return self._wrap(self._run(ids, **self._whole(ids, segments)))
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -212,11 +218,7 @@ class FlatLM(nn.Module):
         if mask is not None:
             targets = targets.masked_fill(~mask, self.unit.pad)
         if isinstance(self.head, CodepointHead) or self.log_temperature is not None:
-            T = ids.shape[1]
-            cos, sin = self._rope(T, ids.device)
-            mask = local_causal_mask(T, self.config.context, ids.device) \
-                if self.config.context < T else None
-            h = self._hidden(ids, cos[:T], sin[:T], mask=mask)
+            h = self._hidden(ids, **self._whole(ids))
             if self.log_temperature is not None:
                 return self.mse_loss(h, targets)
             return self.head.loss(h, targets)
