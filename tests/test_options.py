@@ -159,7 +159,8 @@ def test_trainer_runs_every_option(option, text_file, tmp_path):
     loaded = load(tmp_path / "run" / "best")
     assert loaded.config == config.model
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    key = "loss" if config.train.objective == "mse" else "loss_bpb"
+    key = {"mse": "loss"}.get(config.train.objective,
+                              "loss_bpc" if config.model.unit == "codepoint" else "loss_bpb")
     assert all(key in r for r in records if "step" in r and "event" not in r)
 
 

@@ -234,6 +234,15 @@ class Trainer:
         steps_done = self.total_steps is not None and self.step >= self.total_steps
         return steps_done or (t.minutes is not None and elapsed >= 60 * t.minutes)
 
+    def _loss_name(self, loss: float) -> tuple[str, str, float]:
+        """(metrics key, bar label, value) of a training loss in nats per unit: bits per
+        byte, bits per character (code points), or the mse objective's own loss."""
+        if self.config.train.objective == "mse":
+            return "loss", "loss", loss
+        if self.config.model.unit == "codepoint":
+            return "loss_bpc", "bpc", loss / LN2
+        return "loss_bpb", "bpb", loss / LN2
+
     def current_lr(self, elapsed: float) -> float:
         """The schedule's learning rate, or the controller's once warmup is over."""
         t = self.config.train
@@ -350,9 +359,7 @@ class Trainer:
                     rate = window_steps * self.units_per_step / (now - window_start)
                     mfu = rate * flops_per_byte / peak
                     window_start, window_steps = now, 0
-                    # the mse objective's loss is a squared distance, not bits
-                    name, label, shown = ("loss_bpb", "bpb", loss / LN2) \
-                        if t.objective == "ce" else ("loss", "loss", loss)
+                    name, label, shown = self._loss_name(loss)
                     record = {"step": self.step, name: shown, "lr": lr,
                               "grad_norm": grad_norm, "bytes_per_s": rate, "mfu": mfu,
                               "bytes_seen": self.bytes_seen, "seconds": now - started}
