@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, median, require, write_result
+from common import RESULTS, ROOT, SHARED, command, median, require, write_result
 
 ENWIK8_ROWS = {
     "baseline (table, ce, standard, AdamW+cosine)": [],
@@ -171,7 +171,7 @@ def multilingual_section(root: Path) -> dict:
 def render(figures: dict) -> str:
     lines = []
     if "enwik8" in figures:
-        rows = figures["enwik8"]
+        rows = {k: v for k, v in figures["enwik8"].items() if k != "_run"}
         base = next(iter(rows.values()))
         lines += ["### enwik8-4M: one option at a time against the default",
                   "", "| run | params | steps | train bytes/s | val bpb | vs baseline |",
@@ -182,7 +182,7 @@ def render(figures: dict) -> str:
                          f"{row['val_bpb'] - base['val_bpb']:+.3f} |")
         lines.append("")
     if "multilingual" in figures:
-        rows = figures["multilingual"]
+        rows = {k: v for k, v in figures["multilingual"].items() if k != "_run"}
         names = list(rows)
         lines += ["### multilingual: byte unit vs code-point unit", "",
                   "| | " + " | ".join(f"{n} params | {n} steps | {n} train bytes/s"
@@ -228,6 +228,12 @@ def main() -> None:
     train_all(runs, args.minutes, args.jobs)  # one queue: no core idles between sections
     for name in args.sections:
         figures[name] = sections[name][1](args.runs / name)
+        figures[name]["_run"] = {"command": command(), "date": time.strftime("%Y-%m-%d"),
+                                 "minutes": args.minutes}
+    previous = RESULTS / "options.json"  # keep the sections this call did not rerun
+    if previous.is_file():
+        kept = json.loads(previous.read_text())["figures"]
+        figures = {**{k: v for k, v in kept.items() if k in sections}, **figures}
     table = render(figures)
     print(table)
     write_result("options", figures, table)

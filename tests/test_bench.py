@@ -119,7 +119,7 @@ def test_options_smoke(tmp_path):
     figures = run_bench(tmp_path, "options.py", "--sections", "multilingual", "--minutes",
                         "0.05", "--runs", str(tmp_path / "runs"))
     rows = figures["multilingual"]
-    assert set(rows) == {"byte", "codepoint"}
+    assert set(rows) == {"byte", "codepoint", "_run"} and "command" in rows.pop("_run")
     for row in rows.values():
         assert {"params", "steps", "train_bytes_per_s", "val_bpb", "languages"} <= set(row)
         assert len(row["languages"]) == 25
