@@ -23,13 +23,6 @@ from untok.units import CP_BOS, CP_EOS, CP_PAD, ESCAPE_FIRST
 
 PLANES = 24  # 17 Unicode planes + the specials' plane (17), rounded up to a multiple of 8
 BLOCKS = 18 << 8  # (plane, block) prefixes id >> 8 of planes 0..17
-CHAR_BUCKETS = 8192  # hashed per-character rows: a text uses a few thousand characters
-
-
-def char_bucket(ids: torch.Tensor) -> torch.Tensor:
-    """A multiplicative hash of code-point ids to ``CHAR_BUCKETS`` rows (Long, same shape):
-    each character of a text gets a row of its own, up to collisions."""
-    return ((ids * 2654435761) & 0xFFFFFFFF) >> (32 - CHAR_BUCKETS.bit_length() + 1)
 
 
 class CodepointHead(nn.Module):
@@ -42,7 +35,6 @@ class CodepointHead(nn.Module):
         self.block_vector = nn.Embedding(BLOCKS, dim)
         self.char_in = nn.Linear(dim, dim, bias=False)
         self.char = nn.Linear(dim, 256, bias=False)
-        self.char_bias = nn.Embedding(CHAR_BUCKETS, 1)  # a learned prior per character
 
     def plane_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Float[..., D] -> Float[..., PLANES]; planes that do not exist get -inf."""
@@ -56,9 +48,7 @@ class CodepointHead(nn.Module):
 
     def char_logits(self, h: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """Float[..., D], Long[...] (``id >> 8``) -> Float[..., 256]: the char in the block."""
-        chars = prefix[..., None] << 8 | torch.arange(256, device=prefix.device)
-        prior = self.char_bias(char_bucket(chars))[..., 0]  # (..., 256)
-        return (self.char(F.silu(self.char_in(h) + self.block_vector(prefix))) + prior).float()
+        return self.char(F.silu(self.char_in(h) + self.block_vector(prefix))).float()
 
     def log_prob(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log P(targets) (nats, Float[...]) under the distribution at ``h`` (Float[..., D]);

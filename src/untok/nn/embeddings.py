@@ -7,8 +7,6 @@ import math
 import torch
 from torch import nn
 
-from untok.nn.codepoint_head import CHAR_BUCKETS, char_bucket
-
 
 class ByteEmbedding(nn.Module):
     """A plain table: one learned vector per unit id."""
@@ -116,10 +114,8 @@ class WaveEmbedding(nn.Module):
 
 
 class CodepointEmbedding(nn.Module):
-    """A code-point table without a 1.1M-row table:
-    ``E_block[id >> 8] + E_offset[id & 255] + E_char[hash(id)]`` (4,360 + 256 + 8,192
-    rows): the block and offset rows are shared structure, the hashed row gives each
-    character of a text a vector of its own (up to collisions)."""
+    """A code-point table without a 1.1M-row table: ``E_block[id >> 8] + E_offset[id & 255]``
+    (4,360 + 256 rows: characters of one 256-character block share a vector)."""
 
     BLOCKS = 0x1100 + 8  # blocks of U+0000..U+10FFFF plus the specials' block, padded
 
@@ -127,7 +123,6 @@ class CodepointEmbedding(nn.Module):
         super().__init__()
         self.block = nn.Embedding(self.BLOCKS, dim)
         self.offset = nn.Embedding(256, dim)
-        self.char = nn.Embedding(CHAR_BUCKETS, dim)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, D)
-        return self.block(ids >> 8) + self.offset(ids & 255) + self.char(char_bucket(ids))
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.block(ids >> 8) + self.offset(ids & 255)  # (B, T) -> (B, T, D)
