@@ -523,3 +523,11 @@ def test_cli_codepoint_model_and_adaptive_sampler(capsys, tmp_path):
                  "-o", str(tmp_path / "x.utk")]) == 2
     assert "reads codepoints" in capsys.readouterr().err
     assert not (tmp_path / "x.utk").exists()
+
+
+def test_byte_models_keep_a_configured_vocabulary():
+    """Another id space (e.g. a BPE baseline) sets model.vocab_size; the options keep it."""
+    for extra in ([], ["model.embedding=wave"], ["model.attention=differential"]):
+        config = resolve(preset_name="tiny", overrides=["model.vocab_size=512", *extra])
+        model = build_model(config.model)
+        assert model(torch.randint(0, 512, (1, 5))).shape == (1, 5, 512)

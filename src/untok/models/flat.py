@@ -52,7 +52,8 @@ class FlatLM(nn.Module):
         c = config
         self.unit = unit_of(c)
         codepoint, wave = c.unit == "codepoint", c.embedding.kind == "wave"
-        vocab = self.unit.vocab_size
+        # bytes: the configured width (other id spaces, e.g. BPE baselines, set it)
+        self.vocab_size = vocab = self.unit.vocab_size if codepoint else c.vocab_size
         if wave:
             self.embed = WaveEmbedding(c.dim, c.embedding.waves, vocab)
         else:
@@ -126,11 +127,11 @@ class FlatLM(nn.Module):
         if isinstance(self.embed, ByteEmbedding):
             return self.embed.table.weight
         if torch.is_grad_enabled():
-            return self.embed.table(self.unit.vocab_size)
+            return self.embed.table(self.vocab_size)
         key = tuple((p._version, p.data_ptr()) for p in self.embed.parameters())
         cached = getattr(self, "_candidates", None)  # inference: reuse until weights change
         if cached is None or cached[0] != key:
-            cached = (key, self.embed.table(self.unit.vocab_size))
+            cached = (key, self.embed.table(self.vocab_size))
             self._candidates = cached
         return cached[1]
 
@@ -255,6 +256,6 @@ class FlatLM(nn.Module):
         c = self.config
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         if self.head is None:  # scores against every candidate's embedding
-            matmul += self.unit.vocab_size * c.dim
+            matmul += self.vocab_size * c.dim
         attention = 6 * c.num_layers * c.context * c.dim  # 2 matmuls x T/2 keys x 2 x 3
         return 6.0 * matmul + attention
