@@ -221,7 +221,6 @@ def _device_name(model: nn.Module) -> str:
 
 # -- encoding --------------------------------------------------------------------------------
 
-@torch.no_grad()
 def _check_byte_model(model: nn.Module) -> None:
     unit = getattr(model.config, "unit", "byte")
     if unit != "byte":
@@ -229,6 +228,7 @@ def _check_byte_model(model: nn.Module) -> None:
                                "use a byte model (model.unit = 'byte')")
 
 
+@torch.no_grad()
 def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_size: int = 16,
              adapt_lr: float = 0.0, adapt_every: int = 32, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution; :func:`decompress` with the
