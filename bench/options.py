@@ -54,16 +54,22 @@ def multilingual_data(work: Path) -> tuple[Path, dict[str, Path], int]:
         val = b"".join(lines[-VAL_LINES:])
         val_parts.append(val)
         per_language[path.stem] = work / f"val-{path.stem}.txt"
-        per_language[path.stem].write_bytes(b"\n" + val)  # the leading byte is "train"
+        write_once(per_language[path.stem], b"\n" + val)  # the leading byte is "train"
     corpus = work / "multilingual-train-val.txt"
-    corpus.write_bytes(b"".join(train_parts) + b"".join(val_parts))
+    write_once(corpus, b"".join(train_parts) + b"".join(val_parts))
     return corpus, per_language, sum(map(len, val_parts))
 
 
-def launch(name: str, overrides: list[str], out: Path, minutes: float, core: int
-           ) -> subprocess.Popen:
-    command = [sys.executable, "-m", "untok", "train", "--recipe",
-               str(ROOT / "recipes" / "enwik8-small.toml"), "--minutes", str(minutes),
+def write_once(path: Path, data: bytes) -> None:
+    """Write ``data`` unless the file already holds it (its cached store stays valid)."""
+    if not (path.is_file() and path.read_bytes() == data):
+        path.write_bytes(data)
+
+
+def launch(name: str, overrides: list[str], out: Path, minutes: float, core: int,
+           recipe: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "untok", "train", "--recipe", str(recipe),
+               "--minutes", str(minutes),
                "--out", str(out), "--overwrite", "--quiet",
                "--set", "train.eval_every=100000"]
     for item in overrides:
@@ -75,7 +81,8 @@ def launch(name: str, overrides: list[str], out: Path, minutes: float, core: int
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
 
 
-def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float, jobs: int) -> None:
+def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float, jobs: int,
+              recipe: Path) -> None:
     """Train every run, ``jobs`` at a time, each in its own process on its own core."""
     pending = list(runs.items())
     active: list[tuple[str, subprocess.Popen, int]] = []
@@ -84,7 +91,7 @@ def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float, jobs: int
             busy = {core for _, _, core in active}
             core = min(set(range(jobs)) - busy)
             name, (out, overrides) = pending.pop(0)
-            active.append((name, launch(name, overrides, out, minutes, core), core))
+            active.append((name, launch(name, overrides, out, minutes, core, recipe), core))
         time.sleep(2)
         for item in list(active):
             if item[1].poll() is not None:
@@ -102,7 +109,10 @@ def training_rate(run: Path) -> dict:
 
 
 def enwik8_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
+    from untok.data.ingest import open_data
+
     data = require(SHARED / "enwik8-4M")
+    open_data(data, val_bytes=ENWIK8_VAL, progress=False)  # once, not by parallel runs
     return {name: (root / slug(name), [f"data.path={str(data)!r}",
                                        f"data.val_bytes={ENWIK8_VAL}", *overrides])
             for name, overrides in ENWIK8_ROWS.items()}
@@ -127,8 +137,11 @@ def enwik8_section(root: Path) -> dict:
 
 
 def multilingual_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
+    from untok.data.ingest import open_data
+
     root.mkdir(parents=True, exist_ok=True)
     corpus, _, val_bytes = multilingual_data(root)
+    open_data(corpus, val_bytes=val_bytes, progress=False)  # once, not by parallel runs
     return {name: (root / slug(name), [f"data.path={str(corpus)!r}",
                                        f"data.val_bytes={val_bytes}", *overrides])
             for name, overrides in MULTILINGUAL_ROWS.items()}
@@ -140,8 +153,8 @@ def multilingual_section(root: Path) -> dict:
     from untok.evaluate import evaluate
     from untok.train.checkpoint import load
 
-    corpus, per_language, val_bytes = multilingual_data(root)
     runs = multilingual_runs(root)
+    corpus, per_language, val_bytes = multilingual_data(root)
     store = open_data(corpus, val_bytes=val_bytes, progress=False)
     train_bytes = store.split_bytes()["train"]
     stores = {lang: ingest([str(path)], root / f"store-{lang}", split="tail",
@@ -216,6 +229,8 @@ def main() -> None:
                         choices=["enwik8", "multilingual"])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs trained at a time, one core each")
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "enwik8-small.toml",
+                        help="the shape and optimizer every run starts from")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "options",
                         help="where the runs are written")
     args = parser.parse_args()
@@ -225,7 +240,8 @@ def main() -> None:
     runs = {}
     for name in args.sections:
         runs.update(sections[name][0](args.runs / name))
-    train_all(runs, args.minutes, args.jobs)  # one queue: no core idles between sections
+    # one queue: no core idles between sections
+    train_all(runs, args.minutes, args.jobs, args.recipe)
     for name in args.sections:
         figures[name] = sections[name][1](args.runs / name)
         figures[name]["_run"] = {"command": command(), "date": time.strftime("%Y-%m-%d"),

@@ -117,7 +117,8 @@ def test_options_smoke(tmp_path):
     if not (SHARED / "multilingual").is_dir():
         pytest.skip("reference corpora missing")
     figures = run_bench(tmp_path, "options.py", "--sections", "multilingual", "--minutes",
-                        "0.05", "--runs", str(tmp_path / "runs"))
+                        "0.05", "--runs", str(tmp_path / "runs"), "--recipe",
+                        str(BENCH.parent / "recipes" / "tiny.toml"))
     rows = figures["multilingual"]
     assert set(rows) == {"byte", "codepoint", "_run"} and "command" in rows.pop("_run")
     for row in rows.values():
