@@ -108,14 +108,20 @@ def training_rate(run: Path) -> dict:
             "steps": max(steps)}
 
 
-def enwik8_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
+def runs_on(root: Path, rows: dict[str, list[str]], data: Path, val_bytes: int
+            ) -> dict[str, tuple[Path, list[str]]]:
+    """Each row's output directory and overrides for training on ``data``; the data is
+    ingested here, once, rather than by the parallel runs."""
     from untok.data.ingest import open_data
 
-    data = require(SHARED / "enwik8-4M")
-    open_data(data, val_bytes=ENWIK8_VAL, progress=False)  # once, not by parallel runs
+    open_data(data, val_bytes=val_bytes, progress=False)
     return {name: (root / slug(name), [f"data.path={str(data)!r}",
-                                       f"data.val_bytes={ENWIK8_VAL}", *overrides])
-            for name, overrides in ENWIK8_ROWS.items()}
+                                       f"data.val_bytes={val_bytes}", *overrides])
+            for name, overrides in rows.items()}
+
+
+def enwik8_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
+    return runs_on(root, ENWIK8_ROWS, require(SHARED / "enwik8-4M"), ENWIK8_VAL)
 
 
 def enwik8_section(root: Path) -> dict:
@@ -137,14 +143,9 @@ def enwik8_section(root: Path) -> dict:
 
 
 def multilingual_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
-    from untok.data.ingest import open_data
-
     root.mkdir(parents=True, exist_ok=True)
     corpus, _, val_bytes = multilingual_data(root)
-    open_data(corpus, val_bytes=val_bytes, progress=False)  # once, not by parallel runs
-    return {name: (root / slug(name), [f"data.path={str(corpus)!r}",
-                                       f"data.val_bytes={val_bytes}", *overrides])
-            for name, overrides in MULTILINGUAL_ROWS.items()}
+    return runs_on(root, MULTILINGUAL_ROWS, corpus, val_bytes)
 
 
 def multilingual_section(root: Path) -> dict:
