@@ -16,11 +16,12 @@ $(BIN)/python:
 # .installed-EXTRAS marks a venv holding untok with those extras ("core" = none)
 $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" || $(BIN)/python -m pip install -q torch
-	$(BIN)/python -m pip install -q -e ".[$(subst core,,$*)]"
+	$(BIN)/python -m pip install -q -e "$(if $(subst core,,$*),.[$(subst core,,$*)],.)"
 	touch $@
 
+# `make demo` is an explicit request to (re)run the demo: it replaces runs/demo
 demo: $(VENV)/.installed-core
-	$(BIN)/untok demo --minutes $(MINUTES)
+	$(BIN)/untok demo --minutes $(MINUTES) --force
 
 test: $(VENV)/.installed-dev,data,bench
 	$(BIN)/python -m pytest tests

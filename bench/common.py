@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -67,3 +68,47 @@ def require(path: Path) -> Path:
     if not path.exists():
         sys.exit(f"missing reference data {path}; see ../shared/data/README.md")
     return path
+
+
+def launch(name: str, overrides: list[str], out: Path, minutes: float, core: int,
+           recipe: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "untok", "train", "--recipe", str(recipe),
+               "--minutes", str(minutes),
+               "--out", str(out), "--overwrite", "--quiet",
+               "--set", "train.eval_every=100000"]
+    for item in overrides:
+        command += ["--set", item]
+    if sys.platform.startswith("linux"):
+        command = ["taskset", "-c", str(core % os.cpu_count()), *command]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    print(f"train {name}: {' '.join(command)}", flush=True)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+
+
+def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float | dict[str, float],
+              jobs: int, recipe: Path) -> None:
+    """Train every run, ``jobs`` at a time, each in its own process on its own core, for
+    ``minutes`` (one budget for all, or one per run name)."""
+    pending = list(runs.items())
+    active: list[tuple[str, subprocess.Popen, int]] = []
+    while pending or active:
+        while pending and len(active) < jobs:
+            busy = {core for _, _, core in active}
+            core = min(set(range(jobs)) - busy)
+            name, (out, overrides) = pending.pop(0)
+            budget = minutes[name] if isinstance(minutes, dict) else minutes
+            active.append((name, launch(name, overrides, out, budget, core, recipe), core))
+        time.sleep(2)
+        for item in list(active):
+            if item[1].poll() is not None:
+                if item[1].returncode:
+                    sys.exit(f"training {item[0]} failed (exit {item[1].returncode})")
+                active.remove(item)
+
+
+def training_rate(run: Path) -> dict:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    rates = [r["bytes_per_s"] for r in records if "bytes_per_s" in r]
+    steps = [r["step"] for r in records if "step" in r]
+    return {"units_per_s": median(rates[1:] or rates or [float("nan")]),  # skip warm-up
+            "steps": max(steps)}

@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, SHARED, command, median, require, write_result
+from common import RESULTS, ROOT, SHARED, command, require, train_all, training_rate, write_result
 
 ENWIK8_ROWS = {
     "baseline (table, ce, standard, AdamW+cosine)": [],
@@ -64,48 +62,6 @@ def write_once(path: Path, data: bytes) -> None:
     """Write ``data`` unless the file already holds it (its cached store stays valid)."""
     if not (path.is_file() and path.read_bytes() == data):
         path.write_bytes(data)
-
-
-def launch(name: str, overrides: list[str], out: Path, minutes: float, core: int,
-           recipe: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "untok", "train", "--recipe", str(recipe),
-               "--minutes", str(minutes),
-               "--out", str(out), "--overwrite", "--quiet",
-               "--set", "train.eval_every=100000"]
-    for item in overrides:
-        command += ["--set", item]
-    if sys.platform.startswith("linux"):
-        command = ["taskset", "-c", str(core % os.cpu_count()), *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    print(f"train {name}: {' '.join(command)}", flush=True)
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-
-
-def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float, jobs: int,
-              recipe: Path) -> None:
-    """Train every run, ``jobs`` at a time, each in its own process on its own core."""
-    pending = list(runs.items())
-    active: list[tuple[str, subprocess.Popen, int]] = []
-    while pending or active:
-        while pending and len(active) < jobs:
-            busy = {core for _, _, core in active}
-            core = min(set(range(jobs)) - busy)
-            name, (out, overrides) = pending.pop(0)
-            active.append((name, launch(name, overrides, out, minutes, core, recipe), core))
-        time.sleep(2)
-        for item in list(active):
-            if item[1].poll() is not None:
-                if item[1].returncode:
-                    sys.exit(f"training {item[0]} failed (exit {item[1].returncode})")
-                active.remove(item)
-
-
-def training_rate(run: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-    rates = [r["bytes_per_s"] for r in records if "bytes_per_s" in r]
-    steps = [r["step"] for r in records if "step" in r]
-    return {"units_per_s": median(rates[1:] or rates or [float("nan")]),  # skip warm-up
-            "steps": max(steps)}
 
 
 def runs_on(root: Path, rows: dict[str, list[str]], data: Path, val_bytes: int

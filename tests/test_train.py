@@ -83,7 +83,10 @@ def test_early_stopping(text_file, tmp_path, monkeypatch):
     assert read_train_state(tmp_path / "r" / "best")["step"] == 4
 
 
-def test_sigint_saves_a_checkpoint(text_file, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_exits_128_plus_it(text_file, tmp_path, signum):
+    """Like torchrun and every shell tool: an interrupted run is not a success (130 for
+    Ctrl-C, 143 for SIGTERM), and it still leaves a checkpoint to resume."""
     out = tmp_path / "r"
     process = subprocess.Popen(
         [sys.executable, "-m", "untok", "train", "--data", str(text_file), "--preset", "tiny",
@@ -94,10 +97,11 @@ def test_sigint_saves_a_checkpoint(text_file, tmp_path):
     while time.time() < deadline and not (metrics.is_file() and "loss_bpb" in
                                           metrics.read_text()):
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 128 + signum, stderr
     assert "interrupted" in stdout
+    assert f"--resume {out / 'last'}" in stderr
     state = read_train_state(out / "last")
     assert 0 < state["step"] < 1000000
 

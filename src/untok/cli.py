@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ EPILOG = """examples:
   untok train --resume runs/books/last --minutes 10
   untok compress notes.txt -m runs/books/best
 """
+
+
+def _add_force(p: argparse.ArgumentParser, what: str) -> None:
+    """The one overwrite switch: every command that would replace an existing output
+    refuses unless given -f/--force (--overwrite is the same switch)."""
+    p.add_argument("-f", "--force", "--overwrite", dest="force", action="store_true",
+                   help=what)
 
 
 def _positive_int(text: str) -> int:
@@ -66,7 +74,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> None:
 
     store = ingest(args.sources, args.out, glob=args.glob, fmt=args.format, field=args.field,
                    split=args.split, val_fraction=args.val_fraction, val_bytes=args.val_bytes,
-                   seed=args.seed, progress=not args.quiet)
+                   seed=args.seed, progress=not args.quiet, force=args.force)
     info = describe(store)
     print(f"{store.paths['meta.json'].with_name(store.name)}: {info['documents']:,} documents, "
           f"{info['bytes']:,} bytes (train {info['train_bytes']:,}, val {info['val_bytes']:,}; "
@@ -126,10 +134,17 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
                                  ("cpu_offload", args.cpu_offload or None)) if v is not None}
     if args.resume:
         resume = resolve_checkpoint(args.resume)
-        saved = read_train_state(resume)["run_config"]
-        if args.preset or args.recipe or args.data:
-            raise UntokError("--resume continues a run with its saved preset, recipe and "
-                             "data; change other settings with --set train.KEY=VALUE")
+        state = read_train_state(resume)
+        saved = state["run_config"]
+        if args.preset or args.recipe:
+            raise UntokError("--resume continues a run with its saved preset and recipe; "
+                             "change other settings with --set train.KEY=VALUE")
+        if args.data:  # the same data at another place (checked by its SHA-256)
+            saved = {**saved, "data": {**saved["data"], "path": args.data}}
+        elif not _data_exists(saved["data"]["path"]):
+            raise UntokError(f"the data this run was trained on is not at "
+                             f"{saved['data']['path']} any more; pass --data PATH to the "
+                             f"same data ('{state['data']['name']}') where it is now")
         config = resolve(base=saved, overrides=args.set)
         if budget:  # a new budget replaces the saved one
             config = replace(config, train={"steps": None, "bytes": None, "minutes": None,
@@ -142,6 +157,14 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     if args.data:  # --data wins over a recipe's data.path
         config = replace(config, data={"path": args.data})
     return replace(config, train={**budget, **runtime}), None
+
+
+def _data_exists(path: str) -> bool:
+    from untok.data.ingest import BUILTIN, store_prefix
+    from untok.data.store import is_store
+
+    found = store_prefix(Path(path).expanduser())
+    return path == BUILTIN or found.exists() or is_store(found)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -169,7 +192,9 @@ def _patching_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
+    """Exit status: 0 when the run ends by its budget or early stopping, 130 (143) when
+    interrupted by SIGINT (SIGTERM) after saving, 2 with a message when it diverged."""
     from untok.train.distributed import launched_world, run_with_torchrun
     from untok.train.trainer import train
 
@@ -181,35 +206,53 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = Path(args.out) if args.out else resume.parent
     else:
         out = Path(args.out or Path("runs") / Path(config.data.path).name)
-        if (out / "last").exists() and not args.overwrite:
+        if (out / "last").exists() and not args.force:
             raise UntokError(f"{out} already holds a run; resume it with --resume {out}/last, "
-                             "choose another --out, or pass --overwrite")
-        if args.overwrite:
+                             "choose another --out, or pass --force to replace it")
+        if args.force:
             (out / "metrics.jsonl").unlink(missing_ok=True)
     result = train(config, out, resume=resume, progress=not args.quiet)
     if not world.is_main:
-        return
+        return 0
+    if result.stop_reason == "diverged":
+        kept = f"; {out / 'best'} holds the best weights from before" \
+            if result.best_val_bpb is not None else "; no checkpoint was written"
+        raise UntokError(f"training diverged at step {result.step} (the loss is not a "
+                         f"number){kept}. Lower train.lr (now {config.train.lr:g}) or raise "
+                         "train.warmup_steps")
     best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
     print(f"{result.stop_reason}: {result.step} steps, {result.bytes_seen:,} bytes in "
           f"{result.seconds / 60:.1f} min; best val bpb {best}")
     print(f"checkpoints: {out / 'best'} (best), {out / 'last'} (last)")
+    if result.stop_reason == "interrupted":
+        print(f"resume with: untok train --resume {out / 'last'}", file=sys.stderr)
+        return 128 + (result.signal or signal.SIGINT)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from untok.data.ingest import open_data
     from untok.evaluate import evaluate
     from untok.hardware import pick_device
-    from untok.train.checkpoint import load
+    from untok.heldout import open_eval_data
+    from untok.train.checkpoint import load, read_train_state, resolve_checkpoint
 
     device = pick_device(args.device)
-    model = load(args.checkpoint, device)
-    store = open_data(args.data, progress=not args.json)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model = load(checkpoint, device)
+    train_state = None
+    if (checkpoint / "train_state.json").is_file():
+        train_state = read_train_state(checkpoint)
+    store, held_out = open_eval_data(args.data, train_state, args.split,
+                                     progress=not args.json)
     result = evaluate(model, store, args.split, stride=args.stride, max_bytes=args.max_bytes,
                       batch_size=args.batch_size, device=device, per_file=args.per_file,
                       progress=not args.json)
+    result["held_out"] = held_out
     if args.json:
         _print_json(result)
         return
+    if held_out["note"]:
+        print(held_out["note"])
     print(f"{store.name} [{args.split}]: {result['bytes']:,} bytes")
     print(f"bpb          {result['bpb']:.4f}   (bits per char {result['bits_per_char']:.4f})")
     print(f"accuracy     {result['accuracy']:.2%}")
@@ -238,6 +281,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     temperature = 0.0 if args.greedy else args.temperature
     sampler = SamplerConfig(sampler=args.sampler, temperature=temperature, top_k=args.top_k,
                             top_p=args.top_p, low=args.low, high=args.high)
+    sampler.validate()  # every option error before any output
     model = load(args.checkpoint, pick_device(args.device))
     if args.compile:
         compile_decoding(model)
@@ -245,18 +289,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
                       seed=args.seed, stop=[to_bytes(s) for s in args.stop])
     decoder = StreamDecoder()
     out = sys.stdout
-    if not args.no_prompt:
-        out.write(decoder.feed(prompt))
-    for byte in stream:
-        out.write(decoder.feed(byte))
-        out.flush()
-    out.write(decoder.flush() + "\n")
+    try:
+        if not args.no_prompt:
+            out.write(decoder.feed(prompt))
+        for byte in stream:
+            out.write(decoder.feed(byte))
+            out.flush()
+    finally:  # an error or interrupt mid-stream starts on a line of its own
+        out.write(decoder.flush() + "\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from untok.demo import run_demo
 
-    run_demo(minutes=args.minutes, out=Path(args.out), progress=not args.quiet)
+    run_demo(minutes=args.minutes, out=Path(args.out), progress=not args.quiet,
+             force=args.force)
 
 
 def cmd_presets(_: argparse.Namespace) -> None:
@@ -294,7 +341,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=_positive_float, help="wall-clock budget of this call")
     p.add_argument("--out", help="run directory (default runs/<data name>)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (OUT/last)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    _add_force(p, "replace an existing run in --out")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -342,7 +389,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if not args.ternary:
         raise UntokError("choose an export format: --ternary (packed 2-bit BitLinear weights)")
-    stats = export_ternary(args.checkpoint, args.out, overwrite=args.overwrite)
+    stats = export_ternary(args.checkpoint, args.out, overwrite=args.force)
     print(f"wrote {args.out}: {stats['layers']} BitLinear layers packed, "
           f"{stats['bitlinear_fp32_bytes'] / 1e6:.2f} MB fp32 -> "
           f"{stats['bitlinear_packed_bytes'] / 1e6:.3f} MB "
@@ -358,9 +405,10 @@ def cmd_compress(args: argparse.Namespace) -> None:
                           adapt_every=args.adapt_every, device=args.device,
                           overwrite=args.force, progress=not args.quiet)
     if not args.quiet:
+        rate = f"{stats['bpb']:.3f} bits per byte, {stats['kb_per_second']:.1f} KB/s" \
+            if stats["bytes"] else "an empty input (the file holds the header only)"
         print(f"{args.file}: {stats['bytes']:,} -> {stats['compressed_bytes']:,} bytes, "
-              f"{stats['bpb']:.3f} bits per byte, {stats['kb_per_second']:.1f} KB/s",
-              file=sys.stderr)
+              f"{rate}", file=sys.stderr)
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
@@ -392,7 +440,7 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt-every", type=_positive_int, default=32,
                    help="bytes per row between adaptation steps (default 32)")
     p.add_argument("--device", default="auto")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    _add_force(p, "overwrite the output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_compress)
 
@@ -403,7 +451,7 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", required=True, help="checkpoint (or run) directory")
     p.add_argument("-o", "--out", help="output file (default FILE without .utk; - = stdout)")
     p.add_argument("--device", help="default: the kind of device the file was compressed on")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
+    _add_force(p, "overwrite the output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_decompress)
 
@@ -420,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a small model on the built-in corpus, report, sample")
     p.add_argument("--minutes", type=_positive_float, default=3.0, help="training budget")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    _add_force(p, "replace an earlier demo run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
@@ -435,12 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format (default: from the file extension)")
     p.add_argument("--field", "--column", dest="field", default="text",
                    help="JSON field or CSV/Parquet/dataset column with the text (default text)")
-    p.add_argument("--split", default="auto", choices=("auto", "document", "tail"),
-                   help="val split by whole documents or by the corpus tail (default: by "
-                   "document when there are at least 100)")
+    p.add_argument("--split", default="auto", choices=("auto", "document", "tails", "tail"),
+                   help="val split: whole documents (default with 100 documents or more), "
+                   "tails = the end of every document (default with 2 to 99), tail = the "
+                   "end of the corpus (default for one document, or with --val-bytes)")
     p.add_argument("--val-fraction", type=_fraction, default=0.1, help="default 0.1")
     p.add_argument("--val-bytes", type=_positive_int, help="exact val size (tail split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    _add_force(p, "replace an existing store named OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_ingest)
     p = data_sub.add_parser("entropies", help="precompute an entropy model's next-byte "
@@ -483,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ternary", action="store_true",
                    help="pack MatMul-free BitLinear weights as 2-bit codes + scale")
     p.add_argument("-o", "--out", required=True, help="output checkpoint directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_force(p, "replace an existing --out")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="bits per byte and friends on held-out data")
@@ -492,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--per-file", action="store_true", help="bpb per document")
-    p.add_argument("--max-bytes", type=_positive_int, help="score only the first N units")
+    p.add_argument("--max-bytes", type=_positive_int, metavar="N",
+                   help="score only the first N units of the split (default: all of it)")
     p.add_argument("--stride", type=_positive_int, help="window stride (default context/2)")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--device", default="auto")
@@ -502,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
     p.add_argument("--prompt", help="text to continue")
     p.add_argument("--prompt-file", help="read the prompt (raw bytes) from a file")
-    p.add_argument("--max-bytes", type=_nonnegative_int, default=256)
+    p.add_argument("--max-bytes", type=_nonnegative_int, default=256, metavar="N",
+                   help="stop after N generated bytes (default 256; a code-point model "
+                   "never cuts a character)")
     p.add_argument("--sampler", choices=("standard", "adaptive"), default="standard",
                    help="adaptive: greedy when the next-unit entropy is below --low bits, "
                         "top-k between --low and --high, full sampling above --high")
@@ -535,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]  # after the subcommand
     try:
-        args.func(args)
+        code = args.func(args)
     except UntokError as exc:
         print(f"untok: error: {exc}", file=sys.stderr)
         return 2
@@ -545,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `untok generate ... | head`
         sys.stderr.close()
         return 0
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -100,15 +100,19 @@ class PatchingConfig:
                    "--patching space|fixed")
         if self.entropy_shape is not None:
             self.entropy_shape.validate()
-            _check(self.entropy_shape.family == "flat" and
-                   self.entropy_shape.backbone == "transformer",
-                   "the entropy model must be a flat byte transformer (got family "
-                   f"'{self.entropy_shape.family}', backbone "
-                   f"'{self.entropy_shape.backbone}')")
-            _check(self.entropy_shape.unit == "byte" and
-                   self.entropy_shape.vocab_size == VOCAB_SIZE,
-                   "the entropy model must read bytes (vocabulary "
-                   f"{VOCAB_SIZE}, got {self.entropy_shape.vocab_size})")
+            check_entropy_shape(self.entropy_shape)
+
+
+def check_entropy_shape(shape: ModelConfig, where: object = "the entropy model") -> None:
+    """Entropy patching runs a flat byte transformer (the BLT rebuilds it from its shape);
+    anything else is a one-line error naming ``where`` (e.g. the checkpoint)."""
+    _check(shape.family == "flat" and shape.backbone == "transformer",
+           f"{where} must be a flat byte transformer to drive entropy patching (got family "
+           f"'{shape.family}', backbone '{shape.backbone}'); train one with --preset "
+           "entropy-small")
+    _check(shape.unit == "byte" and shape.vocab_size == VOCAB_SIZE,
+           f"{where} must read bytes to drive entropy patching (vocabulary {VOCAB_SIZE}, "
+           f"got unit '{shape.unit}', vocabulary {shape.vocab_size})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +209,12 @@ class ModelConfig:
         if self.family == "blt":
             self.patching.validate()
             self.local.validate()
+        else:  # settings that only a BLT reads are an error, not silently ignored
+            for name, default in (("patching", PatchingConfig()), ("local", LocalConfig())):
+                _check(getattr(self, name) == default,
+                       f"model.{name} (or --patching / --patch-size / --entropy-model) "
+                       f"applies to BLT models only, and this model's family is "
+                       f"'{self.family}'; choose a BLT preset such as --preset blt-small")
 
 
 SCHEDULES = ("cosine", "constant", "warmup")
@@ -548,6 +558,11 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         recipe = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"recipe not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"recipe {path} is a directory; pass a TOML file such as "
+                          "recipes/tiny.toml") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
     extra = set(recipe) - set(SECTIONS) - {"preset", "description"}

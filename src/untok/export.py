@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from untok.errors import UntokError
-from untok.nn.bitlinear import BitLinear, PackedBitLinear, pack_bitlinears
+from untok.nn.bitlinear import BitLinear, PackedBitLinear, is_packed, pack_bitlinears
 from untok.train.checkpoint import load, resolve_checkpoint, save_checkpoint
 
 
@@ -16,9 +16,12 @@ def export_ternary(checkpoint: str | Path, out: str | Path, *, overwrite: bool =
     source = resolve_checkpoint(checkpoint)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UntokError(f"{out} already exists; choose another -o or pass --overwrite")
+        raise UntokError(f"{out} already exists; choose another -o or pass --force")
     model = load(source)
     layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    if not layers and is_packed(model):
+        raise UntokError(f"{source} is already exported with its ternary weights packed; "
+                         "it loads and runs as it is")
     if not layers:
         raise UntokError(f"{source} has no BitLinear layers: --ternary needs a MatMul-free "
                          "model (--preset mmfree-small, or --set model.backbone=mmfree)")

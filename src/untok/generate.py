@@ -113,18 +113,24 @@ def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 25
     Stops at ``EOS``, before the output would exceed ``max_bytes`` bytes, or once the
     output ends with one of the ``stop`` strings (which is yielded). ``use_cache=False``
     re-runs the full forward for every unit (the slow reference path, for benchmarks).
+    Options are checked when this is called, before the first unit is asked for.
     """
     sampler = sampler or SamplerConfig()
     sampler.validate()
     if max_bytes < 0:
         raise ConfigError("--max-bytes must be >= 0")
-    stops = [to_bytes(s) for s in stop if s]
+    return _generate(model, to_bytes(prompt), max_bytes, sampler, seed,
+                     [to_bytes(s) for s in stop if s], use_cache)
+
+
+def _generate(model: nn.Module, prompt: bytes, max_bytes: int, sampler: SamplerConfig,
+              seed: int | None, stops: list[bytes], use_cache: bool) -> Iterator[bytes]:
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     context = model.config.context
     unit = unit_of(model.config)
-    history = [unit.bos, *unit.encode(to_bytes(prompt)).tolist()][-context:]
+    history = [unit.bos, *unit.encode(prompt).tolist()][-context:]
     if max_bytes == 0:
         return
     if use_cache:

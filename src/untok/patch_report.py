@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from untok.config import check_entropy_shape
 from untok.errors import UntokError
 from untok.patching import Patcher, chunked_entropies, fit_threshold, patch_lengths
-from untok.units import BOS, VOCAB_SIZE
+from untok.units import BOS
 
 
 def load_patcher(path: str | Path, *, kind: str | None = None,
@@ -21,18 +23,14 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
     options override its settings. ``target_len`` fits the global threshold later (on the
     input, see :func:`describe_patches`)."""
     from untok.config import PatchingConfig
-    from untok.models import BLT, FlatLM
     from untok.train.checkpoint import load
 
     model = load(path)
-    if isinstance(model, BLT):
+    if model.config.family == "blt":
         config, entropy_model = model.config.patching, model.patcher.entropy_model
-    elif isinstance(model, FlatLM) and model.config.vocab_size == VOCAB_SIZE and \
-            model.config.unit == "byte":
-        config, entropy_model = PatchingConfig(kind="entropy", entropy_model=str(path)), model
     else:
-        raise UntokError(f"{path} is neither a BLT nor a flat byte transformer, so it cannot "
-                         "drive entropy patching")
+        check_entropy_shape(model.config, path)
+        config, entropy_model = PatchingConfig(kind="entropy", entropy_model=str(path)), model
     trained_with = config.kind
     changes = {k: v for k, v in (("kind", kind), ("threshold", threshold),
                                  ("relative", relative), ("max_len", max_len),
@@ -73,7 +71,9 @@ def describe_patches(patcher: Patcher, data: bytes) -> dict:
               "starts": np.flatnonzero(starts.numpy()).tolist(),
               "mean_patch_len": float(lengths.mean()),
               "median_patch_len": float(np.median(lengths)),
-              "patches_per_kb": 1000 * len(lengths) / len(data)}
+              "patches_per_kb": 1000 * len(lengths) / len(data),
+              "cut_characters": int(sum(0x80 <= data[i] < 0xC0 for i in
+                                        np.flatnonzero(starts.numpy())))}
     if entropy is not None:
         values = entropy[0, 1:].numpy().astype(np.float64)
         report["entropies"] = [round(v, 4) for v in values.tolist()]
@@ -82,6 +82,14 @@ def describe_patches(patcher: Patcher, data: bytes) -> dict:
                              "max": values.max()}
         report["entropy"] = {k: float(v) for k, v in report["entropy"].items()}
     return report
+
+
+def readable(piece: bytes) -> str:
+    """A patch as a quoted string: whole characters as themselves, the bytes of a character
+    that a patch boundary cuts as ``\\xNN`` (``'При\\xd0'``, ``'\\xb2ет'``)."""
+    text = repr(piece.decode("utf-8", "surrogateescape"))
+    # an escape is a backslash not itself escaped (preceded by an even run of backslashes)
+    return re.sub(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])", r"\1\\x\2", text)
 
 
 def format_patches(report: dict, data: bytes, limit: int = 200) -> str:
@@ -93,8 +101,7 @@ def format_patches(report: dict, data: bytes, limit: int = 200) -> str:
         if i == limit:
             lines.append(f"... {len(bounds) - 1 - limit} more patches (--json has all)")
             break
-        text = data[a:b].decode("utf-8", "replace")
-        line = f"{a:>7}  {text!r:<24}"
+        line = f"{a:>7}  {readable(data[a:b]):<24}"
         if entropies is not None:
             line += "  H " + " ".join(f"{h:.2f}" for h in entropies[a:b])
         lines.append(line)
@@ -103,7 +110,8 @@ def format_patches(report: dict, data: bytes, limit: int = 200) -> str:
         f", {k} {v}" for k, v in p.items() if k != "kind" and v is not None),
         f"{report['bytes']:,} bytes, {report['patches']:,} patches: mean length "
         f"{report['mean_patch_len']:.2f}, median {report['median_patch_len']:g}, "
-        f"{report['patches_per_kb']:.1f} patches per KB"]
+        f"{report['patches_per_kb']:.1f} patches per KB, {report['cut_characters']:,} "
+        "cut inside a character"]
     if entropies is not None:
         e = report["entropy"]
         lines.append(f"entropy (bits): mean {e['mean']:.3f}, std {e['std']:.3f}, median "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from untok.config import PatchingConfig
+from untok.config import PatchingConfig, check_entropy_shape
 from untok.data.loader import UnitStream
 from untok.data.store import ByteStore
 from untok.patching import Patcher, iter_entropies
@@ -42,9 +42,10 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
     """Score every split of ``store`` with the byte model at ``checkpoint``; write the files
     atomically (temporary names, the meta file renamed into place last)."""
     from untok.models.blt import _sha256
-    from untok.train.checkpoint import load, resolve_checkpoint
+    from untok.train.checkpoint import load, read_model_config, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
+    check_entropy_shape(read_model_config(checkpoint), checkpoint)
     model = load(checkpoint)
     patcher = Patcher(PatchingConfig(kind="entropy", entropy_model=str(checkpoint),
                                      newline_reset=newline_reset), model)
@@ -54,24 +55,32 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
     for split in SPLITS:
         stream = UnitStream(store, split)
         tmp = paths[split].with_name(paths[split].name + f".tmp-{os.getpid()}")
-        values = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(max(len(stream), 1),))
-        bar = tqdm(total=len(stream), desc=f"entropies {split}", unit="B", unit_scale=True,
-                   disable=not progress)
-        position = 0
-        read = lambda a, b: torch.from_numpy(stream.window(a, b - a))  # noqa: B023
-        for scores in iter_entropies(patcher, read, len(stream), chunk):
-            values[position:position + len(scores)] = scores.numpy()
-            position += len(scores)
-            bar.update(len(scores))
-        bar.close()
-        values.flush()
-        del values
+        try:
+            _write_entropies(patcher, stream, tmp, chunk, progress)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, paths[split])
         meta["units"][split] = len(stream)
     tmp = paths["meta"].with_name(paths["meta"].name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, paths["meta"])
     return meta
+
+
+def _write_entropies(patcher: Patcher, stream: UnitStream, path: Path, chunk: int,
+                     progress: bool) -> None:
+    values = np.memmap(path, dtype=np.float16, mode="w+", shape=(max(len(stream), 1),))
+    bar = tqdm(total=len(stream), desc=f"entropies {stream.split}", unit="B",
+               unit_scale=True, disable=not progress)
+    position = 0
+    read = lambda a, b: torch.from_numpy(stream.window(a, b - a))  # noqa: E731
+    for scores in iter_entropies(patcher, read, len(stream), chunk):
+        values[position:position + len(scores)] = scores.numpy()
+        position += len(scores)
+        bar.update(len(scores))
+    bar.close()
+    values.flush()
 
 
 def open_entropies(store: ByteStore, patching: PatchingConfig) -> dict[str, np.ndarray] | None:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from untok.data.store import ByteStore, StoreWriter, is_store, store_paths
+from untok.data.store import SPLIT_RULES, ByteStore, StoreWriter, is_store, store_paths
 from untok.errors import DataError
 
 BLOCK = 1 << 20
@@ -205,18 +205,28 @@ def expand_sources(sources: Iterable[str], glob: str | None) -> list[str | Path]
 def ingest(sources: Iterable[str], out: str | Path, *, glob: str | None = None,
            fmt: str = "auto", field: str = "text", split: str = "auto",
            val_fraction: float = 0.1, val_bytes: int | None = None, seed: int = 0,
-           progress: bool = True, stdin: BinaryIO | None = None) -> ByteStore:
+           progress: bool = True, stdin: BinaryIO | None = None, force: bool = False
+           ) -> ByteStore:
     """Stream ``sources`` into the byte store ``out`` and return it opened.
 
-    ``field`` names the JSON field or CSV/Parquet/dataset column holding the text.
+    ``field`` names the JSON field or CSV/Parquet/dataset column holding the text. An
+    existing store named ``out`` is replaced only with ``force``; the folder ``out`` goes
+    into must exist.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if is_store(out) and not force:
+        raise DataError(f"a byte store named {out} already exists; pass --force to replace "
+                        "it or choose another -o")
+    if not out.parent.is_dir():
+        raise DataError(f"folder {out.parent} does not exist; create it first or choose "
+                        "another -o")
     sources = list(sources)
     files = expand_sources(sources, glob)
     total = sum(p.stat().st_size for p in files if isinstance(p, Path) and p.is_file())
-    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"ingest {Path(out).name}",
-               disable=not progress, leave=False)
+    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"ingest {out.name}",
+               disable=not progress or not total, leave=False)  # stdin: no size, no bar
     with StoreWriter(out) as writer:
         for source in files:
             if source == "-":
@@ -260,18 +270,21 @@ def builtin_store(progress: bool = True) -> ByteStore:
     cached = cache_dir() / "stores" / f"stdlib-{key}"
     if is_store(cached):
         return ByteStore(cached)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     return ingest([str(p) for p in files], cached, val_fraction=0.05, progress=progress)
 
 
 def open_data(path: str | Path, *, val_fraction: float = 0.1,
-              val_bytes: int | None = None, progress: bool = True) -> ByteStore:
+              val_bytes: int | None = None, progress: bool = True,
+              ingest_missing: bool = True) -> ByteStore | None:
     """Open a byte store, or ingest a text file / folder into a cached store first.
 
     ``stdlib`` (when no such file exists) names the built-in corpus. The cache key covers
     the path, size and modification time of every file and the split options, so editing
-    the source re-ingests it.
+    the source re-ingests it. With ``ingest_missing=False``, what is not already a store
+    (or cached) gives None instead of being ingested.
     """
-    path = Path(path).expanduser()
+    path = store_prefix(Path(path).expanduser())
     if is_store(path):
         return ByteStore(path)
     if str(path) == BUILTIN and not path.exists():
@@ -279,15 +292,50 @@ def open_data(path: str | Path, *, val_fraction: float = 0.1,
     if not path.exists():
         raise DataError(f"data not found: {path} is neither a byte store "
                         "(NAME.meta.json) nor a file or folder")
+    _refuse_run_folder(path)
     files = walk(path, None) if path.is_dir() and not _is_hf_dataset(path) else [path]
     key = hashlib.sha256(json.dumps([
         [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files
-    ] + [val_fraction, val_bytes]).encode()).hexdigest()[:16]
+    ] + [val_fraction, val_bytes, SPLIT_RULES]).encode()).hexdigest()[:16]
     cached = cache_dir() / "stores" / f"{path.name}-{key}"
     if is_store(cached):
         return ByteStore(cached)
+    if not ingest_missing:
+        return None
+    cached.parent.mkdir(parents=True, exist_ok=True)
     return ingest([str(path)], cached, val_fraction=val_fraction, val_bytes=val_bytes,
                   progress=progress)
+
+
+def store_prefix(path: Path) -> Path:
+    """``path`` without a store file's extension (``ml.bin`` -> ``ml``) when it names one
+    of the files of a store, else ``path``."""
+    for ext in ("bin", "idx", "names"):
+        if path.name.endswith(f".{ext}"):
+            prefix = path.with_name(path.name[:-len(ext) - 1])
+            if is_store(prefix):
+                return prefix
+    return path
+
+
+def _refuse_run_folder(path: Path) -> None:
+    """A training run or checkpoint directory is not text to ingest."""
+    if not path.is_dir():
+        return
+    marks = [path / "config.json", path / "best" / "config.json",
+             path / "last" / "config.json", path / "metrics.jsonl"]
+    if any(m.is_file() for m in marks):
+        raise DataError(f"{path} is an untok training run or checkpoint, not data; pass the "
+                        "byte store, text file or folder the run was trained on")
+
+
+def absolute_data_path(path: str) -> str:
+    """``path`` as an absolute path (``stdlib``, the built-in corpus, stays as it is), so a
+    run config finds its data from any working directory."""
+    resolved = Path(path).expanduser()
+    if str(path) == BUILTIN and not resolved.exists():
+        return path
+    return str(resolved.resolve())
 
 
 def remove_store(path: str | Path) -> None:

@@ -12,12 +12,16 @@ exists is complete. Opening checks sizes against the meta file; ``verify()`` re-
 
 The train/val split is a deterministic rule stored in the meta file, not a copy of data:
 ``document`` mode sends a document to val when a hash of its index falls below the val
-fraction (corpora of many documents); ``tail`` mode makes the last bytes of the
-concatenated corpus the val split (one or a few documents, e.g. a single book).
+fraction (corpora of 100 documents or more); ``tails`` mode makes the last val fraction of
+*every* document the val split (a few documents: every one of them, e.g. every language of
+a multilingual folder, is represented in val); ``tail`` mode makes the last bytes of the
+concatenated corpus the val split (one document, e.g. a single book, or an exact
+``--val-bytes``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -30,8 +34,9 @@ import numpy as np
 from untok.errors import DataError
 
 FORMAT_VERSION = 1
-SPLIT_MODES = ("auto", "document", "tail")
+SPLIT_MODES = ("auto", "document", "tails", "tail")
 MIN_DOCS_FOR_DOCUMENT_SPLIT = 100
+SPLIT_RULES = 2  # version of the "auto" rule (cache keys of stores ingested on the fly)
 
 
 def store_paths(prefix: str | Path) -> dict[str, Path]:
@@ -55,20 +60,64 @@ def _mix64(values: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def document_val_mask(num_docs: int, rule: dict[str, Any]) -> np.ndarray:
+    """Bool[num_docs]: the documents a ``document`` rule sends to val."""
+    threshold = np.uint64(int(rule["val_fraction"] * 2**64) - 1)
+    return _mix64(np.arange(num_docs, dtype=np.uint64), rule["seed"]) < threshold
+
+
+def tails_val_lengths(lengths: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Int64[docs]: val bytes at the end of each document under a ``tails`` rule (at least
+    one byte on each side of a document of two bytes or more; none of a shorter one)."""
+    lengths = lengths.astype(np.int64)
+    val = lengths - np.floor(lengths * (1.0 - val_fraction)).astype(np.int64)
+    return np.where(lengths >= 2, np.clip(val, 1, np.maximum(lengths - 1, 1)), 0)
+
+
+def split_sizes(lengths: np.ndarray, rule: dict[str, Any]) -> dict[str, int]:
+    """Bytes of train and val under ``rule`` for documents of ``lengths``."""
+    total = int(lengths.sum())
+    if rule["mode"] == "document":
+        val = int(lengths[document_val_mask(len(lengths), rule)].sum())
+    elif rule["mode"] == "tails":
+        val = int(tails_val_lengths(lengths, rule["val_fraction"]).sum())
+    else:
+        val = int(rule["val_bytes"])
+    return {"train": total - val, "val": val}
+
+
 def choose_split(lengths: np.ndarray, *, mode: str = "auto", val_fraction: float = 0.1,
                  val_bytes: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """The split rule for documents of the given lengths (stored in the meta file)."""
+    """The split rule for documents of the given lengths (stored in the meta file); an
+    error when it would leave the train or the val split empty."""
+    rule = _split_rule(lengths, mode, val_fraction, val_bytes, seed)
+    sizes = split_sizes(lengths, rule)
+    if len(lengths) and int(lengths.sum()) >= 2 and min(sizes.values()) == 0:
+        empty = "val" if sizes["val"] == 0 else "train"
+        hint = {"document": "use --split tails (the end of every document) or --split tail",
+                "tails": "the documents are too short to split; use --split tail"}
+        raise DataError(f"the {rule['mode']} split of {len(lengths)} document(s) leaves the "
+                        f"{empty} split empty; "
+                        f"{hint.get(rule['mode'], 'change --val-fraction or --val-bytes')}")
+    return rule
+
+
+def _split_rule(lengths: np.ndarray, mode: str, val_fraction: float,
+                val_bytes: int | None, seed: int) -> dict[str, Any]:
     if mode not in SPLIT_MODES:
         raise DataError(f"unknown split mode '{mode}'; use one of {SPLIT_MODES}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError("val fraction must be between 0 and 1 (exclusive)")
     if mode == "auto":
-        many = len(lengths) >= MIN_DOCS_FOR_DOCUMENT_SPLIT and val_bytes is None
-        mode = "document" if many else "tail"
-    if mode == "document":
+        if val_bytes is not None or len(lengths) <= 1:
+            mode = "tail"
+        else:
+            mode = "document" if len(lengths) >= MIN_DOCS_FOR_DOCUMENT_SPLIT else "tails"
+    if mode in ("document", "tails"):
         if val_bytes is not None:
             raise DataError("--val-bytes needs the tail split; use --val-fraction instead")
-        return {"mode": "document", "val_fraction": val_fraction, "seed": seed}
+        rule = {"mode": mode, "val_fraction": val_fraction}
+        return {**rule, "seed": seed} if mode == "document" else rule
     total = int(lengths.sum())
     if val_bytes is None:  # at least one byte on each side when there are two
         val_bytes = min(max(total - int(total * (1.0 - val_fraction)), 1), total - 1)
@@ -155,9 +204,7 @@ class ByteStore:
 
     def val_mask(self) -> np.ndarray:
         """Bool[num_docs]: documents that belong to val (document mode)."""
-        rule = self.meta["split"]
-        threshold = np.uint64(int(rule["val_fraction"] * 2**64) - 1)
-        return _mix64(np.arange(self.num_docs, dtype=np.uint64), rule["seed"]) < threshold
+        return document_val_mask(self.num_docs, self.meta["split"])
 
     def segments(self, split: str) -> Segments:
         """The pieces of ``split`` ('train', 'val' or 'all'), in corpus order."""
@@ -176,6 +223,13 @@ class ByteStore:
             keep = lengths > 0
         elif rule["mode"] == "document":
             keep = (self.val_mask() == (split == "val")) & (lengths > 0)
+        elif rule["mode"] == "tails":
+            val = tails_val_lengths(lengths, rule["val_fraction"])
+            if split == "train":
+                lengths, ends = lengths - val, val == 0
+            else:
+                starts, lengths = starts + lengths - val, val
+            keep = lengths > 0
         else:
             cut = self.num_bytes - rule["val_bytes"]
             first_val = np.clip(cut - starts, 0, lengths)  # bytes of each doc before the cut
@@ -185,6 +239,13 @@ class ByteStore:
                 starts, lengths = starts + first_val, lengths - first_val
             keep = lengths > 0
         return Segments(starts[keep], lengths[keep], ends[keep], docs[keep])
+
+    def with_split(self, rule: dict[str, Any]) -> ByteStore:
+        """The same store read with another split rule (e.g. the one a run trained with)."""
+        other = copy.copy(self)
+        other.meta = {**self.meta, "split": rule}
+        other._segments = {}
+        return other
 
     def split_bytes(self) -> dict[str, int]:
         return {s: self.segments(s).num_bytes for s in ("train", "val")}
@@ -205,7 +266,6 @@ class StoreWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.paths = store_paths(path)
-        self.paths["bin"].parent.mkdir(parents=True, exist_ok=True)
         suffix = f".tmp{os.getpid()}"
         self._tmp = {ext: p.with_name(p.name + suffix) for ext, p in self.paths.items()}
         self._bin = open(self._tmp["bin"], "wb")

@@ -24,10 +24,10 @@ import torch
 from tqdm import tqdm
 
 from untok import __version__
-from untok.config import RunConfig, from_dict
+from untok.config import RunConfig, from_dict, replace
 from untok.data.entropies import open_entropies
-from untok.data.ingest import open_data
-from untok.data.loader import TrainSampler, open_stream
+from untok.data.ingest import absolute_data_path, open_data
+from untok.data.loader import TrainSampler, eval_windows, open_stream
 from untok.errors import CheckpointError, ConfigError, UntokError
 from untok.evaluate import LN2, evaluate_stream
 from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
@@ -65,8 +65,15 @@ class TrainResult:
     bytes_seen: int
     best_val_bpb: float | None
     last_val_bpb: float | None
-    stop_reason: str
+    stop_reason: str  # budget, early stop, interrupted or diverged
     seconds: float
+    signal: int | None = None  # the signal that interrupted the run
+
+
+def finite(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with NaN and infinite floats as None (null): metrics stay valid JSON."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
 
 
 def _budget_message() -> str:
@@ -83,13 +90,13 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out: str | Path, *, resume: str | Path | None = None,
                  progress: bool = True, callbacks: Iterable[Callback] = ()) -> None:
+        self.clock_start = time.perf_counter()  # budgets count from here: setup included
         config.validate()
         t = config.train
         if t.steps is None and t.bytes is None and t.minutes is None:
             raise ConfigError(_budget_message())
         if not config.data.path:
             raise ConfigError("no training data: pass --data STORE_OR_TEXT_FILE")
-        self.config = config
         self.out = Path(out)
         self.callbacks = list(callbacks)
         device = pick_device(t.device)
@@ -101,6 +108,9 @@ class Trainer:
         with main_first(self.world):  # one rank ingests a text file into the cache
             self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
                                    val_bytes=config.data.val_bytes, progress=self.progress)
+        # the run config keeps an absolute data path: a resume works from any directory
+        self.config = config = replace(config, data={"path": absolute_data_path(
+            config.data.path)})
         self.train_stream = open_stream(self.store, "train", config.model.unit)
         self.val_stream = open_stream(self.store, "val", config.model.unit)
         torch.manual_seed(t.seed)
@@ -113,6 +123,8 @@ class Trainer:
                                     seed=t.seed, side=self.entropies and self.entropies["train"],
                                     rank=self.world.rank, world_size=self.world.world_size)
         self.units_per_step = t.batch_size * t.grad_accum * config.model.context
+        self.peak = matmul_peak(self.device) * self.world.world_size  # every rank computes
+        self._check_step_cost()
         self.controller = QLearnController(t) if t.lr_controller == "qlearn" else None
         self.step = 0
         self.bytes_seen = 0
@@ -121,7 +133,10 @@ class Trainer:
         self.evals_without_improvement = 0
         self.seconds_before = 0.0  # training time of earlier invocations (resume)
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self.last_eval_step = -1
+        self.eval_seconds: float | None = None  # the last evaluation + checkpoint
+        self.eval_estimate: float | None = None  # ... before one has run
         if resume is not None:
             self._restore_weights(resume)  # into the plain module, before any sharding
         if t.compile:  # compiles __call__ in place: loss() and eval go through it too,
@@ -132,6 +147,22 @@ class Trainer:
             self._restore_state(resume)
 
     # -- state ---------------------------------------------------------------------------
+
+    def _check_step_cost(self) -> None:
+        """Refuse a time budget that cannot buy one step; warn about very slow steps."""
+        t, c = self.config.train, self.config.model
+        flops = self.model.flops_per_byte() * self.units_per_step
+        fastest = flops / self.peak  # seconds per step at 100% of the measured peak
+        what = f"one training step ({flops:.2e} FLOPs: batch {t.batch_size} x " \
+               f"{t.grad_accum} x context {c.context:,}) needs at least {fastest:,.0f} s " \
+               f"on this machine (its measured peak is {self.peak / 1e9:,.0f} GFLOP/s)"
+        if t.minutes is not None and fastest > 60 * t.minutes:
+            raise ConfigError(f"{what}, more than the whole {t.minutes:g}-minute budget; "
+                              "lower model.context, model.dim or train.batch_size, or raise "
+                              "--minutes")
+        if fastest > 10:
+            self.say(f"warning: {what}; lower model.context or train.batch_size for "
+                     "faster steps")
 
     def _patching_sample(self, windows: int = 16) -> torch.Tensor:
         """The first windows of the train split (deterministic, so a resume refits the same
@@ -145,7 +176,8 @@ class Trainer:
                 "evals_without_improvement": self.evals_without_improvement,
                 "seconds": self.seconds_before + elapsed, "sampler": self.sampler.state_dict(),
                 "seed": self.config.train.seed, "untok_version": __version__,
-                "data": {"name": self.store.name, "sha256": self.store.meta["sha256"]},
+                "data": {"name": self.store.name, "sha256": self.store.meta["sha256"],
+                         "split": self.store.meta["split"]},
                 "world_size": self.world.world_size, "parallel": self.parallel,
                 "lr_controller": self.controller and self.controller.state_dict(),
                 "run_config": self.config.to_dict()}
@@ -229,10 +261,41 @@ class Trainer:
                              / (self.seconds_before + 60 * t.minutes))
         return max(fractions)
 
-    def budget_reached(self, elapsed: float) -> bool:
+    def budget_reached(self, elapsed: float, eval_due: bool = False) -> bool:
+        """Whether to stop now. A time budget keeps back what the final evaluation and
+        checkpoint will take (and the periodic one when ``eval_due``), so that the whole
+        invocation fits it; a due evaluation that would leave no time for the final one is
+        the final one."""
         t = self.config.train
         steps_done = self.total_steps is not None and self.step >= self.total_steps
-        return steps_done or (t.minutes is not None and elapsed >= 60 * t.minutes)
+        if steps_done or t.minutes is None:
+            return steps_done
+        evaluations = 2 if eval_due else 1
+        return elapsed + evaluations * self.final_seconds() >= 60 * t.minutes
+
+    def final_seconds(self) -> float:
+        """Expected seconds of the final evaluation and checkpoint: the last measured one,
+        else an estimate from timing one evaluation batch."""
+        if self.eval_seconds is None and self.eval_estimate is None:
+            self.eval_estimate = self._probe_eval()
+        return self.eval_seconds if self.eval_seconds is not None else self.eval_estimate
+
+    def _probe_eval(self, batches: int = 4) -> float:
+        """The final evaluation's windows x the time per window of a short evaluation of
+        ``batches`` batches (timed after a warm-up window), plus a second for the
+        checkpoint."""
+        t, context = self.config.train, self.config.model.context
+        stride = t.eval_stride or max(context // 2, 1)
+        length = len(self.val_stream) if t.eval_bytes is None else \
+            min(len(self.val_stream), t.eval_bytes + 1)
+        windows = len(eval_windows(length, context, stride))
+        probe = dict(stride=stride, max_bytes=batches * t.batch_size * stride,
+                     batch_size=t.batch_size, device=self.device, dtype=self.dtype)
+        evaluate_stream(self.model, self.val_stream, **{**probe, "max_bytes": stride})
+        began = time.perf_counter()
+        evaluate_stream(self.model, self.val_stream, **probe)
+        probed = len(eval_windows(min(length, probe["max_bytes"] + 1), context, stride))
+        return windows * (time.perf_counter() - began) / probed + 1.0
 
     def _loss_name(self, loss: float) -> tuple[str, str, float]:
         """(metrics key, bar label, value) of a training loss in nats per unit: bits per
@@ -265,7 +328,7 @@ class Trainer:
         if not self.world.is_main:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(finite(record)) + "\n")
 
     def train_step(self, lr: float) -> tuple[float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; (loss in nats, grad norm)."""
@@ -307,6 +370,7 @@ class Trainer:
             if self.stop_requested:  # second signal: stop now
                 raise KeyboardInterrupt
             self.stop_requested = True
+            self.stop_signal = signum
             self.say(f"{signal.Signals(signum).name}: saving a checkpoint and stopping "
                      "(send again to stop at once)")
 
@@ -320,7 +384,7 @@ class Trainer:
         """Train until the budget, early stopping or a stop request; return a summary."""
         t = self.config.train
         self.out.mkdir(parents=True, exist_ok=True)
-        peak = matmul_peak(self.device) * self.world.world_size  # every rank computes
+        peak = self.peak
         flops_per_byte = self.model.flops_per_byte()
         previous_handlers = self._install_signal_handlers()
         total = self.total_steps
@@ -336,8 +400,8 @@ class Trainer:
                   "device": str(self.device), "matmul_peak_flops": peak,
                   "precomputed_entropies": self.entropies is not None,
                   "config": self.config.to_dict()})
-        started = time.perf_counter()
-        window_start, window_steps = started, 0
+        started = self.clock_start
+        window_start, window_steps = time.perf_counter(), 0
         reason = "budget"
         try:
             [finished] = agree(self.world, self.device,
@@ -374,8 +438,10 @@ class Trainer:
                 for callback in self.callbacks:
                     callback(self)
                 # every rank must take the same decision (time budgets and signals differ)
+                due = self.step % t.eval_every == 0
                 finished, stop = agree(self.world, self.device,
-                                       self.budget_reached(now - started), self.stop_requested)
+                                       self.budget_reached(now - started, due),
+                                       self.stop_requested)
                 finished = finished or stop
                 if self.step % t.eval_every == 0 or finished:
                     if self.evaluate_and_save(t.eval_bytes, now - started, bar):
@@ -395,11 +461,12 @@ class Trainer:
         self.log({"event": "end", "step": self.step, "reason": reason, "seconds": seconds,
                   "best_val_bpb": self.best_val_bpb})
         return TrainResult(self.out, self.step, self.bytes_seen, self.best_val_bpb,
-                           self.last_val_bpb, reason, seconds)
+                           self.last_val_bpb, reason, seconds, self.stop_signal)
 
     def evaluate_and_save(self, max_bytes: int | None, elapsed: float, bar: tqdm) -> bool:
         """Evaluate, save ``best`` if improved and ``last``; True when patience runs out."""
         t = self.config.train
+        began = time.perf_counter()
         self.last_eval_step = self.step
         bpb = self.run_eval(max_bytes)
         improved = self.best_val_bpb is None or bpb < self.best_val_bpb
@@ -408,13 +475,16 @@ class Trainer:
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
+        evaluated = time.perf_counter() - began
         self.log({"event": "eval", "step": self.step, "val_bpb": bpb,
-                  "best_val_bpb": self.best_val_bpb, "seconds": elapsed})
+                  "best_val_bpb": self.best_val_bpb, "seconds": elapsed,
+                  "eval_seconds": evaluated})
         self.say(f"step {self.step}: val bpb {bpb:.4f}"
                  f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
         if improved:
             self.save("best", elapsed)
         self.save("last", elapsed)
+        self.eval_seconds = time.perf_counter() - began
         return t.patience is not None and self.evals_without_improvement >= t.patience
 
 
