@@ -26,16 +26,32 @@ from pathlib import Path
 from common import RESULTS, ROOT, command, train_all, training_rate, write_result
 
 EVAL = ["train.eval_bytes=131072"]  # the demo's held-out bytes (untok.demo.EVAL_BYTES)
-CANDIDATES = {
-    "demo preset (128 x 4, lr 3e-3)": [],
-    "192 x 4": ["model.dim=192", "model.num_heads=6"],
-    "96 x 4": ["model.dim=96", "model.num_heads=4"],
-    "128 x 2": ["model.num_layers=2"],
-    "128 x 4, lr 6e-3": ["train.lr=6e-3"],
-    "128 x 4, batch 16": ["train.batch_size=16"],
-    "128 x 4, hash n-grams 3-5": ["model.embedding.ngrams=[3,4,5]",
-                                  "model.embedding.buckets=16384"],
-    "128 x 4, context 256, batch 16": ["model.context=256", "train.batch_size=16"],
+
+
+def shape(dim: int = 128, layers: int = 4, heads: int = 4, ngrams: bool = False,
+          *train: str) -> list[str]:
+    """Overrides of one candidate: every field that differs between candidates is set, so
+    a row means the same whatever the `demo` preset says today."""
+    grams = ["model.embedding.ngrams=[3,4,5]", "model.embedding.buckets=16384"] if ngrams \
+        else ["model.embedding.ngrams=[]"]
+    return [f"model.dim={dim}", f"model.num_layers={layers}", f"model.num_heads={heads}",
+            *grams, *train]
+
+
+CANDIDATES = {  # over recipes/demo.toml: context 128, batch 32, lr 3e-3, warmup 50
+    "128 x 4": shape(),
+    "192 x 4": shape(192, 4, 6),
+    "96 x 4": shape(96),
+    "128 x 2": shape(128, 2),
+    "128 x 4, lr 6e-3": shape(128, 4, 4, False, "train.lr=6e-3"),
+    "128 x 4, batch 16": shape(128, 4, 4, False, "train.batch_size=16"),
+    "128 x 4, hash n-grams 3-5": shape(128, 4, 4, True),
+    "128 x 4, context 256, batch 16": shape(128, 4, 4, False, "model.context=256",
+                                            "train.batch_size=16"),
+    "128 x 2, hash n-grams 3-5": shape(128, 2, 4, True),
+    "128 x 3, hash n-grams 3-5": shape(128, 3, 4, True),
+    "192 x 2, hash n-grams 3-5": shape(192, 2, 6, True),
+    "96 x 2, hash n-grams 3-5": shape(96, 2, 4, True),
 }
 
 
@@ -54,8 +70,8 @@ def score(out: Path) -> dict:
     return {"val_bpb": result["bpb"], "params": model.num_params(), **training_rate(out)}
 
 
-def candidates_section(root: Path, minutes: float, jobs: int) -> dict:
-    runs = {name: (root / slug(name), [*EVAL, *o]) for name, o in CANDIDATES.items()}
+def candidates_section(root: Path, names: list[str], minutes: float, jobs: int) -> dict:
+    runs = {name: (root / slug(name), [*EVAL, *CANDIDATES[name]]) for name in names}
     train_all(runs, minutes, jobs, ROOT / "recipes" / "demo.toml")
     rows = {name: {"minutes": minutes, **score(out)} for name, (out, _) in runs.items()}
     for name, row in rows.items():
@@ -102,6 +118,8 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["candidates", "curve"],
                         choices=["candidates", "curve"])
     parser.add_argument("--minutes", type=float, default=3.0, help="budget per candidate")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES),
+                        default=list(CANDIDATES), help="which candidates (default all)")
     parser.add_argument("--curve", choices=list(CANDIDATES),
                         help="candidate of the curve (default: the best candidate)")
     parser.add_argument("--curve-minutes", type=float, nargs="+", default=[1, 3, 10, 30])
@@ -115,8 +133,13 @@ def main() -> None:
     figures = json.loads(previous.read_text())["figures"] if previous.is_file() else {}
     figures["compressors"] = baselines(builtin_store(progress=False))
     if "candidates" in args.sections:
+        rows = candidates_section(args.runs, args.candidates, args.minutes, args.jobs)
+        if figures.get("minutes") != args.minutes:  # rows of another budget do not compare
+            figures["candidates"] = {}
+        figures["candidates"] = {**figures.get("candidates", {}), **rows}
         figures["minutes"] = args.minutes
-        figures["candidates"] = candidates_section(args.runs, args.minutes, args.jobs)
+        figures.setdefault("candidate_runs", []).append(
+            {"command": command(), "date": time.strftime("%Y-%m-%d"), "rows": list(rows)})
     if "curve" in args.sections:
         name = args.curve or min(figures["candidates"],
                                  key=lambda n: figures["candidates"][n]["val_bpb"])

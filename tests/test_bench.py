@@ -127,3 +127,13 @@ def test_options_smoke(tmp_path):
         assert all({"bpb", "bits_per_char", "bytes"} <= set(v) for v in row["languages"].values())
     assert rows["byte"]["languages"]["cmn"]["bytes"] == rows["codepoint"]["languages"]["cmn"][
         "bytes"]
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path):
+    figures = run_bench(tmp_path, "demo.py", "--candidates", "128 x 2", "--minutes", "0.05",
+                        "--curve-minutes", "0.05", "--runs", str(tmp_path / "runs"))
+    assert set(figures["compressors"]) == {"gzip -9", "bzip2 -9", "xz -9e",
+                                           "xz -9e given train"}
+    assert {"val_bpb", "params", "steps", "units_per_s"} <= set(figures["candidates"]["128 x 2"])
+    assert figures["curve"]["candidate"] == "128 x 2" and figures["curve"]["points"]

@@ -297,7 +297,8 @@ def test_a_store_file_names_its_store(capsys, tmp_path, text_file):
         assert code == 0, err
         info = json.loads(out)
         assert info["name"] == "ml" and info["documents"] == store.num_docs == 1
-    assert not (tmp_path / "cache" / "stores").exists()
+    cached = Path(os.environ["UNTOK_CACHE"]) / "stores"
+    assert not list(cached.glob("ml.*"))  # nothing ingested anew
 
 
 def test_an_option_error_prints_nothing_before_it(capsys, tmp_path, text_file):
@@ -398,3 +399,17 @@ def test_eval_flags_val_bytes_that_the_run_trained_on(capsys, tmp_path, text_fil
     code, out, _ = run(capsys, "eval", ckpt / "best", "--data", fresh, "--json")
     assert json.loads(out)["held_out"]["overlap"] == 0.0
     assert math.isfinite(json.loads(out)["bpb"])
+
+
+def test_resuming_a_run_folder_continues_from_last_not_best(capsys, tmp_path, text_file):
+    out = tiny_run(capsys, text_file, tmp_path / "r", steps=10)
+    kept = tmp_path / "step10"
+    shutil.copytree(out / "last", kept)
+    assert run(capsys, "train", "--resume", out / "last", "--steps", 20, "--quiet")[0] == 0
+    shutil.rmtree(out / "best")
+    shutil.copytree(kept, out / "best")  # best is now older than last
+    code, _, err = run(capsys, "train", "--resume", out, "--steps", 25, "--quiet")
+    assert code == 0, err
+    starts = [json.loads(line) for line in (out / "metrics.jsonl").open()
+              if '"start"' in line]
+    assert starts[-1]["step"] == 20

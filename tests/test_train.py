@@ -173,7 +173,10 @@ def test_time_budget_schedule_continues_on_resume(text_file, tmp_path):
     assert trainer.progress_fraction(30) == pytest.approx(0.5)
     trainer.seconds_before = 60.0  # one minute trained by an earlier invocation
     assert trainer.progress_fraction(30) == pytest.approx(90 / 120)
-    assert not trainer.budget_reached(59) and trainer.budget_reached(60)
+    final = trainer.final_seconds()  # the final evaluation and checkpoint fit the budget
+    assert 0 < final < 30
+    assert not trainer.budget_reached(59.9 - final) and trainer.budget_reached(60 - final)
+    assert trainer.budget_reached(60 - 2 * final, eval_due=True)  # a due eval + the final
 
 
 @pytest.mark.slow

@@ -133,7 +133,7 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
                                  ("parallel", args.parallel),
                                  ("cpu_offload", args.cpu_offload or None)) if v is not None}
     if args.resume:
-        resume = resolve_checkpoint(args.resume)
+        resume = resolve_checkpoint(args.resume, prefer="last")
         state = read_train_state(resume)
         saved = state["run_config"]
         if args.preset or args.recipe:

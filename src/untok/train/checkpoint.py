@@ -36,12 +36,13 @@ TERNARY_PACKED = "ternary-2bit"  # BitLinear weights stored as packed 2-bit code
 FORMAT_VERSION = 1
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory; a run directory resolves to its ``best`` (else ``last``)."""
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint directory; a run directory resolves to its ``best`` (else ``last``), or
+    with ``prefer="last"`` (resuming) to its ``last`` (else ``best``)."""
     path = Path(path).expanduser()
     if (path / "config.json").is_file():
         return path
-    for name in ("best", "last"):
+    for name in ("best", "last") if prefer == "best" else ("last", "best"):
         if (path / name / "config.json").is_file():
             return path / name
     if not path.exists():

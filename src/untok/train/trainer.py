@@ -192,7 +192,7 @@ class Trainer:
     def _restore_weights(self, path: str | Path) -> None:
         from safetensors.torch import load_model
 
-        path = resolve_checkpoint(path)
+        path = resolve_checkpoint(path, prefer="last")
         state = read_train_state(path)
         saved = from_dict(state["run_config"])
         if saved.model != self.config.model:
@@ -205,7 +205,7 @@ class Trainer:
 
     def _restore_state(self, path: str | Path) -> None:
         """Optimizer, RNGs, data position and counters (after wrapping)."""
-        path = resolve_checkpoint(path)
+        path = resolve_checkpoint(path, prefer="last")
         state = read_train_state(path)
         opt = read_optimizer_state(path)
         load_optimizer_state(self.model, self.optimizer, opt["optimizer"],
