@@ -413,3 +413,16 @@ def test_resuming_a_run_folder_continues_from_last_not_best(capsys, tmp_path, te
     starts = [json.loads(line) for line in (out / "metrics.jsonl").open()
               if '"start"' in line]
     assert starts[-1]["step"] == 20
+
+
+def test_eval_finds_the_split_of_a_checkpoint_that_does_not_record_it(capsys, tmp_path,
+                                                                      text_file):
+    ckpt = tiny_run(capsys, text_file, tmp_path / "r", "--set", "data.val_bytes=5000")
+    state_file = ckpt / "best" / "train_state.json"
+    state = json.loads(state_file.read_text())
+    del state["data"]["split"]  # as written before checkpoints recorded their split
+    state_file.write_text(json.dumps(state))
+    code, out, err = run(capsys, "eval", ckpt / "best", "--data", text_file, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["held_out"]["split_rule"] == "run" and result["bytes"] == 5000

@@ -58,17 +58,23 @@ def open_eval_data(path: str | Path, train_state: dict[str, Any] | None, split: 
     return store, status
 
 
-def _saved_rule(train_state: dict[str, Any]) -> dict[str, Any] | None:
-    """The split of a run whose checkpoint predates recorded rules: its data reopened with
-    its saved options, when that is still here."""
+def _training_store(train_state: dict[str, Any]) -> ByteStore | None:
+    """The run's training data opened with its saved options, when it is still on this
+    machine (as a store or already ingested: nothing is ingested here) and unchanged."""
     data = train_state.get("run_config", {}).get("data", {})
     with contextlib.suppress(UntokError, OSError, KeyError):
         store = open_data(data["path"], val_fraction=data.get("val_fraction", 0.1),
                           val_bytes=data.get("val_bytes"), progress=False,
                           ingest_missing=False)
         if store is not None and store.meta["sha256"] == train_state["data"]["sha256"]:
-            return store.meta["split"]
+            return store
     return None
+
+
+def _saved_rule(train_state: dict[str, Any]) -> dict[str, Any] | None:
+    """The split of a run whose checkpoint predates recorded split rules."""
+    store = _training_store(train_state)
+    return None if store is None else store.meta["split"]
 
 
 def _describe(rule: dict[str, Any]) -> str:
@@ -88,13 +94,8 @@ def _split_bytes(store: ByteStore, split: str) -> bytes:
 def _overlap(store: ByteStore, split: str, train_state: dict[str, Any]) -> float | None:
     """Share of sampled windows of ``split`` found verbatim in the run's training split;
     None when that split is not on this machine or too large to search."""
-    data = train_state.get("run_config", {}).get("data", {})
-    trained = None
-    with contextlib.suppress(UntokError, OSError, KeyError):
-        trained = open_data(data["path"], val_fraction=data.get("val_fraction", 0.1),
-                            val_bytes=data.get("val_bytes"), progress=False,
-                            ingest_missing=False)
-    if trained is None or trained.meta["sha256"] != train_state["data"]["sha256"]:
+    trained = _training_store(train_state)
+    if trained is None:
         return None
     rule = train_state["data"].get("split")
     trained = trained.with_split(rule) if rule else trained
