@@ -114,7 +114,7 @@ def multilingual_section(root: Path) -> dict:
     corpus, per_language, val_bytes = multilingual_data(root)
     store = open_data(corpus, val_bytes=val_bytes, progress=False)
     train_bytes = store.split_bytes()["train"]
-    stores = {lang: ingest([str(path)], root / f"store-{lang}", split="tail",
+    stores = {lang: ingest([str(path)], root / f"store-{lang}", split="tail", force=True,
                            val_bytes=path.stat().st_size - 1, progress=False)
               for lang, path in per_language.items()}
     figures = {}
