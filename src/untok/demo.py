@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from untok.config import resolve
-from untok.data.ingest import BUILTIN, builtin_store, cache_dir
+from untok.data.ingest import BUILTIN, builtin_store
 from untok.data.loader import UnitStream
 from untok.data.store import ByteStore
 from untok.errors import UntokError
+from untok.files import cache_dir, write_atomic
 from untok.generate import SamplerConfig, generate_text
 from untok.train.checkpoint import load
 from untok.train.trainer import train
@@ -77,9 +77,7 @@ def baselines(store: ByteStore) -> dict[str, float]:
     figures["xz -9e given train"] = conditional_xz_bpb(
         stream_bytes(train_split, len(train_split)), held_out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(figures))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(figures))
     return figures
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from untok.errors import ConfigError
+from untok.files import cache_dir, write_atomic
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -91,8 +91,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> flo
     a short fresh measurement, raised to the best one cached from earlier runs (and the cache
     raised to it). A shared machine measured while busy reads low; keeping the best reading
     means MFU is never computed against a stale, too-low peak."""
-    from untok.data.ingest import cache_dir
-
     key = peak_key(device, dtype)
     path = cache_dir() / "matmul_peak.json"
     table: dict[str, float] = {}
@@ -105,7 +103,5 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> flo
     table[key] = fresh
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(table, indent=1))
     return fresh

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from untok.config import PatchingConfig, check_entropy_shape
 from untok.data.loader import UnitStream
 from untok.data.store import ByteStore
+from untok.files import sha256_file, write_atomic
 from untok.patching import Patcher, iter_entropies
 
 SPLITS = ("train", "val")
@@ -41,7 +42,6 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
                       progress: bool = True) -> dict:
     """Score every split of ``store`` with the byte model at ``checkpoint``; write the files
     atomically (temporary names, the meta file renamed into place last)."""
-    from untok.models.blt import _sha256
     from untok.train.checkpoint import load, read_model_config, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
@@ -50,7 +50,7 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
     patcher = Patcher(PatchingConfig(kind="entropy", entropy_model=str(checkpoint),
                                      newline_reset=newline_reset), model)
     paths = entropy_paths(store)
-    meta = {"entropy_sha256": _sha256(checkpoint / "model.safetensors"),
+    meta = {"entropy_sha256": sha256_file(checkpoint / "model.safetensors"),
             "entropy_model": str(checkpoint), "newline_reset": newline_reset, "units": {}}
     for split in SPLITS:
         stream = UnitStream(store, split)
@@ -62,9 +62,7 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
             raise
         os.replace(tmp, paths[split])
         meta["units"][split] = len(stream)
-    tmp = paths["meta"].with_name(paths["meta"].name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, paths["meta"])
+    write_atomic(paths["meta"], json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from untok.data.store import SPLIT_RULES, ByteStore, StoreWriter, is_store, store_paths
 from untok.errors import DataError
+from untok.files import cache_dir
 
 BLOCK = 1 << 20
 FORMATS = ("auto", "text", "jsonl", "json", "csv", "tsv", "parquet", "hf")
@@ -244,11 +245,6 @@ def ingest(sources: Iterable[str], out: str | Path, *, glob: str | None = None,
                        "options": {"glob": glob, "format": fmt, "field": field}},
                       mode=split, val_fraction=val_fraction, val_bytes=val_bytes, seed=seed)
     return ByteStore(out)
-
-
-def cache_dir() -> Path:
-    """Where untok keeps derived files (``$UNTOK_CACHE``, default ``~/.cache/untok``)."""
-    return Path(os.environ.get("UNTOK_CACHE", Path.home() / ".cache" / "untok"))
 
 
 BUILTIN = "stdlib"

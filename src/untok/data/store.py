@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from untok.errors import DataError
+from untok.files import sha256_file
 
 FORMAT_VERSION = 1
 SPLIT_MODES = ("auto", "document", "tails", "tail")
@@ -252,11 +253,7 @@ class ByteStore:
 
     def verify(self) -> None:
         """Re-hash ``NAME.bin`` and compare with the checksum in the meta file."""
-        digest = hashlib.sha256()
-        with open(self.paths["bin"], "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        if digest.hexdigest() != self.meta["sha256"]:
+        if sha256_file(self.paths["bin"]) != self.meta["sha256"]:
             raise DataError(f"checksum mismatch in {self.paths['bin']}: the store is corrupt")
 
 

@@ -15,7 +15,6 @@ decoder step, plus one pooling and one global step when it closes a patch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from untok.config import ModelConfig
 from untok.errors import ConfigError
+from untok.files import sha256_file
 from untok.models.base import init_standard, next_unit_loss
 from untok.models.flat import FlatLM
 from untok.nn.attention import KVCache, local_causal_mask, rope_angles
@@ -165,7 +165,7 @@ class BLT(nn.Module):
         shape = read_model_config(path)
         patching = dataclasses.replace(patching, entropy_model=str(path),
                                        entropy_shape=shape,
-                                       entropy_sha256=_sha256(path / "model.safetensors"))
+                                       entropy_sha256=sha256_file(path / "model.safetensors"))
         config = dataclasses.replace(config, patching=patching)
         config.validate()
         return config
@@ -199,7 +199,7 @@ class BLT(nn.Module):
         weights = Path(patching.entropy_model) / "model.safetensors"
         if not weights.is_file():
             raise ConfigError(f"entropy model weights not found: {weights}")
-        if patching.entropy_sha256 and _sha256(weights) != patching.entropy_sha256:
+        if patching.entropy_sha256 and sha256_file(weights) != patching.entropy_sha256:
             raise ConfigError(f"{weights} changed since this model was configured "
                               "(sha256 mismatch)")
         device = self.embed.table.weight.device
@@ -392,11 +392,3 @@ def _rope(model: nn.Module, end: int, device: torch.device, head_dim: int, base:
         table = rope_angles(torch.arange(size, device=device), head_dim, base)
         tables[head_dim] = table
     return table
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
