@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from untok.errors import ConfigError
 from untok.nn.codepoint_head import CodepointScores
+from untok.nn.entropy import entropy_bits
 from untok.units import BOS, EOS, to_bytes, unit_of
 
 SAMPLERS = ("standard", "adaptive")
@@ -53,12 +53,6 @@ class SamplerConfig:
             if self.temperature == 0:
                 raise ConfigError("the adaptive sampler samples: give --temperature > 0 "
                                   "(or use --greedy without --sampler adaptive)")
-
-
-def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in bits of each row's distribution, Float[N, K] -> Float[N]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1) / math.log(2.0)
 
 
 def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,7 +11,6 @@ wherever ``max_len`` units have passed since the last start. Position 0 always s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 
 from untok.config import PatchingConfig
 from untok.errors import ConfigError
+from untok.nn.entropy import entropy_bits
 
 _WORD = torch.zeros(512, dtype=torch.bool)  # ids of units that continue a word
 _WORD[ord("0"):ord("9") + 1] = True
@@ -121,9 +121,7 @@ class Patcher(nn.Module):
         segments = None
         if self.config.newline_reset:  # a new segment starts after every newline
             segments = torch.cumsum(ids == NEWLINE, dim=1) - (ids == NEWLINE).long()
-        logits = model(ids, segments).float()
-        logp = logits.log_softmax(-1)
-        entropy = -(logp.exp() * logp).sum(-1) / math.log(2)  # (B, T): of unit t + 1
+        entropy = entropy_bits(model(ids, segments))  # (B, T): of unit t + 1
         return torch.cat([entropy.new_zeros(ids.shape[0], 1), entropy[:, :-1]], dim=1)
 
     @torch.no_grad()
@@ -191,9 +189,8 @@ class Patcher(nn.Module):
         if state.model_state is None or reset:
             state.model_state = model.new_state(ids.shape[0])
         logits, state.model_state = model.step(state.model_state, ids[:, None])
-        logp = logits[:, -1].float().log_softmax(-1)
         state.last_entropy = state.entropy
-        state.entropy = -(logp.exp() * logp).sum(-1) / math.log(2)
+        state.entropy = entropy_bits(logits[:, -1])
 
 
 @torch.no_grad()
