@@ -278,7 +278,7 @@ def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_si
 
 # -- decoding --------------------------------------------------------------------------------
 
-def read_header(blob: bytes) -> Header:
+def parse_header(blob: bytes) -> Header:
     """The checked header of a container (magic, version and CRC)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise CompressionError("not an untok compressed file (wrong magic number)")
@@ -340,7 +340,7 @@ def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> byte
     damaged file, or a chunk that does not decode to its recorded checksum; never returns
     bytes that fail the SHA-256 recorded by the encoder.
     """
-    header = read_header(blob)
+    header = parse_header(blob)
     chunks = _read_chunks(blob, header)
     model.eval()
     if weights_sha256(model) != header.model_sha256:
@@ -461,7 +461,7 @@ def decompress_file(source: str, checkpoint: str, output: str | None = None, *,
     if output != "-" and Path(output).exists() and not overwrite:
         raise UntokError(f"{output} already exists; pass --force to overwrite it")
     blob = _read_input(source)
-    header = read_header(blob)
+    header = parse_header(blob)
     model = load(checkpoint, pick_device(device or header.device))
     start = time.perf_counter()
     data = decompress(blob, model, progress=progress)

@@ -141,7 +141,8 @@ class Trainer:
             self._restore_weights(resume)  # into the plain module, before any sharding
         if t.compile:  # compiles __call__ in place: loss() and eval go through it too,
             self.model.compile()  # and the state dict keeps its plain names
-        self.objective = wrap(self.model, self.parallel, self.device, t.cpu_offload)
+        # model.loss as a module, wrapped for DDP or FSDP2 where it runs under torchrun
+        self.loss_module = wrap(self.model, self.parallel, self.device, t.cpu_offload)
         self.optimizer = make_optimizer(self.model, t, self.device)
         if resume is not None:
             self._restore_state(resume)
@@ -344,9 +345,9 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             extra = {} if self.sampler.side_batch is None else \
                 {"entropies": self.sampler.side_batch.to(self.device)}  # precomputed
-            with no_sync(self.objective, skip=micro < t.grad_accum - 1):
+            with no_sync(self.loss_module, skip=micro < t.grad_accum - 1):
                 with autocast(self.device, self.dtype):
-                    loss = self.objective(inputs, targets, **extra) / t.grad_accum
+                    loss = self.loss_module(inputs, targets, **extra) / t.grad_accum
                 loss.backward()
             total += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
