@@ -72,10 +72,8 @@ def baselines(store: ByteStore) -> dict[str, float]:
     except (OSError, ValueError):
         pass
     held_out = stream_bytes(UnitStream(store, "val"), EVAL_BYTES + 1)
-    train_split = UnitStream(store, "train")
     figures = compressor_bpb(held_out)
-    figures["xz -9e given train"] = conditional_xz_bpb(
-        stream_bytes(train_split, len(train_split)), held_out)
+    figures["xz -9e given train"] = conditional_xz_bpb(store.split_data("train"), held_out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(figures))
     return figures

@@ -85,12 +85,6 @@ def _describe(rule: dict[str, Any]) -> str:
     return f"val = {rule['val_fraction']:.0%} of the documents"
 
 
-def _split_bytes(store: ByteStore, split: str) -> bytes:
-    segments = store.segments(split)
-    return b"\0".join(bytes(store.data[s:s + n])
-                      for s, n in zip(segments.starts, segments.lengths, strict=True))
-
-
 def _overlap(store: ByteStore, split: str, train_state: dict[str, Any]) -> float | None:
     """Share of sampled windows of ``split`` found verbatim in the run's training split;
     None when that split is not on this machine or too large to search."""
@@ -101,8 +95,8 @@ def _overlap(store: ByteStore, split: str, train_state: dict[str, Any]) -> float
     trained = trained.with_split(rule) if rule else trained
     if trained.segments("train").num_bytes > MAX_SEARCHED:
         return None
-    haystack = _split_bytes(trained, "train")
-    evaluated = _split_bytes(store, split)
+    haystack = trained.split_data("train", b"\0")  # no match across two pieces
+    evaluated = store.split_data(split, b"\0")
     if len(evaluated) < WINDOW:
         return None
     starts = np.linspace(0, len(evaluated) - WINDOW, SAMPLES).astype(np.int64)

@@ -248,6 +248,12 @@ class ByteStore:
         other._segments = {}
         return other
 
+    def split_data(self, split: str, separator: bytes = b"") -> bytes:
+        """The bytes of ``split`` in corpus order, its pieces joined by ``separator``."""
+        segments = self.segments(split)
+        return separator.join(bytes(self.data[s:s + n]) for s, n in
+                              zip(segments.starts, segments.lengths, strict=True))
+
     def split_bytes(self) -> dict[str, int]:
         return {s: self.segments(s).num_bytes for s in ("train", "val")}
 
