@@ -25,7 +25,7 @@ from untok.data.ingest import open_data
 from untok.data.loader import TrainSampler, UnitStream
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, generate
-from untok.train.checkpoint import load
+from untok.models import load
 from untok.train.trainer import train
 
 VAL_BYTES = 200_000
@@ -80,8 +80,8 @@ def run(name: str, spec: dict, minutes: float, entropy_model: Path, out: Path,
     store = open_data(config.data.path, val_bytes=VAL_BYTES, progress=False)
     scores = evaluate(model, store, "val", progress=True, max_bytes=eval_bytes)
     row = {"val_bpb": scores["bpb"], "val_bytes": scores["bytes"], "steps": result.step,
-           "train_bytes": result.bytes_seen, "train_seconds": result.seconds,
-           "train_bytes_per_s": result.bytes_seen / result.seconds,
+           "train_bytes": result.units_seen, "train_seconds": result.seconds,
+           "train_bytes_per_s": result.units_seen / result.seconds,
            "params": model.num_params(), "mean_patch_len": mean_patch_len(model, store),
            "generate_bytes_per_s": generation_rate(model, gen_bytes)}
     if hasattr(model, "patcher"):

@@ -108,7 +108,7 @@ def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float | dict[str
 
 def training_rate(run: Path) -> dict:
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-    rates = [r["bytes_per_s"] for r in records if "bytes_per_s" in r]
+    rates = [r["units_per_s"] for r in records if "units_per_s" in r]
     steps = [r["step"] for r in records if "step" in r]
     return {"units_per_s": median(rates[1:] or rates or [float("nan")]),  # skip warm-up
             "steps": max(steps)}

@@ -36,7 +36,7 @@ from untok.compression import compress, decompress, quantize
 from untok.config import replace, resolve
 from untok.data.ingest import open_data
 from untok.evaluate import evaluate
-from untok.train.checkpoint import load
+from untok.models import load
 from untok.train.trainer import train
 from untok.units import BOS
 

@@ -25,8 +25,7 @@ from untok.config import replace, resolve
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, generate
 from untok.hardware import measure_matmul_peak
-from untok.models import build_model
-from untok.train.checkpoint import load
+from untok.models import build_model, load
 from untok.train.trainer import Trainer, train
 
 
@@ -89,8 +88,8 @@ def bench_quality(minutes: float) -> dict:
         scores = evaluate(model, store, "val", progress=True)
     return {"recipe": "recipes/shakespeare-small.toml", "minutes": minutes,
             "params": model.num_params(), "steps": result.step,
-            "bytes_seen": result.bytes_seen,
-            "train_flops": result.bytes_seen * model.flops_per_byte(),
+            "bytes_seen": result.units_seen,
+            "train_flops": result.units_seen * model.flops_per_byte(),
             "val_bytes": scores["bytes"], "val_bpb": scores["bpb"],
             "val_accuracy": scores["accuracy"]}
 

@@ -63,7 +63,7 @@ def score(out: Path) -> dict:
     from untok.data.ingest import builtin_store
     from untok.demo import EVAL_BYTES
     from untok.evaluate import evaluate
-    from untok.train.checkpoint import load
+    from untok.models import load
 
     model = load(out / "best")
     result = evaluate(model, builtin_store(progress=False), "val", max_bytes=EVAL_BYTES)

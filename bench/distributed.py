@@ -43,7 +43,7 @@ def train(out: Path, data: Path, preset: str, steps: int, batch: int, *, nproc: 
 
 
 def rate(records: list[dict]) -> float:
-    rates = [r["bytes_per_s"] for r in records if "bytes_per_s" in r]
+    rates = [r["units_per_s"] for r in records if "units_per_s" in r]
     return statistics.median(rates[1:] or rates)  # the first includes the warm-up
 
 

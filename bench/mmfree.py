@@ -118,7 +118,7 @@ def generate_section(lengths: tuple[int, ...]) -> dict:
 def quality_section(minutes: float, eval_bytes: int | None, backbones: list[str]) -> dict:
     from untok.data.ingest import open_data
     from untok.evaluate import evaluate
-    from untok.train.checkpoint import load
+    from untok.models import load
     from untok.train.trainer import train
 
     rows = {}
@@ -134,7 +134,7 @@ def quality_section(minutes: float, eval_bytes: int | None, backbones: list[str]
                               progress=False)
             bpb = evaluate(model, store, "val", progress=True, max_bytes=eval_bytes)["bpb"]
         rows[name] = {"val_bpb": bpb, "params": model.num_params(), "steps": result.step,
-                      "train_bytes_per_s": result.bytes_seen / result.seconds}
+                      "train_bytes_per_s": result.units_seen / result.seconds}
         print(name, rows[name], flush=True)
     return rows
 

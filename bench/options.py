@@ -83,7 +83,7 @@ def enwik8_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
 def enwik8_section(root: Path) -> dict:
     from untok.data.ingest import open_data
     from untok.evaluate import evaluate
-    from untok.train.checkpoint import load
+    from untok.models import load
 
     runs = enwik8_runs(root)
     store = open_data(require(SHARED / "enwik8-4M"), val_bytes=ENWIK8_VAL, progress=False)
@@ -108,7 +108,7 @@ def multilingual_section(root: Path) -> dict:
     from untok.data.ingest import ingest, open_data
     from untok.data.loader import open_stream
     from untok.evaluate import evaluate
-    from untok.train.checkpoint import load
+    from untok.models import load
 
     runs = multilingual_runs(root)
     corpus, per_language, val_bytes = multilingual_data(root)

@@ -35,8 +35,7 @@ from untok.config import replace, resolve
 from untok.data.ingest import open_data
 from untok.data.loader import eval_windows
 from untok.evaluate import evaluate
-from untok.models import build_model
-from untok.train.checkpoint import load
+from untok.models import build_model, load
 from untok.train.optim import lr_at
 from untok.train.trainer import train
 
@@ -64,7 +63,7 @@ def run_untok(minutes: float) -> tuple[dict, list[tuple[float, float]]]:
         store = open_data(config.data.path, val_bytes=VAL_BYTES, progress=False)
         scores = evaluate(model, store, "val", progress=True)
     return {"val_bpb": scores["bpb"], "val_bytes": scores["bytes"], "steps": result.step,
-            "params": model.num_params(), "train_bytes_seen": result.bytes_seen}, curve
+            "params": model.num_params(), "train_bytes_seen": result.units_seen}, curve
 
 
 def train_bpe(train_part: bytes):

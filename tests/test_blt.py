@@ -1,4 +1,5 @@
-"""BLT: shapes, causality for every patcher, step == forward, save/load, training."""
+"""BLT beyond the protocol suite (tests/test_protocol.py runs its space, fixed and mmfree
+examples): every patcher, entropy patching with a real entropy model, patch boundaries."""
 
 import dataclasses
 import math
@@ -6,10 +7,10 @@ import math
 import pytest
 import torch
 
+from untok.checkpoint import save_checkpoint
 from untok.config import ModelConfig, PatchingConfig, resolve
 from untok.errors import ConfigError
-from untok.models import ByteLM, build_model
-from untok.train.checkpoint import load, save_checkpoint
+from untok.models import ByteLM, build_model, load
 from untok.units import BOS, VOCAB_SIZE
 
 TINY_ENTROPY = ModelConfig(dim=32, num_layers=1, num_heads=2, context=64)
@@ -27,7 +28,7 @@ def entropy_ckpt(tmp_path_factory):
     model = build_model(TINY_ENTROPY)
     ckpt = save_checkpoint(tmp_path_factory.mktemp("ent") / "ckpt", model)
     with torch.no_grad():
-        logp = model(sample_ids(4, 44)).log_softmax(-1)
+        logp = model(sample_ids(4, 44)).logits.log_softmax(-1)
     entropy = -(logp.exp() * logp).sum(-1).flatten() / math.log(2)
     THRESHOLDS["global"] = float(entropy.quantile(0.7))
     THRESHOLDS["relative"] = float(entropy.diff().abs().quantile(0.7))
@@ -68,7 +69,7 @@ def test_shapes_protocol_and_patches(kind, entropy_ckpt):
     model = make(kind, entropy_ckpt)
     assert isinstance(model, ByteLM)
     ids = sample_ids(3, 40)
-    assert model(ids).shape == (3, 40, VOCAB_SIZE)
+    assert model(ids).logits.shape == (3, 40, VOCAB_SIZE)
     starts, _ = model.patcher(ids)
     assert starts[:, 0].all() and 1 < starts.sum(1).min() < 40  # real patches
 
@@ -83,8 +84,8 @@ def test_no_future_byte_leaks(kind, t, entropy_ckpt):
     changed[:, t] = (changed[:, t] + 17) % 256
     changed[:, t + 1:] = torch.randint(0, 256, changed[:, t + 1:].shape)
     with torch.no_grad():
-        torch.testing.assert_close(model(changed)[:, :t], model(ids)[:, :t], atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(model(changed).logits[:, :t], model(ids).logits[:, :t],
+                                   atol=1e-5, rtol=1e-5)
         (s1, e1), (s2, e2) = model.patcher(ids), model.patcher(changed)
     assert torch.equal(s1[:, :t], s2[:, :t])
     if e1 is not None:
@@ -98,7 +99,7 @@ def test_gradients_do_not_leak(entropy_ckpt):
     original = model.embed.forward
     model.embed.forward = lambda _: emb
     try:
-        model(ids)[0, 20].sum().backward()
+        model(ids).logits[0, 20].sum().backward()
     finally:
         model.embed.forward = original
     assert emb.grad[0, 21:].abs().sum() == 0 and emb.grad[0, :21].abs().sum() > 0
@@ -112,12 +113,12 @@ def test_step_equals_forward(kind, entropy_ckpt):
         full = model(ids)
         state = model.new_state(1)
         prompt, parts = 9, []
-        logits, state = model.step(state, ids[:, :prompt])
-        parts.append(logits)
+        scores, state = model.step(state, ids[:, :prompt])
+        parts.append(scores.logits)
         for i in range(prompt, ids.shape[1]):
-            logits, state = model.step(state, ids[:, i:i + 1])
-            parts.append(logits)
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
+            scores, state = model.step(state, ids[:, i:i + 1])
+            parts.append(scores.logits)
+    torch.testing.assert_close(torch.cat(parts, 1), full.logits, atol=1e-4, rtol=1e-4)
     starts, _ = model.patcher(ids)
     assert state.patches == int(starts.sum()) - 1  # every patch but the open one closed
 
@@ -152,7 +153,7 @@ def test_save_load_round_trip(kind, entropy_ckpt, tmp_path):
     assert loaded.config == model.config
     ids = sample_ids(2, 30)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
     if kind == "entropy":  # the entropy model travels inside the checkpoint
         assert loaded.config.patching.entropy_shape == TINY_ENTROPY
         for a, b in zip(loaded.patcher.entropy_model.parameters(),
@@ -208,8 +209,8 @@ def test_text_shorter_than_a_patch(entropy_ckpt):
     model = make("fixed", entropy_ckpt)
     ids = torch.tensor([[BOS, 104]])  # one patch, still open
     with torch.no_grad():
-        assert model(ids).shape == (1, 2, VOCAB_SIZE)
-        assert torch.isfinite(model(ids)).all()
+        assert model(ids).logits.shape == (1, 2, VOCAB_SIZE)
+        assert torch.isfinite(model(ids).logits).all()
 
 
 def test_cli_trains_every_patcher_and_inspects_patches(capsys, tmp_path, text_file):

@@ -7,13 +7,15 @@ import torch
 from untok.data.ingest import ingest
 from untok.data.loader import UnitStream
 from untok.evaluate import evaluate
-from untok.units import NUM_BYTES, VOCAB_SIZE
+from untok.scores import Logits
+from untok.units import NUM_BYTES, VOCAB_SIZE, ByteUnits
 
 
 class UniformLM(torch.nn.Module):
     """Equal logits over the 256 bytes and EOS: exactly log2(257) bits per byte."""
 
     config = type("C", (), {"context": 16})()
+    units = ByteUnits()
 
     def __init__(self):
         super().__init__()
@@ -23,7 +25,7 @@ class UniformLM(torch.nn.Module):
         logits = torch.full((*ids.shape, VOCAB_SIZE), -torch.inf)
         logits[..., :NUM_BYTES + 2] = 0.0
         logits[..., NUM_BYTES] = -torch.inf  # BOS is never predicted
-        return logits
+        return Logits(logits, self.units)
 
 
 def test_uniform_model_scores_log2_257(store):
@@ -52,7 +54,7 @@ def test_eval_matches_a_direct_computation(store, tiny_model):
     for start in range(0, 200, 32):
         chunk = ids[start:start + 33]
         with torch.no_grad():
-            logp = torch.log_softmax(tiny_model(chunk[None, :-1])[0], -1)
+            logp = torch.log_softmax(tiny_model(chunk[None, :-1]).logits[0], -1)
         for i, target in enumerate(chunk[1:].tolist()):
             if target < 256:
                 bits -= logp[i, target].item() / math.log(2)

@@ -5,7 +5,8 @@ import torch
 
 from untok.errors import ConfigError
 from untok.generate import SamplerConfig, compile_decoding, generate_text, sample_next
-from untok.units import BOS, EOS, PAD
+from untok.scores import Logits
+from untok.units import BOS, EOS, PAD, ByteUnits
 
 
 def test_greedy_is_deterministic_and_matches_no_cache(tiny_model):
@@ -23,20 +24,24 @@ def test_seeded_sampling_is_reproducible(tiny_model):
     assert a == b and a != c
 
 
+BYTES = ByteUnits()
+
+
 def test_top_k_one_and_tiny_top_p_are_greedy():
     logits = torch.randn(4, 264)
     logits[:, EOS + 1:] = 100.0  # never chosen: not bytes
     logits[:, BOS] = 100.0
     logits[:, 0] = 50.0  # BOS (100) is masked, so byte 0 wins
     best = torch.zeros(4, dtype=torch.long)
-    assert torch.equal(sample_next(logits, SamplerConfig(temperature=0)), best)
-    assert torch.equal(sample_next(logits, SamplerConfig(top_k=1)), best)
-    assert torch.equal(sample_next(logits, SamplerConfig(top_p=1e-6)), best)
+    assert torch.equal(sample_next(Logits(logits, BYTES), SamplerConfig(temperature=0)), best)
+    assert torch.equal(sample_next(Logits(logits, BYTES), SamplerConfig(top_k=1)), best)
+    assert torch.equal(sample_next(Logits(logits, BYTES), SamplerConfig(top_p=1e-6)), best)
 
 
 def test_top_k_restricts_the_support():
     logits = torch.arange(264, dtype=torch.float).repeat(2000, 1) * 0.01
-    picks = sample_next(logits, SamplerConfig(top_k=3), torch.Generator().manual_seed(0))
+    picks = sample_next(Logits(logits, BYTES), SamplerConfig(top_k=3),
+                        torch.Generator().manual_seed(0))
     assert set(picks.tolist()) == {EOS, 255, 254}  # BOS (256) is never a candidate
 
 
@@ -44,16 +49,19 @@ def test_top_p_keeps_the_nucleus():
     logits = torch.full((3000, 264), -1e9)
     logits[:, 10], logits[:, 11], logits[:, 12] = 2.0, 1.0, -1.0
     # probabilities 0.705, 0.259, 0.035: the smallest set reaching 0.8 is {10, 11}
-    picks = sample_next(logits, SamplerConfig(top_p=0.8), torch.Generator().manual_seed(0))
+    picks = sample_next(Logits(logits, BYTES), SamplerConfig(top_p=0.8),
+                        torch.Generator().manual_seed(0))
     assert set(picks.tolist()) == {10, 11}
-    picks = sample_next(logits, SamplerConfig(top_p=0.7), torch.Generator().manual_seed(0))
+    picks = sample_next(Logits(logits, BYTES), SamplerConfig(top_p=0.7),
+                        torch.Generator().manual_seed(0))
     assert set(picks.tolist()) == {10}
 
 
 def test_specials_are_never_emitted():
     logits = torch.zeros(5000, 264)
     logits[:, [BOS, PAD, 260]] = 50.0
-    picks = sample_next(logits, SamplerConfig(), torch.Generator().manual_seed(0))
+    picks = sample_next(Logits(logits, BYTES), SamplerConfig(),
+                        torch.Generator().manual_seed(0))
     assert not set(picks.tolist()) & {BOS, PAD, 260}
 
 
@@ -70,6 +78,7 @@ class CountingLM(torch.nn.Module):
     """Emits 'a' until it has seen 4 units, then EOS."""
 
     config = type("C", (), {"context": 16})()
+    units = ByteUnits()
 
     def __init__(self):
         super().__init__()
@@ -79,7 +88,7 @@ class CountingLM(torch.nn.Module):
         logits = torch.zeros(*ids.shape, 264)
         logits[..., 97] = 1.0
         logits[..., EOS] = (torch.arange(ids.shape[1]) >= 4).float() * 2.0
-        return logits
+        return Logits(logits, self.units)
 
     def new_state(self, batch_size):
         return []

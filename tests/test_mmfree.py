@@ -1,12 +1,13 @@
-"""MatMul-free backbone: BitLinear, the scan, the model, BLT's global model."""
+"""The MatMul-free backbone beyond the protocol suite (tests/test_protocol.py runs it in
+flat and BLT models): BitLinear, packing, the scan, constant-size state, export."""
 
-import dataclasses
 
 import pytest
 import torch
 
+from untok.checkpoint import save_checkpoint
 from untok.config import resolve
-from untok.models import ByteLM, build_model
+from untok.models import build_model, load
 from untok.nn.bitlinear import (
     BitLinear,
     PackedBitLinear,
@@ -14,8 +15,6 @@ from untok.nn.bitlinear import (
     unpack_ternary,
 )
 from untok.nn.mlgru import linear_scan
-from untok.train.checkpoint import load, save_checkpoint
-from untok.units import VOCAB_SIZE
 
 MMFREE = resolve(preset_name="mmfree-tiny").model
 
@@ -84,78 +83,12 @@ def test_scan_equals_the_loop_in_float64(with_h0):
                                rtol=1e-5)
 
 
-def test_shapes_and_protocol(model):
-    assert isinstance(model, ByteLM)
-    assert model(torch.randint(0, 256, (3, 17))).shape == (3, 17, VOCAB_SIZE)
-
-
-@pytest.mark.parametrize("t", [0, 9, 30])
-def test_no_future_byte_leaks(model, t):
-    ids = torch.randint(0, 256, (2, 32))
-    changed = ids.clone()
-    changed[:, t:] = torch.randint(0, 256, changed[:, t:].shape)
-    with torch.no_grad():
-        torch.testing.assert_close(model(changed)[:, :t], model(ids)[:, :t], atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("prompt", [1, 11])
-def test_step_equals_forward(model, prompt):
-    ids = torch.randint(0, 256, (2, 40))
-    with torch.no_grad():
-        full = model(ids)
-        state = model.new_state(2)
-        logits, state = model.step(state, ids[:, :prompt])
-        parts = [logits]
-        for i in range(prompt, 40):
-            logits, state = model.step(state, ids[:, i:i + 1])
-            parts.append(logits)
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
-
-
 def test_state_is_constant_in_size(model):
     with torch.no_grad():
         state = model.new_state(1)
         for _ in range(100):
             _, state = model.step(state, torch.randint(0, 256, (1, 1)))
-    assert [h.shape for h in state.hidden] == [(1, MMFREE.dim)] * MMFREE.num_layers
-
-
-def test_save_load_round_trip(model, tmp_path):
-    save_checkpoint(tmp_path / "m", model)
-    loaded = load(tmp_path / "m")
-    ids = torch.randint(0, 256, (2, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("ternary_head", [False, True])
-def test_a_few_steps_lower_the_loss(ternary_head):
-    torch.manual_seed(0)
-    model = build_model(dataclasses.replace(MMFREE, ternary_head=ternary_head))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    ids = torch.randint(0, 256, (4, 33))
-    losses = []
-    for _ in range(20):
-        loss = model.loss(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.5
-
-
-def test_blt_with_an_mmfree_global_model():
-    config = resolve(preset_name="blt-tiny", overrides=["model.backbone='mmfree'"]).model
-    torch.manual_seed(0)
-    blt = build_model(config).eval()
-    ids = torch.randint(97, 123, (1, 30))
-    ids[0, ::5] = 32  # spaces: several patches
-    with torch.no_grad():
-        full = blt(ids)
-        state = blt.new_state(1)
-        logits, state = blt.step(state, ids)
-    torch.testing.assert_close(logits, full, atol=1e-4, rtol=1e-4)
-    assert state.patches >= 4
+    assert [h.shape for h in state.layers] == [(1, MMFREE.dim)] * MMFREE.num_layers
 
 
 def test_packed_export_round_trip(capsys, model, tmp_path):
@@ -172,10 +105,11 @@ def test_packed_export_round_trip(capsys, model, tmp_path):
     assert layers and all(m.packed.dtype == torch.uint8 for m in layers)
     ids = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
-        torch.testing.assert_close(packed(ids), model(ids), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(packed(ids).logits, model(ids).logits, atol=1e-3, rtol=1e-3)
         state = packed.new_state(1)
-        logits, _ = packed.step(state, ids[:1, :5])
-        torch.testing.assert_close(logits, model(ids[:1, :5]), atol=1e-3, rtol=1e-3)
+        scores, _ = packed.step(state, ids[:1, :5])
+        torch.testing.assert_close(scores.logits, model(ids[:1, :5]).logits, atol=1e-3,
+                                   rtol=1e-3)
     source = (tmp_path / "m" / "model.safetensors").stat().st_size
     assert (tmp_path / "p" / "model.safetensors").stat().st_size < source
 
@@ -186,7 +120,8 @@ def test_export_rejects_bad_input(capsys, tmp_path):
     save_checkpoint(tmp_path / "flat", build_model(resolve(preset_name="tiny").model))
     code = main(["export", str(tmp_path / "flat"), "--ternary", "-o", str(tmp_path / "x")])
     err = capsys.readouterr().err
-    assert code != 0 and "no BitLinear layers" in err and not (tmp_path / "x").exists()
+    assert code != 0 and "--ternary packs BitLinear layers" in err
+    assert "\n" not in err.strip() and not (tmp_path / "x").exists()
     code = main(["export", str(tmp_path / "flat"), "-o", str(tmp_path / "x")])
     assert code != 0 and "--ternary" in capsys.readouterr().err
 
@@ -202,5 +137,5 @@ def test_cached_ternary_weights_follow_training_and_inference_mode():
         torch.testing.assert_close(layer(x), -before)
     with torch.inference_mode():  # tensors created here track no version: still works
         built = build_model(MMFREE).eval()
-        logits, _ = built.step(built.new_state(1), torch.tensor([[256, 65]]))
-    assert torch.isfinite(logits).all()
+        scores, _ = built.step(built.new_state(1), torch.tensor([[256, 65]]))
+    assert torch.isfinite(scores.logits).all()

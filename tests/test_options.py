@@ -1,6 +1,7 @@
-"""Options of the flat model and trainer from the tokenizer-free literature: wave
-embeddings, the code-point unit, the mse objective, differential attention, the
-entropy-adaptive sampler and the Q-learning learning-rate controller."""
+"""Options of the flat model and trainer from the tokenizer-free literature beyond the
+protocol suite (tests/test_protocol.py runs every option's example): wave embeddings, the
+code-point unit, the distance head, differential attention, the entropy-adaptive sampler
+and the Q-learning learning-rate controller."""
 
 import json
 import math
@@ -10,19 +11,18 @@ import pytest
 import torch
 
 from conftest import SHARED, shakespeare
+from untok.checkpoint import read_train_state
 from untok.compression import CompressionError, compress
 from untok.config import resolve
 from untok.data.ingest import ingest
-from untok.data.loader import CodepointStream, UnitStream
+from untok.data.loader import EncodedStream, UnitStream
 from untok.errors import ConfigError
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, entropy_bits, generate, pick
-from untok.models import build_model
-from untok.models.base import next_unit_loss
+from untok.models import build_model, load
 from untok.nn.attention import lambda_init_of
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
 from untok.nn.embeddings import WaveEmbedding
-from untok.train.checkpoint import load, read_train_state, save_checkpoint
 from untok.train.lr_control import QLearnController
 from untok.train.trainer import train
 from untok.units import (
@@ -32,6 +32,7 @@ from untok.units import (
     CP_VOCAB_SIZE,
     NUM_CODEPOINTS,
     VOCAB_SIZE,
+    CodepointUnits,
     decode_codepoints,
     encode_codepoints,
     utf8_lengths,
@@ -39,10 +40,10 @@ from untok.units import (
 
 OPTIONS = {
     "wave": ["model.embedding=wave"],
-    "wave-untied": ["model.embedding=wave", "model.tie_embeddings=false"],
+    "wave-untied": ["model.embedding=wave", "model.head=linear"],
     "differential": ["model.attention=differential"],
-    "mse": ["train.objective=mse"],
-    "mse-wave": ["train.objective=mse", "model.embedding=wave"],
+    "mse": ["model.head=distance"],
+    "mse-wave": ["model.head=distance", "model.embedding=wave"],
     "codepoint": ["model.unit=codepoint"],
     "codepoint-wave": ["model.unit=codepoint", "model.embedding=wave"],
     "codepoint-differential": ["model.unit=codepoint", "model.attention=differential"],
@@ -67,73 +68,16 @@ def sample_ids(model, batch=2, length=32):
     return torch.randint(0, 256, (batch, length))
 
 
-def as_tensor(out):
-    """A model output as one tensor to compare (a code-point model: its hidden states)."""
-    return out.hidden if isinstance(out, CodepointScores) else out
-
-
 @pytest.fixture(params=list(OPTIONS))
 def option(request):
     return request.param
-
-
-# -- the model matrix ----------------------------------------------------------------------
-
-def test_shapes(option):
-    model = build(option)
-    ids = sample_ids(model, 3, 17)
-    out = model(ids)
-    if model.config.unit == "codepoint":
-        assert isinstance(out, CodepointScores) and out.shape == (3, 17)
-        assert out.hidden.shape == (3, 17, model.config.dim)
-        assert out.log_prob(ids).shape == (3, 17)
-    else:
-        assert out.shape == (3, 17, VOCAB_SIZE)
-    loss = model.loss(ids, ids)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-
-
-@pytest.mark.parametrize("t", [0, 9, 31])
-def test_no_future_unit_leaks(option, t):
-    model = build(option).eval()
-    ids = sample_ids(model)
-    changed = ids.clone()
-    changed[:, t] = changed[:, t] + 1
-    with torch.no_grad():
-        a, b = as_tensor(model(ids)), as_tensor(model(changed))
-    assert torch.equal(a[:, :t], b[:, :t]), "a prediction before t saw unit t"
-    assert not torch.allclose(a[:, t:], b[:, t:]), "unit t must matter from t on"
-
-
-def test_step_equals_forward(option):
-    model = build(option).eval()
-    ids = sample_ids(model)
-    with torch.no_grad():
-        full = as_tensor(model(ids))
-        state = model.new_state(2)
-        first, state = model.step(state, ids[:, :7])
-        parts = [as_tensor(first)]
-        for t in range(7, ids.shape[1]):
-            out, state = model.step(state, ids[:, t:t + 1])
-            parts.append(as_tensor(out))
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
-
-
-def test_save_load_round_trip(option, tmp_path):
-    model = build(option).eval()
-    save_checkpoint(tmp_path / "ckpt", model)
-    loaded = load(tmp_path / "ckpt").eval()
-    assert loaded.config == model.config
-    ids = sample_ids(model)
-    with torch.no_grad():
-        assert torch.equal(as_tensor(model(ids)), as_tensor(loaded(ids)))
 
 
 def test_a_few_steps_lower_the_loss(option):
     model = build(option)
     text = shakespeare().read_bytes()[:4096] if model.config.unit == "byte" else \
         (CJK * 20).encode()
-    ids = torch.from_numpy(model.unit.encode(text)[:8 * 33].reshape(8, 33).copy())
+    ids = torch.from_numpy(model.units.encode(text)[:8 * 33].reshape(8, 33).copy())
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses, bits = [], []
     for _ in range(60):
@@ -142,16 +86,17 @@ def test_a_few_steps_lower_the_loss(option):
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
-        if model.config.objective == "mse":  # the loss is a distance: check the bits too
+        if not model.nll_loss:  # the loss is a distance: check the bits too
             with torch.no_grad():
-                bits.append(float(next_unit_loss(model(ids[:, :-1]), ids[:, 1:])))
+                bits.append(-float(model(ids[:, :-1]).log_prob(ids[:, 1:]).mean()))
     if bits:  # mse: the distance shrinks, and so do the bits of the calibrated scores
         assert losses[-1] < 0.9 * losses[0] and bits[-1] < 0.9 * bits[0], (losses, bits)
     else:
         assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_trainer_runs_every_option(option, text_file, tmp_path):
+@pytest.mark.parametrize("option", ["wave", "mse", "codepoint"])
+def test_trainer_logs_the_loss_in_the_units_of_the_model(option, text_file, tmp_path):
     config = config_of(option, f"data.path={str(text_file)!r}", "train.steps=6",
                        "train.eval_every=3")
     result = train(config, tmp_path / "run", progress=False)
@@ -159,8 +104,7 @@ def test_trainer_runs_every_option(option, text_file, tmp_path):
     loaded = load(tmp_path / "run" / "best")
     assert loaded.config == config.model
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    key = {"mse": "loss"}.get(config.train.objective,
-                              "loss_bpc" if config.model.unit == "codepoint" else "loss_bpb")
+    key = {"mse": "loss", "codepoint": "loss_bpc"}.get(option, "loss_bpb")
     assert all(key in r for r in records if "step" in r and "event" not in r)
 
 
@@ -199,8 +143,8 @@ def test_tied_wave_output_scores_the_input_embeddings():
     model = build("wave").eval()
     ids = torch.randint(0, 256, (1, 8))
     with torch.no_grad():
-        logits = model(ids)
-        h = model._hidden(ids, **model._whole(ids))
+        logits = model(ids).logits
+        h = model._hidden(ids)
         table = model.embed(torch.arange(VOCAB_SIZE))
     assert model.head is None
     torch.testing.assert_close(logits, h @ table.T)
@@ -245,7 +189,8 @@ def test_codepoint_stream_holds_the_split(tmp_path):
     path.write_bytes(data)
     store = ingest([str(path)], tmp_path / "store", progress=False)
     for split in ("train", "val"):
-        bytes_stream, cp_stream = UnitStream(store, split), CodepointStream(store, split)
+        bytes_stream = UnitStream(store, split)
+        cp_stream = EncodedStream(store, split, CodepointUnits())
         cp_ids = cp_stream.gather(np.arange(len(cp_stream)))
         byte_ids = bytes_stream.gather(np.arange(len(bytes_stream)))
         assert decode_codepoints(cp_ids) == bytes(int(v) for v in byte_ids if v < 256)
@@ -326,7 +271,7 @@ def test_codepoint_generation_streams_whole_characters():
 
 
 def test_compression_refuses_a_codepoint_model():
-    with pytest.raises(CompressionError, match="reads codepoints"):
+    with pytest.raises(CompressionError, match="cannot serve this: compression codes bytes"):
         compress(b"hello", build("codepoint"))
 
 
@@ -340,7 +285,7 @@ def test_mse_targets_are_stop_gradient_and_temperature_is_learned():
     assert model.embed.table.weight.grad is None, "the target embeddings must not move"
     assert model.log_temperature.grad is not None and model.log_temperature.grad != 0
     assert h.grad.abs().sum() > 0
-    logits = model(ids)
+    logits = model(ids).logits
     assert torch.allclose(logits.softmax(-1).sum(-1), torch.ones(2, 9))
 
 
@@ -478,18 +423,16 @@ def test_config_keys():
         "train.lr_controller=qlearn"])
     assert config.model.embedding.kind == "wave" and config.model.unit == "codepoint"
     assert resolve(overrides=["model.embedding.kind=wave"]).model.embedding.kind == "wave"
-    mse = resolve(overrides=["train.objective=mse"])
-    assert mse.model.objective == "mse" and mse.train.objective == "mse"
+    assert resolve(overrides=["model.head=distance"]).model.head == "distance"
     for bad, message in [
         (["model.embedding=waves"], "model.embedding.kind"),
         (["model.unit=char"], "model.unit"),
         (["model.attention=diff"], "model.attention"),
-        (["train.objective=l2"], "train.objective"),
+        (["model.head=softmax"], "model.head"),
         (["train.lr_controller=rl"], "train.lr_controller"),
-        (["model.objective=mse"], "train.objective"),
-        (["model.unit=codepoint", "train.objective=mse"], "mse"),
+        (["model.unit=codepoint", "model.head=distance"], "distance"),
         (["model.unit=codepoint", "model.embedding.ngrams=[3]"], "ngrams"),
-        (["model.backbone=mmfree", "model.attention=differential"], "flat transformer"),
+        (["model.backbone=mmfree", "model.attention=differential"], "transformer backbone"),
         (["train.qlearn.lr_min=1", "train.qlearn.lr_max=0.1"], "lr_min"),
     ]:
         with pytest.raises(ConfigError, match=message):
@@ -521,7 +464,7 @@ def test_cli_codepoint_model_and_adaptive_sampler(capsys, tmp_path):
     assert "--low <= --high" in capsys.readouterr().err
     assert main(["compress", str(corpus), "-m", str(run_dir / "best"),
                  "-o", str(tmp_path / "x.utk")]) == 2
-    assert "reads codepoints" in capsys.readouterr().err
+    assert "cannot serve this: compression codes bytes" in capsys.readouterr().err
     assert not (tmp_path / "x.utk").exists()
 
 
@@ -530,4 +473,4 @@ def test_byte_models_keep_a_configured_vocabulary():
     for extra in ([], ["model.embedding=wave"], ["model.attention=differential"]):
         config = resolve(preset_name="tiny", overrides=["model.vocab_size=512", *extra])
         model = build_model(config.model)
-        assert model(torch.randint(0, 512, (1, 5))).shape == (1, 5, 512)
+        assert model(torch.randint(0, 512, (1, 5))).logits.shape == (1, 5, 512)

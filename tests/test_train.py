@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import untok.train.checkpoint as checkpoint_module
+import untok.checkpoint as checkpoint_module
+from untok.checkpoint import read_train_state, save_checkpoint
 from untok.config import resolve
 from untok.errors import CheckpointError, ConfigError
-from untok.train.checkpoint import load, read_train_state, save_checkpoint
+from untok.models import load
 from untok.train.trainer import Trainer, train
 
 
@@ -36,7 +37,7 @@ def test_training_writes_best_last_and_metrics(store, tmp_path):
     assert [r["step"] for r in evals] == [10, 20]
     steps = [r for r in lines if "loss_bpb" in r]
     assert steps[-1]["loss_bpb"] < steps[0]["loss_bpb"]
-    assert all(r["mfu"] > 0 and r["bytes_per_s"] > 0 for r in steps)
+    assert all(r["mfu"] > 0 and r["units_per_s"] > 0 for r in steps)
     assert read_train_state(tmp_path / "run" / "last")["step"] == 20
 
 
@@ -163,7 +164,7 @@ def test_bf16_autocast_and_accumulation(text_file, tmp_path):
     config = tiny_config(text_file, "train.steps=3", "train.precision='bf16'",
                          "train.grad_accum=2", "train.schedule='constant'")
     result = train(config, tmp_path / "r", progress=False)
-    assert result.step == 3 and result.bytes_seen == 3 * 2 * 4 * 32
+    assert result.step == 3 and result.units_seen == 3 * 2 * 4 * 32
     assert result.last_val_bpb is not None and result.last_val_bpb < 9
 
 

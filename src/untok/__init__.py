@@ -10,8 +10,7 @@ The public API::
                                                              "train.steps=100"]), "runs/x")
 """
 
-__version__ = "0.1.0"
-
+from untok.checkpoint import save_checkpoint  # noqa: E402
 from untok.compression import compress, decompress  # noqa: E402
 from untok.config import DataConfig, ModelConfig, RunConfig, TrainConfig, resolve  # noqa: E402
 from untok.data import ByteStore, ingest, open_data  # noqa: E402
@@ -23,17 +22,28 @@ from untok.generate import (  # noqa: E402
     generate,
     generate_text,
 )
-from untok.models import BLT, ByteLM, FlatLM, build_model  # noqa: E402
+from untok.models import (  # noqa: E402
+    BLT,
+    ByteLM,
+    Family,
+    FlatLM,
+    build_model,
+    load,
+    register,
+)
 from untok.patching import Patcher  # noqa: E402
-from untok.train.checkpoint import load, save_checkpoint  # noqa: E402
+from untok.scores import Logits, Scores  # noqa: E402
 from untok.train.trainer import Trainer, TrainResult  # noqa: E402
 from untok.train.trainer import train as fit  # noqa: E402  (untok.train is the package)
+from untok.units import Units  # noqa: E402
+from untok.version import __version__  # noqa: E402, F401
 
 save = save_checkpoint
 
 __all__ = [
-    "BLT", "ByteLM", "ByteStore", "DataConfig", "FlatLM", "ModelConfig", "Patcher",
-    "RunConfig", "SamplerConfig", "TrainConfig", "TrainResult", "Trainer", "UntokError",
-    "build_model", "compile_decoding", "compress", "decompress", "evaluate", "fit", "generate",
-    "generate_text", "ingest", "load", "open_data", "resolve", "save", "save_checkpoint",
+    "BLT", "ByteLM", "ByteStore", "DataConfig", "Family", "FlatLM", "Logits", "ModelConfig",
+    "Patcher", "RunConfig", "SamplerConfig", "Scores", "TrainConfig", "TrainResult", "Trainer",
+    "Units", "UntokError", "build_model", "compile_decoding", "compress", "decompress",
+    "evaluate", "fit", "generate", "generate_text", "ingest", "load", "open_data",
+    "register", "resolve", "save", "save_checkpoint",
 ]

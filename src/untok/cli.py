@@ -124,7 +124,7 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     from untok.config import replace, resolve
-    from untok.train.checkpoint import read_train_state, resolve_checkpoint
+    from untok.train.resume import resume_config
 
     budget = {k: v for k, v in (("steps", args.steps), ("bytes", args.bytes),
                                 ("minutes", args.minutes)) if v is not None}
@@ -133,22 +133,11 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
                                  ("parallel", args.parallel),
                                  ("cpu_offload", args.cpu_offload or None)) if v is not None}
     if args.resume:
-        resume = resolve_checkpoint(args.resume, prefer="last")
-        state = read_train_state(resume)
-        saved = state["run_config"]
         if args.preset or args.recipe:
             raise UntokError("--resume continues a run with its saved preset and recipe; "
                              "change other settings with --set train.KEY=VALUE")
-        if args.data:  # the same data at another place (checked by its SHA-256)
-            saved = {**saved, "data": {**saved["data"], "path": args.data}}
-        elif not _data_exists(saved["data"]["path"]):
-            raise UntokError(f"the data this run was trained on is not at "
-                             f"{saved['data']['path']} any more; pass --data PATH to the "
-                             f"same data ('{state['data']['name']}') where it is now")
-        config = resolve(base=saved, overrides=args.set)
-        if budget:  # a new budget replaces the saved one
-            config = replace(config, train={"steps": None, "bytes": None, "minutes": None,
-                                            **budget})
+        config, resume = resume_config(args.resume, data=args.data, overrides=args.set,
+                                       budget=budget)
         return replace(config, train=runtime), resume
     base = {"data": {"path": args.data}} if args.data else {}
     overrides = [*_patching_overrides(args), *args.set]
@@ -157,14 +146,6 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     if args.data:  # --data wins over a recipe's data.path
         config = replace(config, data={"path": args.data})
     return replace(config, train={**budget, **runtime}), None
-
-
-def _data_exists(path: str) -> bool:
-    from untok.data.ingest import BUILTIN, store_prefix
-    from untok.data.store import is_store
-
-    found = store_prefix(Path(path).expanduser())
-    return path == BUILTIN or found.exists() or is_store(found)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -221,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"number){kept}. Lower train.lr (now {config.train.lr:g}) or raise "
                          "train.warmup_steps")
     best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
-    print(f"{result.stop_reason}: {result.step} steps, {result.bytes_seen:,} bytes in "
+    print(f"{result.stop_reason}: {result.step} steps, {result.units_seen:,} bytes in "
           f"{result.seconds / 60:.1f} min; best val bpb {best}")
     print(f"checkpoints: {out / 'best'} (best), {out / 'last'} (last)")
     if result.stop_reason == "interrupted":
@@ -231,10 +212,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from untok.checkpoint import read_train_state, resolve_checkpoint
     from untok.evaluate import evaluate
     from untok.hardware import pick_device
     from untok.heldout import open_eval_data
-    from untok.train.checkpoint import load, read_train_state, resolve_checkpoint
+    from untok.models import load
 
     device = pick_device(args.device)
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -266,7 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from untok.generate import SamplerConfig, compile_decoding, generate
     from untok.hardware import pick_device
-    from untok.train.checkpoint import load
+    from untok.models import load
     from untok.units import StreamDecoder, to_bytes
 
     if args.prompt is not None and args.prompt_file is not None:
@@ -308,23 +290,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_presets(_: argparse.Namespace) -> None:
     from untok.config import PRESETS, resolve
-    from untok.models import build_model
+    from untok.models import build_model, family_of
 
     width = max(map(len, PRESETS))
     for name in PRESETS:
         model = resolve(preset_name=name).model
         params = build_model(model, "meta", init=False).num_params()
-        kind = "mmfree" if model.backbone == "mmfree" and model.family == "flat" else \
-            model.family
-        heads = "        " if kind == "mmfree" else f"heads {model.num_heads:2d}"
-        line = f"{name:{width}s} {params / 1e6:7.2f}M params  {kind:6s}  dim " \
-               f"{model.dim:4d}  layers {model.num_layers:2d}  {heads}  " \
-               f"context {model.context}"
-        if model.family == "blt":
-            local = model.local
-            line += f"  (global over patches; local dim {local.dim}, " \
-                    f"{local.encoder_layers}+{local.decoder_layers} layers)"
-        print(line)
+        print(f"{name:{width}s} {params / 1e6:7.2f}M params  "
+              f"{family_of(model).summary(model)}")
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -457,7 +430,7 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from untok import __version__
+    from untok.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="untok", description="Train, evaluate and run language models over raw bytes.",

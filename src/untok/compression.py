@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from untok.errors import UntokError
+from untok.models.registry import capabilities, require
 from untok.units import BOS, NUM_BYTES, PAD
 
 SUFFIX = ".utk"
@@ -162,8 +163,8 @@ def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm
     next_units = [0] * len(rows)
     learner = _Learner(model, adaptation, len(rows), max(lengths)) if adaptation.lr else None
     for t in range(max(lengths)):
-        logits, state = (learner.model if learner else model).step(state, units)
-        freqs = quantize(logits[:, -1]).astype(np.float64)
+        scores, state = (learner.model if learner else model).step(state, units)
+        freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
         live = [row for row, length in enumerate(lengths) if t < length]
         for row in live:
             next_units[row] = rows[row].pick(freqs[row:row + 1])
@@ -205,11 +206,7 @@ def _batches(header: Header) -> Iterator[list[int]]:
 
 
 def _batch_size_for(model: nn.Module, wanted: int) -> int:
-    try:
-        model.new_state(wanted)
-    except ValueError:  # a model that decodes one sequence at a time (BLT)
-        return 1
-    return wanted
+    return wanted if capabilities(model).batch_decoding else 1
 
 
 def _device_name(model: nn.Module) -> str:
@@ -222,10 +219,8 @@ def _device_name(model: nn.Module) -> str:
 # -- encoding --------------------------------------------------------------------------------
 
 def _check_byte_model(model: nn.Module) -> None:
-    unit = getattr(model.config, "unit", "byte")
-    if unit != "byte":
-        raise CompressionError(f"compression codes bytes, and this model reads {unit}s; "
-                               "use a byte model (model.unit = 'byte')")
+    require(model, "can_compress", "compression codes bytes and needs a next-byte "
+            "distribution; use a byte model (model.unit = 'byte')", CompressionError)
 
 
 @torch.no_grad()
@@ -431,7 +426,7 @@ def compress_file(source: str, checkpoint: str, output: str | None = None, *,
     """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
     returns sizes, bits per byte and speed."""
     from untok.hardware import pick_device
-    from untok.train.checkpoint import load
+    from untok.models import load
 
     output = output or default_output(source, decompressing=False)
     if output != "-" and Path(output).exists() and not overwrite:
@@ -455,7 +450,7 @@ def decompress_file(source: str, checkpoint: str, output: str | None = None, *,
     written only after its SHA-256 matches the one recorded at compression. ``device``
     defaults to the kind of device the file was compressed on."""
     from untok.hardware import pick_device
-    from untok.train.checkpoint import load
+    from untok.models import load
 
     output = output or default_output(source, decompressing=True)
     if output != "-" and Path(output).exists() and not overwrite:

@@ -25,7 +25,7 @@ from untok.data.store import ByteStore
 from untok.errors import UntokError
 from untok.files import cache_dir, write_atomic
 from untok.generate import SamplerConfig, generate_text
-from untok.train.checkpoint import load
+from untok.models import load
 from untok.train.trainer import train
 from untok.units import NUM_BYTES
 
@@ -150,7 +150,7 @@ def run_demo(minutes: float = 3.0, out: Path = Path("runs/demo"), progress: bool
     model = load(out / "best")
     sample = generate_text(model, PROMPT, max_bytes=SAMPLE_BYTES,
                            sampler=SamplerConfig(temperature=0.8, top_k=40), seed=0)
-    print(f"\ntrained {result.step} steps on {result.bytes_seen / 1e6:.1f} MB; "
+    print(f"\ntrained {result.step} steps on {result.units_seen / 1e6:.1f} MB; "
           f"bits per byte on {EVAL_BYTES:,} held-out bytes (lower is better):")
     if result.step == 0:
         print("  (no step fitted the budget beside the evaluation: give more --minutes)")

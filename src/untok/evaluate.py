@@ -6,8 +6,9 @@ by the window that gives it the most history (at least ``context - stride`` unit
 stream is long enough). Only text targets count: ``BOS``/``EOS`` predictions are neither
 added to the bits nor to the byte count.
 
-A code-point model is scored per character and its bits are divided by the UTF-8 bytes of
-those characters, so its bpb compares directly with a byte model's on the same text.
+Any unit is scored per unit through the model's :class:`~untok.scores.Scores`, and its
+bits are divided by the UTF-8 bytes those units stand for (``units.byte_lengths``), so a
+code-point or word model's bpb compares directly with a byte model's on the same text.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -26,7 +26,7 @@ from untok.data.loader import UnitStream, eval_windows, open_stream
 from untok.data.store import ByteStore
 from untok.errors import DataError
 from untok.hardware import autocast
-from untok.units import ESCAPE_FIRST, unit_of
+from untok.scores import Scores
 
 LN2 = math.log(2.0)
 
@@ -74,23 +74,9 @@ class _Totals:
                 "bits_per_char": bits / max(int(self.chars.sum()), 1)}
 
 
-def char_starts(targets: np.ndarray, unit_name: str) -> np.ndarray:
-    """Whether each target starts a character: a byte that is not a continuation byte, or
-    a code point (an escape id counts as its raw byte would), so both units agree."""
-    if unit_name == "byte":
-        return (targets < 0x80) | (targets >= 0xC0)
-    raw = targets - ESCAPE_FIRST + 0x80  # the raw byte of an escape id
-    is_escape = (raw >= 0x80) & (raw <= 0xFF)
-    return ~is_escape | (raw >= 0xC0)
-
-
-def score(out: torch.Tensor | Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(nll in nats, argmax == target) per position of a model's output: logits
-    Float[B, T, V], or a code-point model's scores (scored level by level)."""
-    if isinstance(out, torch.Tensor):
-        logp = F.log_softmax(out.float(), dim=-1)  # (B, T, V)
-        nll = -logp.gather(-1, targets.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0]
-        return nll.cpu(), (logp.argmax(-1) == targets).cpu()
+def score(out: Scores, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nll in nats, whether the most likely unit is the target) per position of a
+    model's scores."""
     return -out.log_prob(targets).cpu(), (out.greedy() == targets).cpu()
 
 
@@ -100,10 +86,10 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
                     device: torch.device | None = None, dtype: torch.dtype | None = None,
                     per_file: bool = False, progress: bool = False) -> dict[str, Any]:
     """Score a unit stream; see :func:`evaluate` for the result."""
-    unit = stream.unit
-    if unit.name != unit_of(model.config).name:
-        raise DataError(f"the model reads {unit_of(model.config).name}s but the stream "
-                        f"holds {unit.name}s")
+    unit = stream.units
+    if unit.name != model.units.name:
+        raise DataError(f"the model reads {model.units.name} units but the stream holds "
+                        f"{unit.name} units")
     context = model.config.context
     stride = stride or max(context // 2, 1)
     device = device or next(model.parameters()).device
@@ -134,7 +120,7 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
             np.zeros(int(scored.sum()), dtype=np.int64)
         kept = targets.numpy()[scored]
         totals.add(nll.numpy()[scored], correct.numpy()[scored], sizes[scored],
-                   char_starts(kept, unit.name), docs)
+                   unit.char_starts(kept), docs)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
@@ -155,5 +141,4 @@ def evaluate(model: nn.Module, store: ByteStore, split: str = "val", **options: 
     (probability of the true next unit) mean/min/max, bytes and units scored, bits per
     character, and with ``per_file=True`` bpb per document. Options as
     :func:`evaluate_stream`."""
-    return evaluate_stream(model, open_stream(store, split, unit_of(model.config).name),
-                           **options)
+    return evaluate_stream(model, open_stream(store, split, model.units), **options)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from untok.checkpoint import resolve_checkpoint, save_checkpoint
 from untok.errors import UntokError
+from untok.models import load, require
 from untok.nn.bitlinear import BitLinear, PackedBitLinear, is_packed, pack_bitlinears
-from untok.train.checkpoint import load, resolve_checkpoint, save_checkpoint
 
 
 def export_ternary(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False
@@ -22,9 +23,9 @@ def export_ternary(checkpoint: str | Path, out: str | Path, *, overwrite: bool =
     if not layers and is_packed(model):
         raise UntokError(f"{source} is already exported with its ternary weights packed; "
                          "it loads and runs as it is")
-    if not layers:
-        raise UntokError(f"{source} has no BitLinear layers: --ternary needs a MatMul-free "
-                         "model (--preset mmfree-small, or --set model.backbone=mmfree)")
+    require(model, "export_ternary", f"--ternary packs BitLinear layers and {source} has "
+            "none; train a MatMul-free model (--preset mmfree-small, or --set "
+            "model.backbone=mmfree)")
     float_bytes = sum(4 * m.weight.numel() for m in layers)
     pack_bitlinears(model)
     packed = [m for m in model.modules() if isinstance(m, PackedBitLinear)]

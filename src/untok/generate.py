@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from untok.errors import ConfigError
-from untok.nn.codepoint_head import CodepointScores
+from untok.models.registry import capabilities
 from untok.nn.entropy import entropy_bits
-from untok.units import BOS, EOS, to_bytes, unit_of
+from untok.scores import Scores
+from untok.units import to_bytes
 
 SAMPLERS = ("standard", "adaptive")
 
@@ -23,7 +24,7 @@ class SamplerConfig:
     ``standard``: ``temperature = 0`` is greedy decoding; ``top_k = 0`` and ``top_p = 1``
     disable those filters.
 
-    ``adaptive`` (entropy-adaptive, DESIGN 3.7): with H the entropy in bits of the model's
+    ``adaptive`` (entropy-adaptive): with H the entropy in bits of the model's
     next-unit distribution, greedy when H < ``low``, top-k sampling (k = ``top_k``, 10 when
     unset) when ``low`` <= H < ``high``, and sampling from the whole distribution when
     H >= ``high``; ``temperature`` applies to both sampling bands, ``top_p`` is not used.
@@ -85,16 +86,11 @@ def pick(logits: torch.Tensor, sampler: SamplerConfig,
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
-def sample_next(logits: torch.Tensor | CodepointScores, sampler: SamplerConfig,
+def sample_next(scores: Scores, sampler: SamplerConfig,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next unit from a model's output at one position (logits Float[B, V], or a
-    code-point model's scores): text units and EOS only. Returns Long[B]."""
-    if isinstance(logits, CodepointScores):
-        return logits.choose(lambda level: pick(level, sampler, generator))
-    logits = logits.float().clone()
-    logits[:, EOS + 1:] = -torch.inf  # BOS, PAD and unused ids are never emitted
-    logits[:, BOS] = -torch.inf
-    return pick(logits, sampler, generator)
+    """Pick the next unit from a model's scores at one position (shape (B,)): text units
+    and EOS only. Returns Long[B]."""
+    return scores.choose(lambda logits: pick(logits, sampler, generator))
 
 
 @torch.inference_mode()
@@ -123,7 +119,7 @@ def _generate(model: nn.Module, prompt: bytes, max_bytes: int, sampler: SamplerC
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     context = model.config.context
-    unit = unit_of(model.config)
+    unit = model.units
     history = [unit.bos, *unit.encode(prompt).tolist()][-context:]
     if max_bytes == 0:
         return
@@ -161,9 +157,9 @@ def compile_decoding(model: nn.Module) -> nn.Module:
 
     The step has static shapes, so it compiles once (tens of seconds on a CPU) and then
     decodes faster: worth it for long generations and servers, not for one short sample.
-    Models without a ``decode_one`` method are returned unchanged.
+    Models whose family lacks ``compiled_decoding`` are returned unchanged.
     """
-    if hasattr(model, "decode_one"):
+    if capabilities(model).compiled_decoding:
         model.static_decoding = True  # fixed-shape caches from now on
         model.decode_one = torch.compile(model.decode_one, dynamic=False)
     return model

@@ -23,10 +23,10 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
     options override its settings. ``target_len`` fits the global threshold later (on the
     input, see :func:`describe_patches`)."""
     from untok.config import PatchingConfig
-    from untok.train.checkpoint import load
+    from untok.models import capabilities, load
 
     model = load(path)
-    if model.config.family == "blt":
+    if capabilities(model).patches:
         config, entropy_model = model.config.patching, model.patcher.entropy_model
     else:
         check_entropy_shape(model.config, path)

@@ -1,4 +1,4 @@
-"""Patchers: causal rules that cut a byte sequence into patches (DESIGN 5.3).
+"""Patchers: causal rules that cut a byte sequence into patches (see docs/architecture.md, BLT).
 
 A patcher marks patch starts. Whether a patch starts at t depends on units <= t only
 (entropy patching: on the entropy model's prediction of unit t, made at t - 1), so patch
@@ -121,7 +121,7 @@ class Patcher(nn.Module):
         segments = None
         if self.config.newline_reset:  # a new segment starts after every newline
             segments = torch.cumsum(ids == NEWLINE, dim=1) - (ids == NEWLINE).long()
-        entropy = entropy_bits(model(ids, segments))  # (B, T): of unit t + 1
+        entropy = entropy_bits(model(ids, segments).logits)  # (B, T): of unit t + 1
         return torch.cat([entropy.new_zeros(ids.shape[0], 1), entropy[:, :-1]], dim=1)
 
     @torch.no_grad()
@@ -188,9 +188,9 @@ class Patcher(nn.Module):
             raise ValueError("newline_reset decodes one sequence at a time")
         if state.model_state is None or reset:
             state.model_state = model.new_state(ids.shape[0])
-        logits, state.model_state = model.step(state.model_state, ids[:, None])
+        scores, state.model_state = model.step(state.model_state, ids[:, None])
         state.last_entropy = state.entropy
-        state.entropy = entropy_bits(logits[:, -1])
+        state.entropy = entropy_bits(scores.logits[:, -1])
 
 
 @torch.no_grad()

@@ -1,6 +1,12 @@
-"""Text <-> unit ids.
+"""Text <-> unit ids: the :class:`Units` protocol and its byte and code-point implementations.
 
-Two units exist. The default is the UTF-8 byte: ids 0..255 are byte values, and three
+Every model family reads text through one :class:`Units` object (``model.units``): it
+encodes bytes to ids and back losslessly, says how many UTF-8 bytes each id stands for
+(which is what makes bits per byte honest for any unit), names the special ids, and saves
+whatever it learned (``state()``) in the checkpoint directory so that ``untok.load``
+restores it (see docs/architecture.md).
+
+Two units ship with untok. The default is the UTF-8 byte: ids 0..255 are byte values, and three
 special ids sit above them. Embedding tables and output heads are sized to ``VOCAB_SIZE``
 (a multiple of 8) so that matrix shapes stay friendly to vectorised kernels; ids above
 ``PAD`` are never produced or predicted.
@@ -20,6 +26,8 @@ lossless both ways. The specials sit above the Unicode range.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -104,38 +112,110 @@ def utf8_lengths(ids: np.ndarray) -> np.ndarray:
     return np.where(ids >= NUM_CODEPOINTS, 0, lengths)
 
 
-class Unit:
-    """The ids of one unit kind: ``bos``/``eos``/``pad``, ``vocab_size``, how many distinct
-    content ids exist (``num_content``), and bytes <-> ids."""
+@runtime_checkable
+class Units(Protocol):
+    """How a model family cuts text into ids.
 
-    def __init__(self, name: str) -> None:
-        if name not in ("byte", "codepoint"):
-            raise ValueError(f"unknown unit '{name}'")
-        self.name = name
-        codepoint = name == "codepoint"
-        self.num_content = NUM_CODEPOINTS if codepoint else NUM_BYTES
-        self.bos, self.eos, self.pad = (CP_BOS, CP_EOS, CP_PAD) if codepoint else (BOS, EOS, PAD)
-        self.vocab_size = CP_VOCAB_SIZE if codepoint else VOCAB_SIZE
+    ``decode(encode(data)) == data`` for every byte string, invalid UTF-8 included; ids
+    ``0 .. num_content - 1`` stand for text, ``bos``/``eos``/``pad`` are the specials, and
+    ``vocab_size >= num_content + 3`` sizes embedding tables and heads. ``identity`` is
+    true when id i is byte i (the byte store is then read without decoding).
+    """
+
+    name: str
+    loss_label: str  # what a training loss in bits per unit is called, e.g. "bpb"
+    bos: int
+    eos: int
+    pad: int
+    num_content: int
+    vocab_size: int
+    identity: bool
 
     def encode(self, data: bytes) -> np.ndarray:
         """Ids (int64[N]) of ``data``."""
-        if self.name == "byte":
-            return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+        ...
+
+    def decode(self, ids: np.ndarray | torch.Tensor | list[int]) -> bytes:
+        """Bytes of ``ids``; special ids are dropped."""
+        ...
+
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes each id stands for (int64, same shape; 0 for specials)."""
+        ...
+
+    def char_starts(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each (text) id starts a character, for bits per character."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable description, enough for :func:`units_from_state`."""
+        ...
+
+
+class ByteUnits:
+    """UTF-8 bytes: ids 0..255 are byte values (see the module docstring)."""
+
+    name = "byte"
+    loss_label = "bpb"  # bits per byte
+    bos, eos, pad = BOS, EOS, PAD
+    num_content = NUM_BYTES
+    identity = True
+
+    def __init__(self, vocab_size: int = VOCAB_SIZE) -> None:
+        self.vocab_size = vocab_size  # wider for other id spaces (e.g. BPE baselines)
+
+    def encode(self, data: bytes) -> np.ndarray:
+        return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids: np.ndarray | torch.Tensor | list[int]) -> bytes:
+        return decode(ids)
+
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        return (np.asarray(ids) < NUM_BYTES).astype(np.int64)
+
+    def char_starts(self, ids: np.ndarray) -> np.ndarray:
+        return (ids < 0x80) | (ids >= 0xC0)  # not a continuation byte
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "vocab_size": self.vocab_size}
+
+
+class CodepointUnits:
+    """One id per Unicode character; raw bytes that are not UTF-8 become escape ids."""
+
+    name = "codepoint"
+    loss_label = "bpc"  # bits per character
+    bos, eos, pad = CP_BOS, CP_EOS, CP_PAD
+    num_content = NUM_CODEPOINTS
+    vocab_size = CP_VOCAB_SIZE
+    identity = False
+
+    def encode(self, data: bytes) -> np.ndarray:
         return encode_codepoints(data)
 
     def decode(self, ids: np.ndarray | torch.Tensor | list[int]) -> bytes:
-        """Bytes of ``ids``; specials are dropped."""
-        if self.name == "byte":
-            return decode(ids)
         return decode_codepoints(ids)
 
     def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
-        """Bytes of text each id stands for (0 for specials)."""
-        if self.name == "byte":
-            return (np.asarray(ids) < NUM_BYTES).astype(np.int64)
         return utf8_lengths(ids)
 
+    def char_starts(self, ids: np.ndarray) -> np.ndarray:
+        raw = ids - ESCAPE_FIRST + 0x80  # an escape id counts as its raw byte would
+        is_escape = (raw >= 0x80) & (raw <= 0xFF)
+        return ~is_escape | (raw >= 0xC0)
 
-def unit_of(config) -> Unit:
-    """The :class:`Unit` of a model config."""
-    return Unit(getattr(config, "unit", "byte"))
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+UNIT_KINDS: dict[str, Callable[..., Units]] = {"byte": ByteUnits, "codepoint": CodepointUnits}
+
+
+def units_from_state(state: dict[str, Any]) -> Units:
+    """Rebuild units from :meth:`Units.state` (a checkpoint's ``units.json``)."""
+    state = dict(state)
+    name = state.pop("name", None)
+    if name not in UNIT_KINDS:
+        raise ValueError(f"unknown units '{name}'; known: {', '.join(UNIT_KINDS)}")
+    return UNIT_KINDS[name](**state)
+

@@ -42,7 +42,8 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
                       progress: bool = True) -> dict:
     """Score every split of ``store`` with the byte model at ``checkpoint``; write the files
     atomically (temporary names, the meta file renamed into place last)."""
-    from untok.train.checkpoint import load, read_model_config, resolve_checkpoint
+    from untok.checkpoint import read_model_config, resolve_checkpoint
+    from untok.models import load
 
     checkpoint = resolve_checkpoint(checkpoint)
     check_entropy_shape(read_model_config(checkpoint), checkpoint)

@@ -11,8 +11,9 @@ of the memory-mapped store on the fly, so a corpus larger than RAM costs no memo
 Training draws windows at random positions from a seeded generator whose state is part of
 the checkpoint (exact resume). ``BOS`` is never a target (it is given, not predicted).
 
-A code-point model reads a :class:`CodepointStream` instead: the same layout with one id per
-character, decoded once when the split is opened (4 bytes of memory per character).
+Units that are not bytes (code points, or any family's own units) read an
+:class:`EncodedStream` instead: the same layout in the ids of ``units``, encoded once when
+the split is opened (4 bytes of memory per id).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import torch
 
 from untok.data.store import ByteStore, Segments
 from untok.errors import DataError
-from untok.units import BOS, EOS, Unit
+from untok.units import BOS, EOS, ByteUnits, Units
 
 
 class UnitStream:
-    """The ids of one split of a store, addressable by position."""
+    """The byte ids of one split of a store, addressable by position."""
 
-    unit = Unit("byte")
+    units: Units = ByteUnits()
 
     def __init__(self, store: ByteStore, split: str) -> None:
         self.store = store
@@ -63,18 +64,17 @@ class UnitStream:
         return np.searchsorted(self.offsets, positions, side="right") - 1
 
 
-class CodepointStream(UnitStream):
-    """The code-point ids of one split (see :func:`untok.units.encode_codepoints`): each
-    piece ``BOS chars.. [EOS]``, held in memory as int32."""
+class EncodedStream(UnitStream):
+    """The ids of one split in ``units``: each piece ``BOS ids.. [EOS]``, held in memory as
+    int32."""
 
-    unit = Unit("codepoint")
-
-    def __init__(self, store: ByteStore, split: str) -> None:
+    def __init__(self, store: ByteStore, split: str, units: Units) -> None:
         self.store = store
         self.split = split
+        self.units = unit = units
         self.segments = store.segments(split)
         self.num_bytes = self.segments.num_bytes
-        unit, parts, sizes = self.unit, [], []
+        parts, sizes = [], []
         data = store.data
         for start, length, ends in zip(self.segments.starts, self.segments.lengths,
                                        self.segments.ends_doc, strict=True):
@@ -90,14 +90,14 @@ class CodepointStream(UnitStream):
         return self.ids[positions].astype(np.int64)
 
 
-def open_stream(store: ByteStore, split: str, unit: str = "byte") -> UnitStream:
-    """The stream of ``split`` in the ids of ``unit`` (``byte`` or ``codepoint``)."""
-    return CodepointStream(store, split) if unit == "codepoint" else UnitStream(store, split)
+def open_stream(store: ByteStore, split: str, units: Units = UnitStream.units) -> UnitStream:
+    """The stream of ``split`` in the ids of ``units`` (a model's ``model.units``)."""
+    return UnitStream(store, split) if units.identity else EncodedStream(store, split, units)
 
 
-def targets_of(ids: torch.Tensor, unit: Unit = UnitStream.unit) -> torch.Tensor:
+def targets_of(ids: torch.Tensor, units: Units = UnitStream.units) -> torch.Tensor:
     """Next-unit targets with ``BOS`` replaced by ``PAD`` (ignored by the loss)."""
-    return ids.masked_fill(ids == unit.bos, unit.pad)
+    return ids.masked_fill(ids == units.bos, units.pad)
 
 
 class TrainSampler:
@@ -138,7 +138,7 @@ class TrainSampler:
         ids = torch.from_numpy(self.stream.gather(positions))
         if self.side is not None:
             self.side_batch = torch.from_numpy(self.side[positions[:, :-1]].astype(np.float32))
-        return ids[:, :-1], targets_of(ids[:, 1:], self.stream.unit)
+        return ids[:, :-1], targets_of(ids[:, 1:], self.stream.units)
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self.rng.bit_generator.state}

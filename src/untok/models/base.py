@@ -1,28 +1,33 @@
-"""The ByteLM protocol that every causal byte model satisfies."""
+"""The model protocol that every family satisfies, and helpers families share."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from untok.units import PAD
+from untok.scores import Scores
+from untok.units import PAD, Units
 
 
 @runtime_checkable
 class ByteLM(Protocol):
-    """A causal model over units (bytes by default).
+    """A causal model over ``units`` (see docs/architecture.md).
 
-    ``step`` over a prompt and then one unit at a time gives the same logits as ``forward``
-    over the whole sequence (to float tolerance) while the sequence fits the context.
+    ``step`` over a prompt and then one unit at a time gives the same scores as ``forward``
+    over the whole sequence (to float tolerance) while the sequence fits the context; no
+    score at position t depends on ids after t.
     """
 
     config: Any
+    units: Units
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Long[B, T] -> next-unit logits Float[B, T, V]."""
+    def forward(self, ids: torch.Tensor) -> Scores:
+        """Long[B, T] -> scores of the next unit at every position (shape (B, T))."""
         ...
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
@@ -34,8 +39,8 @@ class ByteLM(Protocol):
         """An empty decoding state (caches) for ``batch_size`` sequences."""
         ...
 
-    def step(self, state: Any, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Feed Long[B, n] new units; return their logits Float[B, n, V] and the state."""
+    def step(self, state: Any, ids: torch.Tensor) -> tuple[Scores, Any]:
+        """Feed Long[B, n] new units; return their scores (shape (B, n)) and the state."""
         ...
 
     def num_params(self) -> int: ...
@@ -68,3 +73,13 @@ def init_standard(model: nn.Module, std: float = 0.02) -> None:
     for module in model.modules():  # after the defaults, so that they may override them
         if hasattr(module, "init_parameters"):
             module.init_parameters()
+
+
+@torch.no_grad()
+def init_residuals(blocks: Iterable[nn.Module], depth: int, std: float = 0.02) -> None:
+    """Scale down the projections that write into the residual stream of a ``depth``-deep
+    stack: Normal(0, std / sqrt(2 depth)), so the stream's variance does not grow with
+    depth."""
+    for block in blocks:
+        for linear in block.residual_outputs():
+            nn.init.normal_(linear.weight, std=std / math.sqrt(2 * max(depth, 1)))

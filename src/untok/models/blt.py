@@ -1,4 +1,4 @@
-"""BLT: a hierarchical byte model over dynamic patches (DESIGN 5.4).
+"""The BLT family: a hierarchical byte model over dynamic patches.
 
     bytes -> local encoder (byte + hash n-gram embeddings, windowed self-attention)
           -> pooling (k query slots per patch, max-pool init, cross-attention to the
@@ -15,7 +15,6 @@ decoder step, plus one pooling and one global step when it closes a patch.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,16 +22,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from untok.checkpoint import read_model_config, resolve_checkpoint
 from untok.config import ModelConfig
+from untok.data.loader import TrainSampler, UnitStream
 from untok.errors import ConfigError
 from untok.files import sha256_file
-from untok.models.base import init_standard, next_unit_loss
+from untok.models.base import init_residuals, init_standard, next_unit_loss
 from untok.models.flat import FlatLM
-from untok.nn.attention import KVCache, local_causal_mask, rope_angles
+from untok.models.registry import (
+    Capabilities,
+    Family,
+    TrainingData,
+    load,
+    register,
+    shape_summary,
+)
+from untok.nn.attention import KVCache, Rope, local_causal_mask
 from untok.nn.blocks import TransformerBlock
-from untok.nn.embeddings import ByteEmbedding, HashNgramEmbedding, update_past
-from untok.nn.mlgru import MMFreeBlock, forget_lower_bound
+from untok.nn.embeddings import (
+    ByteEmbedding,
+    embed_with_ngrams,
+    empty_past,
+    make_ngrams,
+    update_past,
+)
+from untok.nn.stacks import TransformerStack, make_stack
 from untok.patching import Patcher, PatcherState, fit_threshold
+from untok.scores import Logits
+from untok.units import ByteUnits, Units
 
 
 class CrossAttention(nn.Module):
@@ -107,7 +124,7 @@ class BLTState:
     past: torch.Tensor  # Long[1, history]: last bytes, for hash n-grams
     encoder: list[KVCache]
     decoder: list[KVCache]
-    global_caches: list  # KVCache per layer, or the hidden vector (1, G) for mmfree
+    global_caches: list  # the global backbone's state (see untok.nn.stacks)
     patch_keys: list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (1, H, S, d)
     open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
     position: int = 0
@@ -117,9 +134,10 @@ class BLTState:
 class BLT(nn.Module):
     """Byte Latent Transformer satisfying the ByteLM protocol (one sequence per ``step``)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, units: Units | None = None) -> None:
         super().__init__()
         self.config = c = config
+        self.units = units or ByteUnits(c.vocab_size)
         local = c.local
         hidden = -(-int(local.dim * 8 / 3) // 64) * 64
         entropy_model = None
@@ -130,19 +148,17 @@ class BLT(nn.Module):
             entropy_model = FlatLM(c.patching.entropy_shape)
         self.patcher = Patcher(c.patching, entropy_model)
         self.embed = ByteEmbedding(c.vocab_size, local.dim)
-        self.ngrams = HashNgramEmbedding(local.dim, c.embedding.ngrams, c.embedding.buckets) \
-            if c.embedding.ngrams else None
-        self.encoder = nn.ModuleList(
-            TransformerBlock(local.dim, local.num_heads, hidden, c.norm_eps, c.dropout)
-            for _ in range(local.encoder_layers))
+        self.ngrams = make_ngrams(local.dim, c.embedding.ngrams, c.embedding.buckets)
+        self.local_rope = Rope(local.dim // local.num_heads, c.rope_base, 2 * c.context)
+        self.encoder = TransformerStack(
+            [TransformerBlock(local.dim, local.num_heads, hidden, c.norm_eps, c.dropout)
+             for _ in range(local.encoder_layers)], self.local_rope, local.window)
         self.pool = PatchPooling(local.dim, local.num_heads, local.slots, c.dim)
         self.start = nn.Parameter(torch.zeros(1, 1, c.dim))  # what bytes of patch 0 read
-        self.mmfree = c.backbone == "mmfree"
-        self.blocks = nn.ModuleList(
-            MMFreeBlock(c.dim, c.hidden_dim, forget_lower_bound(i, c.num_layers), c.norm_eps)
-            if self.mmfree else
-            TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout)
-            for i in range(c.num_layers))
+        self.blocks = make_stack(c.backbone, dim=c.dim, num_layers=c.num_layers,
+                                 num_heads=c.num_heads, hidden=c.hidden_dim, eps=c.norm_eps,
+                                 dropout=c.dropout, capacity=c.context,
+                                 rope=Rope(c.head_dim, c.rope_base, 2 * c.context))
         self.global_norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
         self.decoder = nn.ModuleList(
             DecoderLayer(local.dim, local.num_heads, hidden, c.dim, c.norm_eps, c.dropout)
@@ -153,25 +169,8 @@ class BLT(nn.Module):
 
     # -- building ------------------------------------------------------------------------
 
-    @staticmethod
-    def prepare_config(config: ModelConfig) -> ModelConfig:
-        """Record the entropy model's shape and weights hash from its checkpoint."""
-        patching = config.patching
-        if patching.kind != "entropy" or patching.entropy_shape is not None:
-            return config
-        from untok.train.checkpoint import read_model_config, resolve_checkpoint
-
-        path = resolve_checkpoint(patching.entropy_model)
-        shape = read_model_config(path)
-        patching = dataclasses.replace(patching, entropy_model=str(path),
-                                       entropy_shape=shape,
-                                       entropy_sha256=sha256_file(path / "model.safetensors"))
-        config = dataclasses.replace(config, patching=patching)
-        config.validate()
-        return config
-
     def tie_weights(self) -> None:
-        if self.config.tie_embeddings:
+        if self.config.head in ("auto", "tied"):
             self.head.weight = self.embed.table.weight
         if self.patcher.entropy_model is not None:
             self.patcher.entropy_model.tie_weights()
@@ -183,12 +182,9 @@ class BLT(nn.Module):
         nn.init.normal_(self.pool.slot_embed, std=0.02)
         nn.init.normal_(self.start, std=0.02)
         c = self.config
-        for blocks, depth in ((self.encoder, c.local.encoder_layers),
-                              (self.blocks, c.num_layers),
-                              ([d.block for d in self.decoder], c.local.decoder_layers)):
-            for block in blocks:
-                for linear in block.residual_outputs():
-                    nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * max(depth, 1)))
+        init_residuals(self.encoder, c.local.encoder_layers)
+        init_residuals(self.blocks, c.num_layers)
+        init_residuals([d.block for d in self.decoder], c.local.decoder_layers)
         if self.patcher.entropy_model is not None:
             self._load_entropy_model()
 
@@ -205,47 +201,21 @@ class BLT(nn.Module):
         device = self.embed.table.weight.device
         load_model(self.patcher.entropy_model, str(weights), device=str(device))
 
-    def fit_patching(self, sample: torch.Tensor) -> None:
-        """Entropy patching without thresholds: fit the global threshold so that patches
-        average ``patching.target_len`` bytes on ``sample`` (Long[B, T])."""
-        patching = self.config.patching
-        if patching.kind != "entropy" or patching.threshold is not None or \
-                patching.relative is not None:
-            return
-        entropies = self.patcher.entropies(sample)
-        threshold = fit_threshold(entropies, patching.target_len, patching.max_len)
-        patching = dataclasses.replace(patching, threshold=round(threshold, 4))
-        self.config = dataclasses.replace(self.config, patching=patching)
-        self.patcher.config = patching
-
     # -- whole windows -----------------------------------------------------------------------
 
-    def _embed(self, ids: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(ids)
-        return x if self.ngrams is None else x + self.ngrams(ids, past)
-
-    def _global(self, patches: torch.Tensor, caches: list[KVCache] | None = None,
+    def _global(self, patches: torch.Tensor, caches: list | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """Patch vectors Float[B, P, G] -> global outputs (causal over patches). With
-        ``caches`` (decoding one patch), they are updated in place."""
-        if self.mmfree:
-            for i, block in enumerate(self.blocks):
-                if caches is None:
-                    patches, _ = block(patches)
-                else:
-                    patches, caches[i] = block.step(patches, caches[i])
-            return self.global_norm(patches)
-        end = patches.shape[1] if positions is None else int(positions[-1]) + 1
-        cos, sin = _rope(self, end, patches.device, self.config.head_dim, self.config.rope_base)
-        if positions is None:
-            cos, sin = cos[:end], sin[:end]
-        else:
-            cos, sin = cos[positions], sin[positions]
-        for i, block in enumerate(self.blocks):
-            patches = block(patches, cos, sin, None if caches is None else caches[i], positions)
-        return self.global_norm(patches)
+        ``caches`` (decoding one patch at ``positions``), they are updated in place."""
+        if caches is None:
+            return self.global_norm(self.blocks(patches))
+        return self.global_norm(self.blocks.step(patches, caches, positions))
 
-    def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None
+    def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> Logits:
+        """Scores of the next byte at every position of ``ids`` Long[B, T]."""
+        return Logits(self._logits(ids, entropies), self.units)
+
+    def _logits(self, ids: torch.Tensor, entropies: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """Logits Float[B, T, V]; ``entropies`` (Float[B, T]) are precomputed ones for
         entropy patching (see :mod:`untok.data.entropies`), else the patcher runs here."""
@@ -257,13 +227,9 @@ class BLT(nn.Module):
             starts, _ = self.patcher(ids)
         patch_ids = starts.long().cumsum(1) - 1  # (B, T): the patch of every byte
         num_patches = int(patch_ids.max()) + 1
-        cos, sin = _rope(self, T, ids.device, local.dim // local.num_heads,
-                         self.config.rope_base)
-        cos, sin = cos[:T], sin[:T]
+        cos, sin = self.local_rope.first(T, ids.device)
         window = local_causal_mask(T, local.window, ids.device)
-        h = self._embed(ids)  # (B, T, D)
-        for block in self.encoder:
-            h = block(h, cos, sin, mask=window)
+        h = self.encoder(embed_with_ngrams(self.embed, self.ngrams, ids), window)  # (B, T, D)
         g = self._global(self.pool(h, patch_ids, num_patches))  # (B, P, G)
         memory = torch.cat([self.start.expand(B, 1, -1), g], dim=1)  # (B, 1 + P, G)
         # byte t reads the start vector and patches 0 .. patch(t) - 1
@@ -278,7 +244,7 @@ class BLT(nn.Module):
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
              entropies: torch.Tensor | None = None) -> torch.Tensor:
-        return next_unit_loss(self(ids, entropies), targets, mask)
+        return next_unit_loss(self._logits(ids, entropies), targets, mask)
 
     # -- one byte at a time --------------------------------------------------------------------
 
@@ -286,45 +252,36 @@ class BLT(nn.Module):
         if batch_size != 1:
             raise ValueError("BLT decodes one sequence at a time (patches close at "
                              "different bytes in different sequences)")
-        c, local = self.config, self.config.local
+        local = self.config.local
         weight = self.embed.table.weight
         device, dtype = weight.device, weight.dtype
 
-        def caches(n: int, heads: int, capacity: int, head_dim: int) -> list[KVCache]:
-            return [KVCache.empty(1, heads, capacity, head_dim, device, dtype)
-                    for _ in range(n)]
-
         local_head = local.dim // local.num_heads
         start = self.start.expand(1, 1, -1)
-        history = self.ngrams.history if self.ngrams is not None else 0
         return BLTState(
             patcher=self.patcher.new_state(1, device),
-            past=torch.full((1, history), -1, dtype=torch.long, device=device),
-            encoder=caches(local.encoder_layers, local.num_heads, local.window, local_head),
-            decoder=caches(local.decoder_layers, local.num_heads, local.window, local_head),
-            global_caches=[torch.zeros(1, c.dim, device=device, dtype=dtype)
-                           for _ in range(c.num_layers)] if self.mmfree else
-            caches(c.num_layers, c.num_heads, c.context, c.head_dim),
+            past=empty_past(self.ngrams, 1, device),
+            encoder=self.encoder.new_state(1, device, dtype),
+            decoder=[KVCache.empty(1, local.num_heads, local.window, local_head, device, dtype)
+                     for _ in range(local.decoder_layers)],
+            global_caches=self.blocks.new_state(1, device, dtype),
             patch_keys=[layer.cross.keys_values(start) for layer in self.decoder])
 
-    def step(self, state: BLTState, ids: torch.Tensor) -> tuple[torch.Tensor, BLTState]:
-        """Feed Long[1, n] bytes one at a time; return their logits Float[1, n, V]."""
+    def step(self, state: BLTState, ids: torch.Tensor) -> tuple[Logits, BLTState]:
+        """Feed Long[1, n] bytes one at a time; return their scores (shape (1, n))."""
         logits = [self._step_one(state, ids[:, i]) for i in range(ids.shape[1])]
-        return torch.stack(logits, dim=1), state
+        return Logits(torch.stack(logits, dim=1), self.units), state
 
     def _step_one(self, state: BLTState, byte: torch.Tensor) -> torch.Tensor:
-        local = self.config.local
         start, _ = self.patcher.step(state.patcher, byte)
         if bool(start[0]) and state.open_patch:
             self._close_patch(state)
         t = torch.tensor([state.position], device=byte.device)
-        cos, sin = _rope(self, state.position + 1, byte.device, local.dim // local.num_heads,
-                         self.config.rope_base)
+        cos, sin = self.local_rope.tables(state.position + 1, byte.device)
         cos, sin = cos[t], sin[t]
-        h = self._embed(byte[:, None], state.past)  # (1, 1, D)
+        h = embed_with_ngrams(self.embed, self.ngrams, byte[:, None], state.past)  # (1, 1, D)
         state.past = update_past(state.past, byte[:, None])
-        for block, cache in zip(self.encoder, state.encoder, strict=True):
-            h = block(h, cos, sin, cache, t)
+        h = self.encoder.step(h, state.encoder, t)
         state.open_patch.append(h)
         x = h
         for layer, cache, (k, v) in zip(self.decoder, state.decoder, state.patch_keys,
@@ -381,14 +338,60 @@ class BLT(nn.Module):
         return float(flops)
 
 
-def _rope(model: nn.Module, end: int, device: torch.device, head_dim: int, base: float
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE cos/sin tables covering [0, end) for ``head_dim``, cached on ``model``."""
-    tables = model.__dict__.setdefault("_rope_tables", {})
-    table = tables.get(head_dim)
-    if table is None or table[0].shape[0] < end or table[0].device != device:
-        size = max(end, 2 * (table[0].shape[0] if table is not None else 0),
-                   2 * model.config.context)
-        table = rope_angles(torch.arange(size, device=device), head_dim, base)
-        tables[head_dim] = table
-    return table
+
+def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
+    """Entropy patching: record the entropy model's shape and weights hash from its
+    checkpoint; given training data and no thresholds, fit the global threshold so that
+    patches average ``patching.target_len`` bytes on the first 16 windows of the train
+    split (deterministic: a resumed run fits the same one)."""
+    patching = config.patching
+    if patching.kind != "entropy":
+        return config
+    if patching.entropy_shape is None:
+        path = resolve_checkpoint(patching.entropy_model)
+        patching = dataclasses.replace(patching, entropy_model=str(path),
+                                       entropy_shape=read_model_config(path),
+                                       entropy_sha256=sha256_file(path / "model.safetensors"))
+    if data is not None and patching.threshold is None and patching.relative is None:
+        sampler = TrainSampler(UnitStream(data.store, "train"), config.context, 16, seed=0)
+        sample = sampler.next_batch()[0].to(data.device)
+        entropy_model = load(patching.entropy_model, data.device)
+        entropies = Patcher(patching, entropy_model).entropies(sample)
+        threshold = fit_threshold(entropies, patching.target_len, patching.max_len)
+        patching = dataclasses.replace(patching, threshold=round(threshold, 4))
+    config = dataclasses.replace(config, patching=patching)
+    config.validate()
+    return config
+
+
+def validate_blt(c: ModelConfig) -> None:
+    """The BLT family's rules."""
+    c.patching.validate()
+    c.local.validate()
+    c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the flat "
+                       "transformer (family 'flat', backbone 'transformer')")
+    if c.head not in ("auto", "tied", "linear"):
+        raise ConfigError(f"model.head = '{c.head}' is not a BLT head: use 'tied' or 'linear'")
+
+
+def blt_capabilities(config: ModelConfig) -> Capabilities:
+    return Capabilities(can_compress=True, batch_decoding=False, patches=True,
+                        export_ternary=config.backbone == "mmfree")
+
+
+TINY = {"dim": 32, "num_layers": 2, "num_heads": 2, "context": 48,
+        "embedding": {"ngrams": [3, 4], "buckets": 64},
+        "local": {"dim": 16, "num_heads": 2, "encoder_layers": 1, "decoder_layers": 1,
+                  "window": 8, "slots": 2}}
+register(Family(
+    name="blt", model=BLT, units=lambda config: ByteUnits(config.vocab_size),
+    capabilities=blt_capabilities, validate=validate_blt, prepare=prepare_blt,
+    description="byte patches -> a global model over patches -> bytes",
+    summary=lambda c: f"{shape_summary('blt', c)}  (global over patches; local dim "
+                      f"{c.local.dim}, {c.local.encoder_layers}+{c.local.decoder_layers} "
+                      "layers)",
+    examples={
+        "space": TINY,
+        "fixed": {**TINY, "patching": {"kind": "fixed", "patch_size": 3}},
+        "mmfree": {**TINY, "backbone": "mmfree", "head": "linear"},
+    }))

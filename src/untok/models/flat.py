@@ -1,15 +1,19 @@
-"""The flat byte transformer: embeddings -> pre-norm blocks -> RMSNorm -> head.
+"""The flat family: embeddings -> a backbone of residual blocks -> RMSNorm -> head.
 
-The baseline every other design in untok has to beat (DESIGN 5.1). Options of the same
-model: the unit (bytes, or code points with a factorized head), the embedding (a table or
-table-free waves, optionally tied to the output), the attention (standard or
-differential) and the objective (cross-entropy, or ``mse``: regress the next unit's
-embedding and score candidates by distance with a learned temperature).
+The baseline every other design in untok has to beat. Its options (the ``examples``
+below name each one):
+
+- ``backbone``: ``transformer`` (attention + SwiGLU) or ``mmfree`` (MLGRU + BitLinear GLU,
+  constant memory per generated unit; see :mod:`untok.nn.stacks`);
+- ``unit``: bytes, or code points with the factorized head (``head = "codepoint"``);
+- ``embedding``: a table or table-free waves, plus optional hash n-grams;
+- ``attention``: standard or differential;
+- ``head``: tied, linear, ternary (BitLinear), codepoint, or ``distance``: regress the
+  next unit's embedding and score candidates by distance with a learned temperature.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,100 +21,104 @@ import torch.nn.functional as F
 from torch import nn
 
 from untok.config import ModelConfig
-from untok.models.base import init_standard, next_unit_loss
-from untok.nn.attention import KVCache, local_causal_mask, rope_angles
-from untok.nn.blocks import TransformerBlock
+from untok.errors import ConfigError
+from untok.models.base import init_residuals, init_standard, next_unit_loss
+from untok.models.registry import Capabilities, Family, register, shape_summary
+from untok.nn.attention import Rope, local_causal_mask
+from untok.nn.bitlinear import BitLinear
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
 from untok.nn.embeddings import (
     ByteEmbedding,
     CodepointEmbedding,
-    HashNgramEmbedding,
     WaveEmbedding,
+    embed_with_ngrams,
+    empty_past,
+    make_ngrams,
     update_past,
 )
-from untok.units import unit_of
+from untok.nn.stacks import TransformerStack, make_stack
+from untok.scores import Logits, Scores
+from untok.units import ByteUnits, CodepointUnits, Units
 
 TEMPERATURE_RATE = 10.0  # the scalar log-temperature moves this much faster than Adam steps
 
 
 @dataclass
 class FlatState:
-    """Decoding state: one KV cache per layer, the absolute position of the next unit and
-    the last units (for hash n-grams; Long[B, 0] without them)."""
+    """Decoding state: the backbone's (a KV cache or a hidden vector per layer), the
+    absolute position of the next unit and the last units (for hash n-grams; Long[B, 0]
+    without them)."""
 
-    caches: list[KVCache]
+    layers: list
     past: torch.Tensor
     position: int = 0
 
 
-class FlatLM(nn.Module):
-    """A decoder-only transformer over units, satisfying the ByteLM protocol."""
+def head_of(config: ModelConfig) -> str:
+    """The head a flat config asks for (``auto``: codepoint for code points, else tied)."""
+    if config.head != "auto":
+        return config.head
+    return "codepoint" if config.unit == "codepoint" else "tied"
 
-    def __init__(self, config: ModelConfig) -> None:
+
+class FlatLM(nn.Module):
+    """A decoder-only model over units, satisfying the model protocol."""
+
+    def __init__(self, config: ModelConfig, units: Units | None = None) -> None:
         super().__init__()
-        self.config = config
-        c = config
-        self.unit = unit_of(c)
-        codepoint, wave = c.unit == "codepoint", c.embedding.kind == "wave"
-        # bytes: the configured width (other id spaces, e.g. BPE baselines, set it)
-        self.vocab_size = vocab = self.unit.vocab_size if codepoint else c.vocab_size
+        self.config = c = config
+        self.units = units = units or flat_units(c)
+        self.head_kind = head = head_of(c)
+        self.vocab_size = vocab = units.vocab_size
+        wave = c.embedding.kind == "wave"
         if wave:
             self.embed = WaveEmbedding(c.dim, c.embedding.waves, vocab)
+        elif units.identity:
+            self.embed = ByteEmbedding(vocab, c.dim)
         else:
-            self.embed = CodepointEmbedding(c.dim) if codepoint else ByteEmbedding(vocab, c.dim)
-        self.ngrams = HashNgramEmbedding(c.dim, c.embedding.ngrams, c.embedding.buckets) \
-            if c.embedding.ngrams else None
-        self.blocks = nn.ModuleList(
-            TransformerBlock(c.dim, c.num_heads, c.hidden_dim, c.norm_eps, c.dropout,
-                             c.attention, layer=i + 1)
-            for i in range(c.num_layers))
+            self.embed = CodepointEmbedding(c.dim)
+        self.ngrams = make_ngrams(c.dim, c.embedding.ngrams, c.embedding.buckets)
+        self.blocks = make_stack(c.backbone, dim=c.dim, num_layers=c.num_layers,
+                                 num_heads=c.num_heads, hidden=c.hidden_dim, eps=c.norm_eps,
+                                 dropout=c.dropout, attention=c.attention, capacity=c.context,
+                                 rope=Rope(c.head_dim, c.rope_base, 2 * c.context))
         self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
         self.head: nn.Module | None = None  # none: scores against the embeddings themselves
         self.log_temperature = None
-        if codepoint:
+        self.nll_loss = head != "distance"  # the training loss is a cross-entropy
+        if head == "codepoint":
             self.head = CodepointHead(c.dim)
-        elif c.objective == "mse":  # distances to the candidates, with a learned scale
+        elif head == "distance":  # distances to the candidates, with a learned scale
             self.log_temperature = nn.Parameter(torch.zeros(()))
             self.register_buffer("spread", torch.ones(()))  # running mean squared residual
-        elif not (wave and c.tie_embeddings):
+        elif head == "ternary":
+            self.head = BitLinear(c.dim, vocab, c.norm_eps)
+        elif not (wave and head == "tied"):
             self.head = nn.Linear(c.dim, vocab, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         """Share the embedding table with the head (again after ``to_empty``)."""
-        if self.config.tie_embeddings and isinstance(self.embed, ByteEmbedding) and \
-                isinstance(self.head, nn.Linear):
+        if self.head_kind == "tied" and isinstance(self.embed, ByteEmbedding):
             self.head.weight = self.embed.table.weight
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise every parameter (the model may have been built on the meta device)."""
-        residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
         init_standard(self)
         if self.log_temperature is not None:
             self.log_temperature.zero_()
             self.spread.fill_(1.0)
-        for block in self.blocks:
-            for linear in block.residual_outputs():
-                nn.init.normal_(linear.weight, std=residual_std)
+        init_residuals(self.blocks, self.config.num_layers)
 
-    def _hidden(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                caches: list[KVCache] | None = None, positions: torch.Tensor | None = None,
-                past: torch.Tensor | None = None, mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """Final hidden states Float[B, T, D] (after the last norm) for ``ids`` Long[B, T]
-        given their RoPE angles (and the units before them, for hash n-grams)."""
-        x = self.embed(ids)  # (B, T, D)
-        if self.ngrams is not None:
-            x = x + self.ngrams(ids, past)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, None if caches is None else caches[i], positions, mask)
-        return self.norm(x)
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states Float[B, T, D] (after the last norm) of a whole sequence."""
+        return self.norm(self.blocks(embed_with_ngrams(self.embed, self.ngrams, ids), mask))
 
-    def _run(self, *args, **kwargs) -> torch.Tensor:
-        """Logits Float[B, T, V] (a code-point model: the hidden states; see ``_wrap``)."""
-        h = self._hidden(*args, **kwargs)
-        if isinstance(self.head, CodepointHead):
+    def _outputs(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits Float[B, T, V] of hidden states (a code-point head: ``h`` itself, which
+        :meth:`_scores` hands to the head)."""
+        if self.head_kind == "codepoint":
             return h
         if self.log_temperature is not None:
             return self.distance_scores(h)
@@ -118,9 +126,11 @@ class FlatLM(nn.Module):
             return h @ self.candidates().T.to(h.dtype)
         return self.head(h)
 
-    def _wrap(self, out: torch.Tensor) -> torch.Tensor | CodepointScores:
-        """What ``forward``/``step`` return: logits, or a code-point model's scores."""
-        return CodepointScores(out, self.head) if isinstance(self.head, CodepointHead) else out
+    def _scores(self, out: torch.Tensor) -> Scores:
+        """What ``forward``/``step`` return for :meth:`_outputs`."""
+        if self.head_kind == "codepoint":
+            return CodepointScores(out, self.head)
+        return Logits(out, self.units)
 
     def candidates(self) -> torch.Tensor:
         """Input embeddings of every unit, Float[V, D] (what a tied output scores)."""
@@ -158,7 +168,7 @@ class FlatLM(nn.Module):
         plus the cross-entropy of the distance scores with ``h`` and the candidates
         detached, which trains only the temperature (so bpb comes from a calibrated
         distribution)."""
-        pad = self.unit.pad
+        pad = self.units.pad
         keep = targets != pad
         e = self.targets()
         target_vectors = e.detach()[targets.masked_fill(~keep, 0)]  # (B, T, D)
@@ -169,93 +179,128 @@ class FlatLM(nn.Module):
         calibration = next_unit_loss(self.distance_scores(h.detach(), e.detach()), targets)
         return regression + calibration
 
-    def _cached(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
-                sin_table: torch.Tensor, caches: list[KVCache],
-                past: torch.Tensor) -> torch.Tensor:
-        """Logits for ``ids`` at ``positions`` (Long[T]), reading and filling ``caches``."""
-        return self._run(ids, cos_table[positions], sin_table[positions], caches, positions,
-                         past)
+    def _cached(self, ids: torch.Tensor, positions: torch.Tensor,
+                tables: tuple[torch.Tensor, ...], layers: list, past: torch.Tensor
+                ) -> torch.Tensor:
+        """:meth:`_outputs` for ``ids`` Long[B, n] at ``positions`` (Long[n]), reading and
+        filling the backbone's state ``layers``."""
+        x = embed_with_ngrams(self.embed, self.ngrams, ids, past)
+        return self._outputs(self.norm(self.blocks.step(x, layers, positions, tables)))
 
-    def decode_one(self, ids: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor,
-                   sin_table: torch.Tensor, caches: list[KVCache],
-                   past: torch.Tensor) -> torch.Tensor:
+    def decode_one(self, *args: torch.Tensor | tuple | list) -> torch.Tensor:
         """``_cached`` for one new unit per sequence: tensors only and static shapes, the
         function :func:`untok.generate.compile_decoding` compiles."""
-        return self._cached(ids, positions, cos_table, sin_table, caches, past)
+        return self._cached(*args)
 
-    def _rope(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin tables Float[S, d/2] covering positions [0, end), grown on demand
-        (a plain attribute, not a buffer: it is derived, never saved)."""
-        table = getattr(self, "_rope_table", None)
-        if table is None or table[0].shape[0] < end or table[0].device != device:
-            grown = 2 * table[0].shape[0] if table is not None else 0  # doubling: O(1)
-            size = max(end, grown, 2 * self.config.context)  # amortised for long generation
-            positions = torch.arange(size, device=device)
-            table = rope_angles(positions, self.config.head_dim, self.config.rope_base)
-            self._rope_table = table
-        return table
-
-    def _whole(self, ids: torch.Tensor, segments: torch.Tensor | None = None
-               ) -> dict[str, torch.Tensor | None]:
-        """RoPE angles and attention mask for a whole sequence ``ids`` Long[B, T]: past the
-        context each unit sees the last ``context`` units (as decoding with the KV cache
-        does); with ``segments`` (non-decreasing) a unit sees only its own segment."""
+    def _mask(self, ids: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor | None:
+        """Attention mask of a whole sequence: past the context each unit sees the last
+        ``context`` units (as decoding with the KV cache does); with ``segments``
+        (non-decreasing) a unit sees only its own segment. None when plain causal."""
         T = ids.shape[1]
-        cos, sin = self._rope(T, ids.device)
-        mask = None
-        if segments is not None or self.config.context < T:
-            mask = local_causal_mask(T, self.config.context, ids.device, segments)
-        return {"cos": cos[:T], "sin": sin[:T], "mask": mask}
+        if not isinstance(self.blocks, TransformerStack) or \
+                (segments is None and self.config.context >= T):
+            return None
+        return local_causal_mask(T, self.config.context, ids.device, segments)
 
-    def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None
-                ) -> torch.Tensor | CodepointScores:
-        """Logits Float[B, T, V] (a code-point model: :class:`CodepointScores`)."""
-        return self._wrap(self._run(ids, **self._whole(ids, segments)))
+    def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> Scores:
+        """Scores of the next unit at every position of ``ids`` Long[B, T]."""
+        return self._scores(self._outputs(self._hidden(ids, self._mask(ids, segments))))
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy in nats per unit (``mse``: the regression loss plus the
+        """Mean cross-entropy in nats per unit (``distance``: the regression loss plus the
         temperature's cross-entropy)."""
         if mask is not None:
-            targets = targets.masked_fill(~mask, self.unit.pad)
-        if isinstance(self.head, CodepointHead) or self.log_temperature is not None:
-            h = self._hidden(ids, **self._whole(ids))
-            if self.log_temperature is not None:
-                return self.mse_loss(h, targets)
+            targets = targets.masked_fill(~mask, self.units.pad)
+        h = self._hidden(ids, self._mask(ids, None))
+        if self.head_kind == "codepoint":
             return self.head.loss(h, targets)
-        return next_unit_loss(self(ids), targets, pad=self.unit.pad)
+        if self.log_temperature is not None:
+            return self.mse_loss(h, targets)
+        return next_unit_loss(self._outputs(h), targets, pad=self.units.pad)
 
     def new_state(self, batch_size: int) -> FlatState:
-        c = self.config
         weight = self.norm.weight
         static = getattr(self, "static_decoding", False)  # set by compile_decoding
-        caches = [block.attn.new_cache(batch_size, c.context, weight.device, weight.dtype,
-                                       static) for block in self.blocks]
-        history = self.ngrams.history if self.ngrams is not None else 0
-        past = torch.full((batch_size, history), -1, dtype=torch.long, device=weight.device)
-        return FlatState(caches, past)
+        layers = self.blocks.new_state(batch_size, weight.device, weight.dtype, static)
+        return FlatState(layers, empty_past(self.ngrams, batch_size, weight.device))
 
-    def step(self, state: FlatState, ids: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
+    def step(self, state: FlatState, ids: torch.Tensor) -> tuple[Scores, FlatState]:
         start, end = state.position, state.position + ids.shape[1]
-        cos, sin = self._rope(end, ids.device)
         positions = torch.arange(start, end, device=ids.device)
+        tables = self.blocks.step_tables(end, ids.device)
         run = self.decode_one if ids.shape[1] == 1 else self._cached
-        logits = self._wrap(run(ids, positions, cos, sin, state.caches, state.past))
+        out = run(ids, positions, tables, state.layers, state.past)
         state.past = update_past(state.past, ids)
-        for cache in state.caches:
-            if cache.static:  # (a dynamic cache counts its own length)
-                cache.length = min(cache.length + ids.shape[1], self.config.context)
+        self.blocks.advance(state.layers, ids.shape[1])
         state.position = end
-        return logits, state
+        return self._scores(out), state
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_byte(self) -> float:
-        """6 x (matmul weights) + causal attention scores and mixing, forward + backward."""
+        """6 x (matmul weights, counted as dense for ternary ones) + the backbone's
+        sequence mixing (causal attention scores and mixing), forward + backward."""
         c = self.config
         matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         if self.head is None:  # scores against every candidate's embedding
             matmul += self.vocab_size * c.dim
-        attention = 6 * c.num_layers * c.context * c.dim  # 2 matmuls x T/2 keys x 2 x 3
-        return 6.0 * matmul + attention
+        return 6.0 * matmul + self.blocks.mixing_flops(c.context)
+
+
+def flat_units(config: ModelConfig) -> Units:
+    return CodepointUnits() if config.unit == "codepoint" else ByteUnits(config.vocab_size)
+
+
+def validate_flat(c: ModelConfig) -> None:
+    """The flat family's rules: which options combine."""
+    head = head_of(c)
+    c.require_defaults(("patching", "local"), "applies to BLT models only, and this model's "
+                       "family is 'flat'; choose a BLT preset such as --preset blt-small")
+    if c.backbone == "mmfree":
+        c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the "
+                           "transformer backbone; drop it or set model.backbone=transformer")
+        _rule(head in ("tied", "linear", "ternary"), f"model.head = '{head}' needs the "
+              "transformer backbone; a MatMul-free model's head is tied, linear or ternary")
+    else:
+        _rule(head != "ternary", "model.head = 'ternary' is a MatMul-free head: set "
+              "model.backbone = 'mmfree'")
+    if c.unit == "codepoint":
+        _rule(head == "codepoint", f"model.head = '{head}' needs model.unit = 'byte' (a "
+              "code-point model predicts with model.head = 'codepoint')")
+        _rule(not c.embedding.ngrams, "hash n-grams read bytes: drop model.embedding.ngrams "
+              "for model.unit = 'codepoint'")
+    else:
+        _rule(head != "codepoint", "model.head = 'codepoint' needs model.unit = 'codepoint'")
+
+
+def _rule(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def flat_capabilities(config: ModelConfig) -> Capabilities:
+    return Capabilities(can_compress=config.unit == "byte",
+                        compiled_decoding=config.backbone == "transformer",
+                        export_ternary=config.backbone == "mmfree")
+
+
+TINY = {"dim": 32, "num_layers": 2, "num_heads": 2, "context": 32}
+register(Family(
+    name="flat", model=FlatLM, units=flat_units, capabilities=flat_capabilities,
+    validate=validate_flat, description="a decoder over units (the baseline)",
+    summary=lambda c: shape_summary("flat" if c.backbone == "transformer" else c.backbone, c,
+                                    heads=c.backbone == "transformer"),
+    examples={
+        "transformer": {**TINY, "embedding": {"ngrams": [2, 3], "buckets": 64}},
+        "linear-head": {**TINY, "head": "linear"},
+        "differential": {**TINY, "attention": "differential", "num_heads": 4},
+        "wave": {**TINY, "embedding": {"kind": "wave", "waves": 16}},
+        "wave-linear": {**TINY, "embedding": {"kind": "wave", "waves": 16}, "head": "linear"},
+        "distance": {**TINY, "head": "distance"},
+        "codepoint": {**TINY, "unit": "codepoint", "dim": 16},
+        "mmfree": {**TINY, "backbone": "mmfree", "embedding": {"ngrams": [2, 3],
+                                                              "buckets": 64}},
+        "mmfree-ternary": {**TINY, "backbone": "mmfree", "head": "ternary"},
+    }))

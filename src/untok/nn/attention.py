@@ -23,6 +23,33 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[to
     return angles.cos().float(), angles.sin().float()
 
 
+class Rope:
+    """Growable RoPE cos/sin tables (Float[S, head_dim/2]) for one head size.
+
+    A plain object, not a buffer: the tables are derived, never saved. They grow by
+    doubling (at least to ``min_size``), so long generations cost O(1) amortised.
+    """
+
+    def __init__(self, head_dim: int, base: float, min_size: int) -> None:
+        self.head_dim, self.base, self.min_size = head_dim, base, min_size
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def tables(self, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin covering positions [0, end) (possibly more)."""
+        tables = self._tables
+        if tables is None or tables[0].shape[0] < end or tables[0].device != device:
+            grown = 2 * tables[0].shape[0] if tables is not None else 0
+            size = max(end, grown, self.min_size)
+            tables = rope_angles(torch.arange(size, device=device), self.head_dim, self.base)
+            self._tables = tables
+        return tables
+
+    def first(self, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions 0 .. count - 1."""
+        cos, sin = self.tables(count, device)
+        return cos[:count], sin[:count]
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (i, i + d/2) of ``x`` (B, H, T, d) by the given angles."""
     half = x.shape[-1] // 2
@@ -133,7 +160,7 @@ def lambda_init_of(layer: int) -> float:
 
 
 class DifferentialAttention(nn.Module):
-    """Differential attention (DESIGN 5.1): each of ``num_heads / 2`` heads computes two
+    """Differential attention (see docs/options.md): each of ``num_heads / 2`` heads computes two
     softmax maps from two halves of its queries and keys and subtracts them::
 
         y = (softmax(Q1 K1^T / sqrt d) - lambda softmax(Q2 K2^T / sqrt d)) V

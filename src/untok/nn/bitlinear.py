@@ -1,4 +1,4 @@
-"""BitLinear: ternary weights, 8-bit activations (DESIGN 5.5).
+"""BitLinear: ternary weights, 8-bit activations (see docs/architecture.md, backbones).
 
 Training keeps full-precision master weights and quantizes on the fly with straight-
 through gradients (the forward sees quantized values, the backward treats quantization as

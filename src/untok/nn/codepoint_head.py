@@ -1,7 +1,7 @@
 """The output of a code-point model: a factorized distribution over 1.1M characters.
 
 A 1.1M-row softmax would dwarf the model, so a character id is split into three levels
-and predicted one level at a time (DESIGN 3.1)::
+and predicted one level at a time (see docs/options.md)::
 
     id = plane << 16 | block << 8 | char
     P(id) = P(plane) P(block | plane) P(char | plane, block)
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from untok.scores import Pick, Scores
 from untok.units import CP_BOS, CP_EOS, CP_PAD, ESCAPE_FIRST
 
 PLANES = 24  # 17 Unicode planes + the specials' plane (17), rounded up to a multiple of 8
@@ -89,10 +90,10 @@ class CodepointHead(nn.Module):
         return prefix << 8 | pick(char_logits)
 
 
-class CodepointScores:
-    """What a code-point model's ``forward``/``step`` return instead of a logits tensor:
-    the final hidden states (Float[B, T, D]) and the head that turns any of them into a
-    distribution. Indexing slices the positions (``scores[:, -1]``)."""
+class CodepointScores(Scores):
+    """A code-point model's :class:`~untok.scores.Scores`: the final hidden states
+    (Float[B, T, D]) and the head that turns any of them into a distribution (no byte
+    distribution: ``byte_logits`` is None)."""
 
     def __init__(self, hidden: torch.Tensor, head: CodepointHead) -> None:
         self.hidden = hidden
@@ -109,10 +110,7 @@ class CodepointScores:
         """log P(target) in nats at every position (Float like ``targets``)."""
         return self.head.log_prob(self.hidden, targets)
 
-    def choose(self, pick) -> torch.Tensor:
+    def choose(self, pick: Pick) -> torch.Tensor:
         """Long[...] characters picked level by level (see :meth:`CodepointHead.choose`)."""
         flat = self.hidden.reshape(-1, self.hidden.shape[-1])
         return self.head.choose(flat, pick).reshape(self.shape)
-
-    def greedy(self) -> torch.Tensor:
-        return self.choose(lambda logits: logits.argmax(-1))

@@ -20,7 +20,7 @@ class ByteEmbedding(nn.Module):
 
 
 class HashNgramEmbedding(nn.Module):
-    """Sum over n in ``ngrams`` of ``E_n[hash(units t-n+1 .. t)]`` (DESIGN 5.2).
+    """Sum over n in ``ngrams`` of ``E_n[hash(units t-n+1 .. t)]`` (see docs/options.md).
 
     The hash is a polynomial in the units *ending at* t, so it never sees the future;
     positions with fewer than n units of history hash what exists (missing units count as
@@ -67,7 +67,8 @@ def update_past(past: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 class WaveEmbedding(nn.Module):
-    """A table-free embedding (DESIGN 5.2): ``mlp(a_k sin(w_k v + p_k))`` for k < ``waves``.
+    """A table-free embedding (see docs/options.md): ``mlp(a_k sin(w_k v + p_k))`` for
+    k < ``waves``.
 
     Frequencies, phases and amplitudes are learned. At init the periods are spread
     log-uniformly from 2 units (neighbouring values differ) to twice ``max_value`` (far
@@ -126,3 +127,23 @@ class CodepointEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.block(ids >> 8) + self.offset(ids & 255)  # (B, T) -> (B, T, D)
+
+
+def make_ngrams(dim: int, ngrams: tuple[int, ...], buckets: int) -> HashNgramEmbedding | None:
+    """Hash n-gram tables for ``ngrams`` (none when empty)."""
+    return HashNgramEmbedding(dim, ngrams, buckets) if ngrams else None
+
+
+def embed_with_ngrams(embed: nn.Module, ngrams: HashNgramEmbedding | None, ids: torch.Tensor,
+                      past: torch.Tensor | None = None) -> torch.Tensor:
+    """``embed(ids)`` plus the hash n-grams ending at each unit (Long[B, T] -> Float[B, T, D]);
+    ``past`` holds the units before ``ids`` (Long[B, history], -1 = none)."""
+    x = embed(ids)
+    return x if ngrams is None else x + ngrams(ids, past)
+
+
+def empty_past(ngrams: HashNgramEmbedding | None, batch: int, device: torch.device
+               ) -> torch.Tensor:
+    """The decoding history of a fresh sequence: Long[B, history] of -1 (no unit yet)."""
+    history = ngrams.history if ngrams is not None else 0
+    return torch.full((batch, history), -1, dtype=torch.long, device=device)

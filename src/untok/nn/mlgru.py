@@ -1,4 +1,5 @@
-"""The MatMul-free token mixer (MLGRU) and channel mixer (GLU), and their block (DESIGN 5.5).
+"""The MatMul-free token mixer (MLGRU) and channel mixer (GLU), and their block (see
+docs/architecture.md, backbones).
 
 Per step, with every projection a :class:`~untok.nn.bitlinear.BitLinear`::
 

@@ -1,6 +1,5 @@
-"""Training: the loop, optimisers and schedules, checkpoints."""
+"""Training: the loop, optimisers and schedules, distributed wrapping."""
 
-from untok.train.checkpoint import load, save_checkpoint
 from untok.train.trainer import Trainer, TrainResult, train
 
-__all__ = ["TrainResult", "Trainer", "load", "save_checkpoint", "train"]
+__all__ = ["TrainResult", "Trainer", "train"]

@@ -1,5 +1,5 @@
 """A tabular Q-learning agent that steers the learning rate (``train.lr_controller =
-"qlearn"``, DESIGN 5.8).
+"qlearn"``; see docs/options.md).
 
 After warmup it replaces the schedule. The trainer calls :meth:`QLearnController.observe`
 after every optimizer step with the loss and the gradient norm; every ``every`` steps the

@@ -23,7 +23,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from untok import __version__
+from untok.checkpoint import (
+    read_optimizer_state,
+    read_train_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from untok.config import RunConfig, from_dict, replace
 from untok.data.entropies import open_entropies
 from untok.data.ingest import absolute_data_path, open_data
@@ -31,13 +36,7 @@ from untok.data.loader import TrainSampler, eval_windows, open_stream
 from untok.errors import CheckpointError, ConfigError, UntokError
 from untok.evaluate import LN2, evaluate_stream
 from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
-from untok.models import build_model
-from untok.train.checkpoint import (
-    read_optimizer_state,
-    read_train_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from untok.models.registry import TrainingData, build_model, capabilities, prepare
 from untok.train.distributed import (
     agree,
     device_for,
@@ -54,6 +53,7 @@ from untok.train.distributed import (
 )
 from untok.train.lr_control import QLearnController
 from untok.train.optim import lr_at, make_optimizer
+from untok.version import __version__
 
 Callback = Callable[["Trainer"], None]
 
@@ -62,7 +62,7 @@ Callback = Callable[["Trainer"], None]
 class TrainResult:
     out: Path
     step: int
-    bytes_seen: int
+    units_seen: int
     best_val_bpb: float | None
     last_val_bpb: float | None
     stop_reason: str  # budget, early stop, interrupted or diverged
@@ -111,14 +111,15 @@ class Trainer:
         # the run config keeps an absolute data path: a resume works from any directory
         self.config = config = replace(config, data={"path": absolute_data_path(
             config.data.path)})
-        self.train_stream = open_stream(self.store, "train", config.model.unit)
-        self.val_stream = open_stream(self.store, "val", config.model.unit)
+        # the family's prepare hook completes the model config from the train split (e.g.
+        # BLT fits its entropy threshold); the run config keeps what was asked for
+        model_config = prepare(config.model, TrainingData(self.store, self.device))
         torch.manual_seed(t.seed)
-        self.model = build_model(config.model, self.device)
-        if hasattr(self.model, "fit_patching"):  # BLT: fit an entropy threshold if unset
-            self.model.fit_patching(self._patching_sample())
+        self.model = build_model(model_config, self.device)
+        self.train_stream = open_stream(self.store, "train", self.model.units)
+        self.val_stream = open_stream(self.store, "val", self.model.units)
         self.entropies = open_entropies(self.store, self.model.config.patching) \
-            if getattr(self.model, "patcher", None) is not None else None
+            if capabilities(self.model).patches else None
         self.sampler = TrainSampler(self.train_stream, config.model.context, t.batch_size,
                                     seed=t.seed, side=self.entropies and self.entropies["train"],
                                     rank=self.world.rank, world_size=self.world.world_size)
@@ -127,7 +128,7 @@ class Trainer:
         self._check_step_cost()
         self.controller = QLearnController(t) if t.lr_controller == "qlearn" else None
         self.step = 0
-        self.bytes_seen = 0
+        self.units_seen = 0
         self.best_val_bpb: float | None = None
         self.last_val_bpb: float | None = None
         self.evals_without_improvement = 0
@@ -165,14 +166,8 @@ class Trainer:
             self.say(f"warning: {what}; lower model.context or train.batch_size for "
                      "faster steps")
 
-    def _patching_sample(self, windows: int = 16) -> torch.Tensor:
-        """The first windows of the train split (deterministic, so a resume refits the same
-        threshold)."""
-        sampler = TrainSampler(self.train_stream, self.config.model.context, windows, seed=0)
-        return sampler.next_batch()[0].to(self.device)
-
     def _train_state(self, elapsed: float) -> dict[str, Any]:
-        return {"step": self.step, "bytes_seen": self.bytes_seen,
+        return {"step": self.step, "units_seen": self.units_seen,
                 "best_val_bpb": self.best_val_bpb, "last_val_bpb": self.last_val_bpb,
                 "evals_without_improvement": self.evals_without_improvement,
                 "seconds": self.seconds_before + elapsed, "sampler": self.sampler.state_dict(),
@@ -221,7 +216,7 @@ class Trainer:
             except ValueError as exc:
                 raise CheckpointError(f"cannot resume {path}: {exc}") from None
         self.step = state["step"]
-        self.bytes_seen = state["bytes_seen"]
+        self.units_seen = state.get("units_seen", state.get("bytes_seen"))  # 0.1 name
         self.best_val_bpb = state["best_val_bpb"]
         self.last_val_bpb = state["last_val_bpb"]
         self.evals_without_improvement = state["evals_without_improvement"]
@@ -300,12 +295,12 @@ class Trainer:
 
     def _loss_name(self, loss: float) -> tuple[str, str, float]:
         """(metrics key, bar label, value) of a training loss in nats per unit: bits per
-        byte, bits per character (code points), or the mse objective's own loss."""
-        if self.config.train.objective == "mse":
+        unit under the units' label (bpb for bytes, bpc for code points), or the model's
+        own loss when it is not a cross-entropy (``model.nll_loss`` False)."""
+        if not getattr(self.model, "nll_loss", True):
             return "loss", "loss", loss
-        if self.config.model.unit == "codepoint":
-            return "loss_bpc", "bpc", loss / LN2
-        return "loss_bpb", "bpb", loss / LN2
+        label = self.model.units.loss_label
+        return f"loss_{label}", label, loss / LN2
 
     def current_lr(self, elapsed: float) -> float:
         """The schedule's learning rate, or the controller's once warmup is over."""
@@ -355,7 +350,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.bytes_seen += self.units_per_step
+        self.units_seen += self.units_per_step
         return float(total), float(norm)
 
     def run_eval(self, max_bytes: int | None) -> float:
@@ -426,8 +421,8 @@ class Trainer:
                     window_start, window_steps = now, 0
                     name, label, shown = self._loss_name(loss)
                     record = {"step": self.step, name: shown, "lr": lr,
-                              "grad_norm": grad_norm, "bytes_per_s": rate, "mfu": mfu,
-                              "bytes_seen": self.bytes_seen, "seconds": now - started}
+                              "grad_norm": grad_norm, "units_per_s": rate, "mfu": mfu,
+                              "units_seen": self.units_seen, "seconds": now - started}
                     self.log(record)
                     bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} "
                                         f"{rate / 1e3:.1f} kB/s mfu {mfu:.0%}")
@@ -461,7 +456,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         self.log({"event": "end", "step": self.step, "reason": reason, "seconds": seconds,
                   "best_val_bpb": self.best_val_bpb})
-        return TrainResult(self.out, self.step, self.bytes_seen, self.best_val_bpb,
+        return TrainResult(self.out, self.step, self.units_seen, self.best_val_bpb,
                            self.last_val_bpb, reason, seconds, self.stop_signal)
 
     def evaluate_and_save(self, max_bytes: int | None, elapsed: float, bar: tqdm) -> bool:

@@ -2,14 +2,17 @@
 
 ::
 
-    config.json         format, untok version, family, model config
+    config.json         format and its version, untok version, family, model config
+    units.json          the model's units (``Units.state()``: e.g. a learned vocabulary)
     model.safetensors   weights of the unwrapped module
     train_state.json    step, bytes seen, best val bpb, data position, seeds, run config
     optimizer.pt        optimizer, RNG states (training checkpoints only)
     metrics.jsonl       the run's log up to this checkpoint
 
 A checkpoint is built in a hidden temporary directory and renamed into place, so a crash
-never leaves a half-written directory under the final name.
+never leaves a half-written directory under the final name. Format 1 (untok 0.1) had no
+``units.json`` and named the head with other keys; it loads unchanged. Rebuilding the
+model is :func:`untok.models.load`.
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from untok import __version__
 from untok.config import ModelConfig, from_dict
 from untok.errors import CheckpointError, ConfigError
-from untok.nn.bitlinear import is_packed, pack_bitlinears
+from untok.nn.bitlinear import is_packed
+from untok.units import Units, units_from_state
+from untok.version import __version__
 
 FORMAT = "untok-checkpoint"
 TERNARY_PACKED = "ternary-2bit"  # BitLinear weights stored as packed 2-bit codes
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
@@ -76,6 +80,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, *,
         if is_packed(model):
             header["weights"] = TERNARY_PACKED
         (tmp / "config.json").write_text(json.dumps(header, indent=2) + "\n")
+        (tmp / "units.json").write_text(json.dumps(model.units.state(), indent=2) + "\n")
         save_model(model, str(tmp / "model.safetensors"))
         if train_state is not None:
             (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2) + "\n")
@@ -99,9 +104,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"corrupt {path / 'config.json'}: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'config.json'} is not an untok checkpoint config")
-    if header.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer untok "
-                              f"({header.get('untok_version')}); upgrade untok")
+    version = header.get("version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version}, written by "
+                              f"untok {header.get('untok_version')}; this untok "
+                              f"({__version__}) reads versions up to {FORMAT_VERSION}: "
+                              "upgrade untok")
     return header
 
 
@@ -114,21 +122,22 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise CheckpointError(f"invalid model config in {path}: {exc}") from None
 
 
-def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild the model saved in checkpoint ``path``, in eval mode, on ``device``."""
-    from untok.models import build_model
-
-    path = resolve_checkpoint(path)
-    config = read_model_config(path)
+def read_units(path: str | Path) -> Units | None:
+    """The units saved with a checkpoint (None for format 1, which saved none)."""
+    units_path = resolve_checkpoint(path) / "units.json"
+    if not units_path.is_file():
+        return None
     try:
-        model = build_model(config, device, init=False)
-    except ConfigError as exc:
-        raise CheckpointError(f"cannot build the model of {path}: {exc}") from None
-    if read_header(path).get("weights") == TERNARY_PACKED:
-        pack_bitlinears(model)  # the layers the packed weights load into
-    weights = path / "model.safetensors"
+        return units_from_state(json.loads(units_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"corrupt {units_path}: {exc}") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, device: torch.device | str) -> None:
+    """Load ``path``'s ``model.safetensors`` into ``model``, every tensor accounted for."""
+    weights = resolve_checkpoint(path) / "model.safetensors"
     if not weights.is_file():
-        raise CheckpointError(f"checkpoint {path} has no model.safetensors")
+        raise CheckpointError(f"checkpoint {weights.parent} has no model.safetensors")
     try:
         missing, unexpected = load_model(model, str(weights), strict=False,
                                          device=str(device))
@@ -139,7 +148,11 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     if missing or unexpected:
         raise CheckpointError(f"weights in {weights} do not match its config: missing "
                               f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
-    return model.eval()
+
+
+def is_ternary_packed(path: str | Path) -> bool:
+    """Whether the checkpoint stores BitLinear weights as packed 2-bit codes."""
+    return read_header(path).get("weights") == TERNARY_PACKED
 
 
 def read_train_state(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,344 @@
+"""The config schema: frozen dataclasses for the three sections of a run.
+
+A run is a :class:`RunConfig` with ``model``, ``train`` and ``data`` sections; how one is
+resolved from presets, recipes and ``--set`` overrides is in :mod:`untok.config.loading`.
+Each registered family adds its own rules to :meth:`ModelConfig.validate` through
+``FAMILY_RULES`` (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from untok.errors import ConfigError
+from untok.units import VOCAB_SIZE
+
+EMBEDDINGS = ("table", "wave")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingConfig:
+    """How units become vectors (see docs/options.md). ``kind``: ``table`` (one learned vector per
+    id; for code points a sum of per-block and per-offset vectors) or ``wave`` (no table:
+    ``waves`` learned sinusoids of the unit value, then a small MLP; ``model.embedding =
+    "wave"`` is short for ``model.embedding.kind = "wave"``).
+
+    Hash n-grams are added to either: for each n in ``ngrams`` a ``buckets x dim`` table
+    indexed by a rolling hash of the n units ending at each position; ``[]`` = off."""
+
+    kind: str = "table"
+    waves: int = 64
+    ngrams: tuple[int, ...] = ()
+    buckets: int = 4096
+
+    def validate(self) -> None:
+        _check(self.kind in EMBEDDINGS, f"model.embedding.kind must be one of {EMBEDDINGS}")
+        _check(self.waves >= 2, "model.embedding.waves must be >= 2")
+        _check(all(n >= 2 for n in self.ngrams), "model.embedding.ngrams must all be >= 2")
+        _check(len(set(self.ngrams)) == len(self.ngrams),
+               "model.embedding.ngrams must not repeat a size")
+        _check(self.buckets > 0, "model.embedding.buckets must be positive")
+
+
+PATCHERS = ("fixed", "space", "entropy")
+BACKBONES = ("transformer", "mmfree")
+UNITS = ("byte", "codepoint")
+ATTENTIONS = ("standard", "differential")
+# How the final hidden state becomes next-unit scores: "tied" (a linear map sharing the
+# embedding table; with wave embeddings, scores against every unit's embedding), "linear"
+# (its own weights), "distance" (regress the next unit's embedding; scores are distances
+# with a learned temperature), "codepoint" (the factorized code-point head), "ternary" (a
+# BitLinear map, MatMul-free models). "auto": "codepoint" for code points, else "tied".
+HEADS = ("auto", "tied", "linear", "distance", "codepoint", "ternary")
+# Each registered family's own config rules (filled by untok.models.registry.register).
+FAMILY_RULES: dict[str, typing.Callable[[ModelConfig], None]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchingConfig:
+    """How a BLT cuts bytes into patches (see docs/architecture.md, BLT).
+
+    ``entropy``: a patch starts where the entropy model's next-byte entropy exceeds
+    ``threshold`` (global), or rises by more than ``relative`` over the previous byte's
+    (approximately monotonic), or both; with neither set, training fits ``threshold`` to
+    ``target_len`` bytes per patch on a sample of the train split. ``entropy_shape`` and
+    ``entropy_sha256`` are filled in from the ``entropy_model`` checkpoint when the model
+    is built; the weights are copied into the BLT's own checkpoint.
+    """
+
+    kind: str = "space"
+    patch_size: int = 4  # fixed
+    max_len: int = 16  # space and entropy
+    threshold: float | None = None
+    relative: float | None = None
+    target_len: float = 4.0
+    newline_reset: bool = False
+    entropy_model: str = ""
+    entropy_sha256: str = ""
+    entropy_shape: ModelConfig | None = None
+
+    def validate(self) -> None:
+        _check(self.kind in PATCHERS, f"model.patching.kind must be one of {PATCHERS}")
+        _check(self.patch_size >= 1, "model.patching.patch_size must be >= 1")
+        _check(self.max_len >= 1, "model.patching.max_len must be >= 1")
+        _check(self.target_len >= 1, "model.patching.target_len must be >= 1")
+        if self.kind == "entropy":
+            _check(bool(self.entropy_model) or self.entropy_shape is not None,
+                   "entropy patching needs an entropy model: pass --entropy-model CKPT "
+                   "(train one with `untok train --preset entropy-small`) or choose "
+                   "--patching space|fixed")
+        if self.entropy_shape is not None:
+            self.entropy_shape.validate()
+            check_entropy_shape(self.entropy_shape)
+
+
+def check_entropy_shape(shape: ModelConfig, where: object = "the entropy model") -> None:
+    """Entropy patching runs a flat byte transformer (the BLT rebuilds it from its shape);
+    anything else is a one-line error naming ``where`` (e.g. the checkpoint)."""
+    _check(shape.family == "flat" and shape.backbone == "transformer",
+           f"{where} must be a flat byte transformer to drive entropy patching (got family "
+           f"'{shape.family}', backbone '{shape.backbone}'); train one with --preset "
+           "entropy-small")
+    _check(shape.unit == "byte" and shape.vocab_size == VOCAB_SIZE,
+           f"{where} must read bytes to drive entropy patching (vocabulary {VOCAB_SIZE}, "
+           f"got unit '{shape.unit}', vocabulary {shape.vocab_size})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalConfig:
+    """BLT's byte-level encoder and decoder (see docs/architecture.md, BLT); the global
+    model over patches takes the main ``dim``/``num_layers``/``num_heads`` of the model
+    config."""
+
+    dim: int = 128
+    num_heads: int = 4
+    encoder_layers: int = 1
+    decoder_layers: int = 2
+    window: int = 128  # local attention window in bytes
+    slots: int = 2  # k query slots per patch; the patch vector is k x dim
+
+    def validate(self) -> None:
+        _check(self.dim > 0 and self.num_heads > 0 and self.dim % self.num_heads == 0,
+               "model.local.dim must be a positive multiple of model.local.num_heads")
+        _check((self.dim // self.num_heads) % 2 == 0,
+               "model.local.dim / model.local.num_heads must be even (RoPE)")
+        _check(self.encoder_layers >= 0 and self.decoder_layers >= 1,
+               "model.local needs encoder_layers >= 0 and decoder_layers >= 1")
+        _check(self.window >= 1 and self.slots >= 1,
+               "model.local.window and model.local.slots must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Shape of a byte model. ``mlp_hidden = 0`` picks 8/3 x dim rounded up to 64.
+
+    For ``family = "blt"`` the main fields shape the global model over patches and
+    ``context`` counts bytes; ``patching`` and ``local`` apply to BLT only.
+    """
+
+    family: str = "flat"
+    unit: str = "byte"  # or "codepoint": one id per Unicode character (see docs/options.md)
+    vocab_size: int = VOCAB_SIZE
+    context: int = 256  # training window in units; also the KV-cache length
+    dim: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    mlp_hidden: int = 0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    backbone: str = "transformer"  # or "mmfree" (MLGRU + BitLinear GLU)
+    head: str = "auto"  # see HEADS
+    attention: str = "standard"  # or "differential"
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return -(-int(self.dim * 8 / 3) // 64) * 64
+
+    def validate(self) -> None:
+        _check(self.dim > 0 and self.num_layers > 0 and self.num_heads > 0,
+               "model.dim, model.num_layers and model.num_heads must be positive")
+        _check(self.dim % self.num_heads == 0,
+               f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
+        _check(self.head_dim % 2 == 0, "model.dim / model.num_heads must be even (RoPE)")
+        _check(self.context >= 2, "model.context must be at least 2")
+        _check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        self.embedding.validate()
+        _check(self.backbone in BACKBONES, f"model.backbone must be one of {BACKBONES}")
+        _check(self.unit in UNITS, f"model.unit must be one of {UNITS}")
+        _check(self.attention in ATTENTIONS, f"model.attention must be one of {ATTENTIONS}")
+        _check(self.head in HEADS, f"model.head must be one of {HEADS}")
+        if self.attention == "differential":
+            _check(self.num_heads % 2 == 0 and self.head_dim % 2 == 0,
+                   "differential attention pairs heads: model.num_heads must be even")
+        _check(self.family in FAMILY_RULES, f"unknown model family '{self.family}'; "
+               f"families: {', '.join(FAMILY_RULES)}")
+        FAMILY_RULES[self.family](self)
+
+    def require_defaults(self, names: typing.Iterable[str], why: str) -> None:
+        """A config error naming the first of ``names`` (dotted paths such as
+        ``embedding.kind``) that is not at its default."""
+        defaults = ModelConfig()
+        for name in names:
+            value, default = self, defaults
+            for part in name.split("."):
+                value, default = getattr(value, part), getattr(default, part)
+            shown = "changed" if dataclasses.is_dataclass(value) else repr(value)
+            _check(value == default, f"model.{name} = {shown}: {why}")
+
+
+SCHEDULES = ("cosine", "constant", "warmup")
+LR_CONTROLLERS = ("none", "qlearn")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QLearnConfig:
+    """The tabular Q-learning learning-rate controller (``train.lr_controller = "qlearn"``).
+
+    Every step it observes (loss trend, gradient norm), each bucketed, and scales the
+    learning rate by one of ``actions`` within ``[lr_min, lr_max]`` (``None``: ``lr / 100``
+    and ``lr x 10``); with ``momentum`` it also scales beta1 within ``[0.8, 0.99]``.
+    Reward: relative loss improvement. epsilon-greedy with per-step decay."""
+
+    actions: tuple[float, ...] = (0.5, 0.9, 1.0, 1.1, 1.5)
+    lr_min: float | None = None
+    lr_max: float | None = None
+    momentum: bool = False
+    every: int = 10  # steps between decisions (the loss trend is measured over them)
+    alpha: float = 0.2  # Q-table learning rate
+    gamma: float = 0.9  # discount
+    epsilon: float = 0.3
+    epsilon_decay: float = 0.995  # per decision
+    epsilon_min: float = 0.02
+
+    def validate(self) -> None:
+        _check(len(self.actions) > 0 and all(a > 0 for a in self.actions),
+               "train.qlearn.actions must be positive learning-rate factors")
+        _check(self.every >= 1, "train.qlearn.every must be >= 1")
+        _check(0 < self.alpha <= 1 and 0 <= self.gamma < 1,
+               "train.qlearn needs 0 < alpha <= 1 and 0 <= gamma < 1")
+        _check(0 <= self.epsilon_min <= self.epsilon <= 1 and 0 < self.epsilon_decay <= 1,
+               "train.qlearn needs 0 <= epsilon_min <= epsilon <= 1, 0 < epsilon_decay <= 1")
+        for name in ("lr_min", "lr_max"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.qlearn.{name} must be positive")
+        if self.lr_min is not None and self.lr_max is not None:
+            _check(self.lr_min <= self.lr_max, "train.qlearn.lr_min must be <= lr_max")
+PRECISIONS = ("fp32", "bf16", "auto")
+PARALLEL = ("auto", "ddp", "fsdp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation, budget, evaluation and runtime settings.
+
+    Budgets: ``steps`` and ``bytes`` are totals for the whole run (a resumed run continues
+    towards them); ``minutes`` counts the wall-clock of one invocation. The first budget
+    reached stops the run; the learning-rate schedule spans the budget.
+    """
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    batch_size: int = 32
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    steps: int | None = None
+    bytes: int | None = None
+    minutes: float | None = None
+    eval_every: int = 250
+    eval_bytes: int | None = 262144  # val bytes scored at periodic evals; None = all
+    eval_stride: int | None = None  # None = context // 2
+    patience: int | None = None
+    log_every: int = 10
+    precision: str = "fp32"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 1337
+    parallel: str = "auto"  # under torchrun: ddp (auto) or fsdp
+    cpu_offload: bool = False  # FSDP: keep parameters and optimizer state on the CPU
+    dist_timeout: float = 300.0  # seconds a collective waits for a rank before failing
+    lr_controller: str = "none"  # or "qlearn" (see docs/options.md; settings in train.qlearn)
+    qlearn: QLearnConfig = field(default_factory=QLearnConfig)
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "train.lr must be positive")
+        _check(self.lr_controller in LR_CONTROLLERS,
+               f"train.lr_controller must be one of {LR_CONTROLLERS}")
+        self.qlearn.validate()
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]")
+        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")
+        _check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
+        _check(self.batch_size > 0 and self.grad_accum > 0,
+               "train.batch_size and train.grad_accum must be positive")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.parallel in PARALLEL, f"train.parallel must be one of {PARALLEL}")
+        _check(self.dist_timeout > 0, "train.dist_timeout must be positive")
+        _check(self.eval_every > 0 and self.log_every > 0,
+               "train.eval_every and train.log_every must be positive")
+        for name in ("steps", "bytes", "minutes", "patience", "eval_bytes", "eval_stride"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.{name} must be positive when given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the bytes come from: a byte store, or a text file / folder ingested on the fly.
+
+    ``val_fraction`` / ``val_bytes`` only apply when ``path`` is ingested on the fly.
+    """
+
+    path: str = ""
+    val_fraction: float = 0.1
+    val_bytes: int | None = None
+
+    def validate(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> RunConfig:
+        self.train.validate()
+        self.model.validate()
+        self.data.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def suggest(name: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+

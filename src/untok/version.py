@@ -1,0 +1,3 @@
+"""The untok release."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Files written by earlier releases keep working (see tests/fixtures/README.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import untok
+from untok.errors import UntokError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v0.1"
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
+
+
+def sample_log_probs(model, text: str) -> list[float]:
+    units = model.units
+    ids = torch.tensor([[units.bos, *units.encode(text.encode())]])
+    with torch.no_grad():
+        lp = model(ids[:, :-1]).log_prob(ids[:, 1:])[0]
+    return [float(lp.sum()), *map(float, lp[:5])]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["checkpoints"]))
+def test_old_checkpoints_load_and_score_the_same(name: str) -> None:
+    model = untok.load(FIXTURES / name)
+    got = sample_log_probs(model, EXPECTED["sample"])
+    assert got == pytest.approx(EXPECTED["checkpoints"][name], abs=1e-4, rel=1e-5)
+
+
+def test_old_container_decompresses_byte_exact() -> None:
+    model = untok.load(FIXTURES / "flat")
+    blob = (FIXTURES / "sample.txt.utk").read_bytes()
+    assert untok.decompress(blob, model) == (FIXTURES / "sample.txt").read_bytes()
+    # and the current encoder writes the same container
+    assert untok.compress((FIXTURES / "sample.txt").read_bytes(), model, chunk_size=1024,
+                          batch_size=2) == blob
+
+
+def test_a_future_checkpoint_format_is_a_clear_error(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES / "flat", tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["version"] = 99
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UntokError, match="format version 99") as info:
+        untok.load(tmp_path / "ckpt")
+    assert "\n" not in str(info.value) and "upgrade untok" in str(info.value)
