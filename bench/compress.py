@@ -69,9 +69,10 @@ def forward_step_mismatch(model: torch.nn.Module, data: bytes) -> dict[str, floa
     """How often a batched forward and the one-unit step disagree on the integer
     frequencies (a forward-encoded file would then fail to decode)."""
     ids = torch.tensor([[BOS, *data[:-1]]])
-    forward = model(ids)[0]
+    forward = model(ids).byte_logits[0]
     state = model.new_state(1)
-    step = torch.cat([model.step(state, ids[:, t:t + 1])[0][0] for t in range(ids.shape[1])])
+    step = torch.cat([model.step(state, ids[:, t:t + 1])[0].byte_logits[0]
+                      for t in range(ids.shape[1])])
     differs = (quantize(forward) != quantize(step)).any(-1)
     return {"positions": len(data), "share_differing": float(differs.mean()),
             "max_abs_logit_diff": float((forward - step).abs().max())}

@@ -96,9 +96,9 @@ def generate_worker(name: str, length: int) -> None:
     torch.manual_seed(0)
     model = build_model(config).eval()
     start = time.perf_counter()
-    logits, state = model.step(model.new_state(1), torch.tensor([[256, *b"The "]]))
+    scores, state = model.step(model.new_state(1), torch.tensor([[256, *b"The "]]))
     for _ in range(length):
-        logits, state = model.step(state, logits[:, -1:, :256].argmax(-1))
+        scores, state = model.step(state, scores.logits[:, -1:, :256].argmax(-1))
     n, seconds = length, time.perf_counter() - start
     print(json.dumps({"bytes": n, "bytes_per_s": n / seconds, "peak_rss_mb": peak_rss_mb(),
                       "params": model.num_params()}))

@@ -29,7 +29,7 @@ from common import RESULTS, ROOT, SHARED, command, require, train_all, training_
 ENWIK8_ROWS = {
     "baseline (table, ce, standard, AdamW+cosine)": [],
     "wave embedding": ["model.embedding='wave'"],
-    "mse objective": ["train.objective='mse'"],
+    "mse objective": ["model.head='distance'"],
     "differential attention": ["model.attention='differential'"],
     "qlearn lr controller": ["train.lr_controller='qlearn'"],
 }
@@ -120,7 +120,7 @@ def multilingual_section(root: Path) -> dict:
     figures = {}
     for name, (out, _) in runs.items():
         model = load(out / "last")
-        units = len(open_stream(store, "train", model.config.unit))
+        units = len(open_stream(store, "train", model.units))
         rate = training_rate(out)
         bytes_per_unit = train_bytes / units  # (the stream counts BOS/EOS too: about 1e-5)
         languages = {}

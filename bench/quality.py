@@ -85,7 +85,7 @@ def bpe_val_bpb(model: torch.nn.Module, val_ids: np.ndarray, val_bytes: int,
     with torch.no_grad():
         for start, first in eval_windows(len(val_ids), context, context // 2):
             window = torch.from_numpy(val_ids[start:start + context + 1]).long()[None]
-            logp = F.log_softmax(model(window[:, :-1]).float(), -1)
+            logp = F.log_softmax(model(window[:, :-1]).logits.float(), -1)
             token_nll = -logp.gather(-1, window[:, 1:, None])[0, :, 0]
             positions = torch.arange(start + 1, start + window.shape[1])
             nats += float(token_nll[positions >= first].sum())
@@ -120,7 +120,7 @@ def run_bpe(train_part: bytes, val: bytes, minutes: float
         batch = torch.from_numpy(np.stack([train_ids[s:s + shape.context + 1]
                                            for s in starts]))
         # plain cross-entropy: every id is a real token here (untok's PAD id is not special)
-        logits = model(batch[:, :-1])
+        logits = model(batch[:, :-1]).logits
         loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)

@@ -153,9 +153,9 @@ untok.fit(config, "{tmp_path / 'run'}", progress=False, callbacks=[die])
 
 
 def test_nproc_is_removed_before_relaunching() -> None:
-    from untok.cli import _without_nproc
+    from untok.cli import without_nproc
 
-    assert _without_nproc(["train", "--nproc", "2", "--steps", "3", "--nproc=4"]) == \
+    assert without_nproc(["train", "--nproc", "2", "--steps", "3", "--nproc=4"]) == \
         ["train", "--steps", "3"]
 
 

@@ -120,12 +120,17 @@ def wrap(model: nn.Module, parallel: str, device: torch.device,
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(Objective(model), device_ids=ids)
     if parallel == "fsdp":
-        from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            fully_shard,
+            register_fsdp_forward_method,
+        )
 
         offload = {"offload_policy": CPUOffloadPolicy()} if cpu_offload else {}
         for block in _blocks(model):
             fully_shard(block, **offload)
         fully_shard(model, **offload)
+        register_fsdp_forward_method(model, "loss")  # training calls loss(), not forward()
     return Objective(model)
 
 

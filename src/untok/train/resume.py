@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from untok.checkpoint import read_train_state, resolve_checkpoint
-from untok.config import RunConfig, replace, resolve
+from untok.config import RunConfig, from_dict, replace, resolve
 from untok.config.loading import migrate_v1
 from untok.data.ingest import BUILTIN, store_prefix
-from untok.data.store import is_store
-from untok.errors import UntokError
+from untok.data.store import ByteStore, is_store
+from untok.errors import CheckpointError, UntokError
 
 
 def data_exists(path: str) -> bool:
@@ -41,3 +41,17 @@ def resume_config(checkpoint: str | Path, *, data: str | None = None,
         config = replace(config, train={"steps": None, "bytes": None, "minutes": None,
                                         **budget})
     return config, path
+
+
+def check_resumable(checkpoint: str | Path, config: RunConfig, store: ByteStore) -> Path:
+    """The checkpoint directory, once it is known to hold a run of ``config``'s model on
+    ``store``'s data (a one-line error otherwise)."""
+    path = resolve_checkpoint(checkpoint, prefer="last")
+    state = read_train_state(path)
+    if from_dict(state["run_config"]).model != config.model:
+        raise CheckpointError(f"cannot resume {path} with a different model config; "
+                              "change only train.* settings on resume")
+    if state["data"]["sha256"] != store.meta["sha256"]:
+        raise CheckpointError(f"{path} was trained on different data "
+                              f"('{state['data']['name']}'); resume with the same --data")
+    return path

@@ -24,19 +24,21 @@ import torch
 from tqdm import tqdm
 
 from untok.checkpoint import (
+    load_weights,
     read_optimizer_state,
     read_train_state,
     resolve_checkpoint,
     save_checkpoint,
 )
-from untok.config import RunConfig, from_dict, replace
+from untok.config import RunConfig, replace
 from untok.data.entropies import open_entropies
 from untok.data.ingest import absolute_data_path, open_data
-from untok.data.loader import TrainSampler, eval_windows, open_stream
+from untok.data.loader import TrainSampler, open_stream
 from untok.errors import CheckpointError, ConfigError, UntokError
 from untok.evaluate import LN2, evaluate_stream
 from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
 from untok.models.registry import TrainingData, build_model, capabilities, prepare
+from untok.train.budget import Budget, budget_message
 from untok.train.distributed import (
     agree,
     device_for,
@@ -53,6 +55,7 @@ from untok.train.distributed import (
 )
 from untok.train.lr_control import QLearnController
 from untok.train.optim import lr_at, make_optimizer
+from untok.train.resume import check_resumable
 from untok.version import __version__
 
 Callback = Callable[["Trainer"], None]
@@ -76,12 +79,7 @@ def finite(record: dict[str, Any]) -> dict[str, Any]:
             for k, v in record.items()}
 
 
-def _budget_message() -> str:
-    return "give a training budget: --steps N, --bytes N or --minutes M " \
-           "(or train.steps / train.bytes / train.minutes in a recipe)"
-
-
-class Trainer:
+class Trainer(Budget):
     """One training run writing to ``out`` (``out/last``, ``out/best``, ``metrics.jsonl``).
 
     ``callbacks`` are called after every optimizer step with the trainer; setting
@@ -94,7 +92,7 @@ class Trainer:
         config.validate()
         t = config.train
         if t.steps is None and t.bytes is None and t.minutes is None:
-            raise ConfigError(_budget_message())
+            raise ConfigError(budget_message())
         if not config.data.path:
             raise ConfigError("no training data: pass --data STORE_OR_TEXT_FILE")
         self.out = Path(out)
@@ -150,22 +148,6 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
 
-    def _check_step_cost(self) -> None:
-        """Refuse a time budget that cannot buy one step; warn about very slow steps."""
-        t, c = self.config.train, self.config.model
-        flops = self.model.flops_per_byte() * self.units_per_step
-        fastest = flops / self.peak  # seconds per step at 100% of the measured peak
-        what = f"one training step ({flops:.2e} FLOPs: batch {t.batch_size} x " \
-               f"{t.grad_accum} x context {c.context:,}) needs at least {fastest:,.0f} s " \
-               f"on this machine (its measured peak is {self.peak / 1e9:,.0f} GFLOP/s)"
-        if t.minutes is not None and fastest > 60 * t.minutes:
-            raise ConfigError(f"{what}, more than the whole {t.minutes:g}-minute budget; "
-                              "lower model.context, model.dim or train.batch_size, or raise "
-                              "--minutes")
-        if fastest > 10:
-            self.say(f"warning: {what}; lower model.context or train.batch_size for "
-                     "faster steps")
-
     def _train_state(self, elapsed: float) -> dict[str, Any]:
         return {"step": self.step, "units_seen": self.units_seen,
                 "best_val_bpb": self.best_val_bpb, "last_val_bpb": self.last_val_bpb,
@@ -186,18 +168,8 @@ class Trainer:
         return state
 
     def _restore_weights(self, path: str | Path) -> None:
-        from safetensors.torch import load_model
-
-        path = resolve_checkpoint(path, prefer="last")
-        state = read_train_state(path)
-        saved = from_dict(state["run_config"])
-        if saved.model != self.config.model:
-            raise CheckpointError(f"cannot resume {path} with a different model config; "
-                                  "change only train.* settings on resume")
-        if state["data"]["sha256"] != self.store.meta["sha256"]:
-            raise CheckpointError(f"{path} was trained on different data "
-                                  f"('{state['data']['name']}'); resume with the same --data")
-        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+        path = check_resumable(path, self.config, self.store)
+        load_weights(self.model, path, self.device)
 
     def _restore_state(self, path: str | Path) -> None:
         """Optimizer, RNGs, data position and counters (after wrapping)."""
@@ -235,63 +207,6 @@ class Trainer:
             return None
         return save_checkpoint(self.out / name, model, train_state=self._train_state(elapsed),
                                optimizer_state=optimizer_state, metrics=self.metrics_path)
-
-    # -- budget --------------------------------------------------------------------------
-
-    @property
-    def total_steps(self) -> int | None:
-        """Step budget implied by ``steps`` and ``bytes`` (the smaller), if any."""
-        t = self.config.train
-        limits = [t.steps] if t.steps else []
-        if t.bytes:
-            limits.append(math.ceil(t.bytes / self.units_per_step))
-        return min(limits) if limits else None
-
-    def progress_fraction(self, elapsed: float) -> float:
-        t = self.config.train
-        fractions = []
-        if self.total_steps:
-            fractions.append(self.step / self.total_steps)
-        if t.minutes:  # a resumed run continues the curve over old time + new budget
-            fractions.append((self.seconds_before + elapsed)
-                             / (self.seconds_before + 60 * t.minutes))
-        return max(fractions)
-
-    def budget_reached(self, elapsed: float, eval_due: bool = False) -> bool:
-        """Whether to stop now. A time budget keeps back what the final evaluation and
-        checkpoint will take (and the periodic one when ``eval_due``), so that the whole
-        invocation fits it; a due evaluation that would leave no time for the final one is
-        the final one."""
-        t = self.config.train
-        steps_done = self.total_steps is not None and self.step >= self.total_steps
-        if steps_done or t.minutes is None:
-            return steps_done
-        evaluations = 2 if eval_due else 1
-        return elapsed + evaluations * self.final_seconds() >= 60 * t.minutes
-
-    def final_seconds(self) -> float:
-        """Expected seconds of the final evaluation and checkpoint: the last measured one,
-        else an estimate from timing one evaluation batch."""
-        if self.eval_seconds is None and self.eval_estimate is None:
-            self.eval_estimate = self._probe_eval()
-        return self.eval_seconds if self.eval_seconds is not None else self.eval_estimate
-
-    def _probe_eval(self, batches: int = 4) -> float:
-        """The final evaluation's windows x the time per window of a short evaluation of
-        ``batches`` batches (timed after a warm-up window), plus a second for the
-        checkpoint."""
-        t, context = self.config.train, self.config.model.context
-        stride = t.eval_stride or max(context // 2, 1)
-        length = len(self.val_stream) if t.eval_bytes is None else \
-            min(len(self.val_stream), t.eval_bytes + 1)
-        windows = len(eval_windows(length, context, stride))
-        probe = dict(stride=stride, max_bytes=batches * t.batch_size * stride,
-                     batch_size=t.batch_size, device=self.device, dtype=self.dtype)
-        evaluate_stream(self.model, self.val_stream, **{**probe, "max_bytes": stride})
-        began = time.perf_counter()
-        evaluate_stream(self.model, self.val_stream, **probe)
-        probed = len(eval_windows(min(length, probe["max_bytes"] + 1), context, stride))
-        return windows * (time.perf_counter() - began) / probed + 1.0
 
     def _loss_name(self, loss: float) -> tuple[str, str, float]:
         """(metrics key, bar label, value) of a training loss in nats per unit: bits per
@@ -376,6 +291,15 @@ class Trainer:
                 previous[sig] = signal.signal(sig, handler)
         return previous
 
+    def _progress_bar(self) -> tqdm:
+        """Steps for a step budget; seconds for a time budget."""
+        if self.total_steps:
+            return tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
+                        unit="step", dynamic_ncols=True, desc="train")
+        return tqdm(total=round(60 * self.config.train.minutes), disable=not self.progress,
+                    unit="s", dynamic_ncols=True, desc=f"train step {self.step}",
+                    bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+
     def run(self) -> TrainResult:
         """Train until the budget, early stopping or a stop request; return a summary."""
         t = self.config.train
@@ -384,14 +308,7 @@ class Trainer:
         flops_per_byte = self.model.flops_per_byte()
         previous_handlers = self._install_signal_handlers()
         total = self.total_steps
-        if total:  # a step budget: the bar counts steps
-            bar = tqdm(total=total, initial=self.step, disable=not self.progress,
-                       unit="step", dynamic_ncols=True, desc="train")
-        else:  # a time budget: the bar counts seconds
-            bar = tqdm(total=round(60 * t.minutes), disable=not self.progress, unit="s",
-                       dynamic_ncols=True, desc=f"train step {self.step}",
-                       bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
-                                  "{postfix}")
+        bar = self._progress_bar()
         self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
                   "device": str(self.device), "matmul_peak_flops": peak,
                   "precomputed_entropies": self.entropies is not None,

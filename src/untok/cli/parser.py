@@ -1,19 +1,23 @@
-"""The ``untok`` command: parse arguments, call the Python API, print results.
-
-Every subcommand is a thin wrapper; the work happens in plain functions that are also the
-library's API. Problems with the user's input end in one line on stderr and exit code 2.
-"""
+"""The ``untok`` argument parser: subcommands, options and their checks."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import signal
-import sys
-from pathlib import Path
-from typing import Any
 
-from untok.errors import UntokError
+from untok.cli.commands import (
+    cmd_compress,
+    cmd_data_entropies,
+    cmd_data_info,
+    cmd_data_ingest,
+    cmd_decompress,
+    cmd_demo,
+    cmd_eval,
+    cmd_export,
+    cmd_generate,
+    cmd_patches,
+    cmd_presets,
+    cmd_train,
+)
 
 EPILOG = """examples:
   untok demo
@@ -62,244 +66,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-# -- data ---------------------------------------------------------------------------------
-
-def cmd_data_ingest(args: argparse.Namespace) -> None:
-    from untok.data.info import describe
-    from untok.data.ingest import ingest
-
-    store = ingest(args.sources, args.out, glob=args.glob, fmt=args.format, field=args.field,
-                   split=args.split, val_fraction=args.val_fraction, val_bytes=args.val_bytes,
-                   seed=args.seed, progress=not args.quiet, force=args.force)
-    info = describe(store)
-    print(f"{store.paths['meta.json'].with_name(store.name)}: {info['documents']:,} documents, "
-          f"{info['bytes']:,} bytes (train {info['train_bytes']:,}, val {info['val_bytes']:,}; "
-          f"{info['split']['mode']} split)")
-
-
-def cmd_data_entropies(args: argparse.Namespace) -> None:
-    from untok.data.entropies import compute_entropies, entropy_paths
-    from untok.data.ingest import open_data
-
-    store = open_data(args.store, progress=False)
-    meta = compute_entropies(store, args.model, newline_reset=args.newline_reset,
-                             progress=not args.quiet)
-    paths = entropy_paths(store)
-    print(f"wrote entropies of {meta['units']['train']:,} train and "
-          f"{meta['units']['val']:,} val units to {paths['meta'].parent}/"
-          f"{paths['train'].name.replace('-train.f16', '*')}")
-
-
-def cmd_data_info(args: argparse.Namespace) -> None:
-    from untok.data.info import describe
-    from untok.data.ingest import open_data
-
-    store = open_data(args.store, progress=False)
-    if args.verify:
-        store.verify()
-    info = describe(store)
-    if args.json:
-        _print_json(info)
-        return
-    print(f"store        {info['name']}")
-    print(f"documents    {info['documents']:,} (mean {info['mean_document_bytes']:,.0f} bytes, "
-          f"max {info['max_document_bytes']:,})")
-    print(f"bytes        {info['bytes']:,}")
-    print(f"split        {info['split']['mode']}: train {info['train_bytes']:,} bytes, "
-          f"val {info['val_bytes']:,} bytes")
-    sampled = "" if info["sampled_bytes"] == info["bytes"] else \
-        f" (of a {info['sampled_bytes']:,}-byte sample)"
-    print(f"valid UTF-8  {info['valid_utf8_share']:.2%}{sampled}")
-    scripts = ", ".join(f"{s['script']} {s['share']:.1%}" for s in info["top_scripts"])
-    print(f"scripts      {scripts or '-'}")
-    if args.verify:
-        print("checksum     ok")
-
-
-# -- train / eval / generate --------------------------------------------------------------
-
-def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
-    from untok.config import replace, resolve
-    from untok.train.resume import resume_config
-
-    budget = {k: v for k, v in (("steps", args.steps), ("bytes", args.bytes),
-                                ("minutes", args.minutes)) if v is not None}
-    runtime = {k: v for k, v in (("device", args.device), ("precision", args.precision),
-                                 ("compile", args.compile or None),
-                                 ("parallel", args.parallel),
-                                 ("cpu_offload", args.cpu_offload or None)) if v is not None}
-    if args.resume:
-        if args.preset or args.recipe:
-            raise UntokError("--resume continues a run with its saved preset and recipe; "
-                             "change other settings with --set train.KEY=VALUE")
-        config, resume = resume_config(args.resume, data=args.data, overrides=args.set,
-                                       budget=budget)
-        return replace(config, train=runtime), resume
-    base = {"data": {"path": args.data}} if args.data else {}
-    overrides = [*_patching_overrides(args), *args.set]
-    config = resolve(preset_name=args.preset, recipe=args.recipe, overrides=overrides,
-                     base=base)
-    if args.data:  # --data wins over a recipe's data.path
-        config = replace(config, data={"path": args.data})
-    return replace(config, train={**budget, **runtime}), None
-
-
-def _without_nproc(argv: list[str]) -> list[str]:
-    """``argv`` minus ``--nproc N`` / ``--nproc=N``."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
-def _patching_overrides(args: argparse.Namespace) -> list[str]:
-    """``--patching/--patch-size/--entropy-model`` as ``model.patching.*`` overrides."""
-    overrides = []
-    if args.patching:
-        overrides.append(f"model.patching.kind={args.patching}")
-    if args.patch_size is not None:
-        overrides.append(f"model.patching.patch_size={args.patch_size}")
-    if args.entropy_model:
-        overrides.append(f"model.patching.entropy_model={json.dumps(args.entropy_model)}")
-    return overrides
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Exit status: 0 when the run ends by its budget or early stopping, 130 (143) when
-    interrupted by SIGINT (SIGTERM) after saving, 2 with a message when it diverged."""
-    from untok.train.distributed import launched_world, run_with_torchrun
-    from untok.train.trainer import train
-
-    world = launched_world()
-    if args.nproc and args.nproc > 1 and not world.distributed:
-        return run_with_torchrun(args.nproc, ["train", *_without_nproc(args.argv)])
-    config, resume = _train_config(args)
-    if resume is not None:
-        out = Path(args.out) if args.out else resume.parent
-    else:
-        out = Path(args.out or Path("runs") / Path(config.data.path).name)
-        if (out / "last").exists() and not args.force:
-            raise UntokError(f"{out} already holds a run; resume it with --resume {out}/last, "
-                             "choose another --out, or pass --force to replace it")
-        if args.force:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-    result = train(config, out, resume=resume, progress=not args.quiet)
-    if not world.is_main:
-        return 0
-    if result.stop_reason == "diverged":
-        kept = f"; {out / 'best'} holds the best weights from before" \
-            if result.best_val_bpb is not None else "; no checkpoint was written"
-        raise UntokError(f"training diverged at step {result.step} (the loss is not a "
-                         f"number){kept}. Lower train.lr (now {config.train.lr:g}) or raise "
-                         "train.warmup_steps")
-    best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
-    print(f"{result.stop_reason}: {result.step} steps, {result.units_seen:,} bytes in "
-          f"{result.seconds / 60:.1f} min; best val bpb {best}")
-    print(f"checkpoints: {out / 'best'} (best), {out / 'last'} (last)")
-    if result.stop_reason == "interrupted":
-        print(f"resume with: untok train --resume {out / 'last'}", file=sys.stderr)
-        return 128 + (result.signal or signal.SIGINT)
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    from untok.checkpoint import read_train_state, resolve_checkpoint
-    from untok.evaluate import evaluate
-    from untok.hardware import pick_device
-    from untok.heldout import open_eval_data
-    from untok.models import load
-
-    device = pick_device(args.device)
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    model = load(checkpoint, device)
-    train_state = None
-    if (checkpoint / "train_state.json").is_file():
-        train_state = read_train_state(checkpoint)
-    store, held_out = open_eval_data(args.data, train_state, args.split,
-                                     progress=not args.json)
-    result = evaluate(model, store, args.split, stride=args.stride, max_bytes=args.max_bytes,
-                      batch_size=args.batch_size, device=device, per_file=args.per_file,
-                      progress=not args.json)
-    result["held_out"] = held_out
-    if args.json:
-        _print_json(result)
-        return
-    if held_out["note"]:
-        print(held_out["note"])
-    print(f"{store.name} [{args.split}]: {result['bytes']:,} bytes")
-    print(f"bpb          {result['bpb']:.4f}   (bits per char {result['bits_per_char']:.4f})")
-    print(f"accuracy     {result['accuracy']:.2%}")
-    print(f"perplexity   {result['perplexity']:.3f} per byte")
-    print(f"confidence   mean {result['confidence_mean']:.3f}, "
-          f"min {result['confidence_min']:.2e}, max {result['confidence_max']:.3f}")
-    for row in result.get("per_file", []):
-        print(f"  {row['bpb']:.4f}  {row['bytes']:>10,}  {row['name']}")
-
-
-def cmd_generate(args: argparse.Namespace) -> None:
-    from untok.generate import SamplerConfig, compile_decoding, generate
-    from untok.hardware import pick_device
-    from untok.models import load
-    from untok.units import StreamDecoder, to_bytes
-
-    if args.prompt is not None and args.prompt_file is not None:
-        raise UntokError("give --prompt or --prompt-file, not both")
-    if args.prompt_file is not None:
-        try:
-            prompt = Path(args.prompt_file).read_bytes()
-        except OSError as exc:
-            raise UntokError(f"cannot read prompt file: {exc}") from None
-    else:
-        prompt = to_bytes(args.prompt or "")
-    temperature = 0.0 if args.greedy else args.temperature
-    sampler = SamplerConfig(sampler=args.sampler, temperature=temperature, top_k=args.top_k,
-                            top_p=args.top_p, low=args.low, high=args.high)
-    sampler.validate()  # every option error before any output
-    model = load(args.checkpoint, pick_device(args.device))
-    if args.compile:
-        compile_decoding(model)
-    stream = generate(model, prompt, max_bytes=args.max_bytes, sampler=sampler,
-                      seed=args.seed, stop=[to_bytes(s) for s in args.stop])
-    decoder = StreamDecoder()
-    out = sys.stdout
-    try:
-        if not args.no_prompt:
-            out.write(decoder.feed(prompt))
-        for byte in stream:
-            out.write(decoder.feed(byte))
-            out.flush()
-    finally:  # an error or interrupt mid-stream starts on a line of its own
-        out.write(decoder.flush() + "\n")
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from untok.demo import run_demo
-
-    run_demo(minutes=args.minutes, out=Path(args.out), progress=not args.quiet,
-             force=args.force)
-
-
-def cmd_presets(_: argparse.Namespace) -> None:
-    from untok.config import PRESETS, resolve
-    from untok.models import build_model, family_of
-
-    width = max(map(len, PRESETS))
-    for name in PRESETS:
-        model = resolve(preset_name=name).model
-        params = build_model(model, "meta", init=False).num_params()
-        print(f"{name:{width}s} {params / 1e6:7.2f}M params  "
-              f"{family_of(model).summary(model)}")
-
-
 # -- parser -------------------------------------------------------------------------------
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -333,65 +99,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-model", metavar="CKPT",
                    help="byte model whose next-byte entropy drives --patching entropy "
                    "(train one with --preset entropy-small)")
-
-
-def cmd_patches(args: argparse.Namespace) -> None:
-    from untok.patch_report import describe_patches, format_patches, load_patcher
-
-    if (args.text is None) == (args.file is None):
-        raise UntokError("give exactly one of --text or --file")
-    if args.file is not None:
-        try:
-            data = Path(args.file).read_bytes()
-        except OSError as exc:
-            raise UntokError(f"cannot read {args.file}: {exc}") from None
-    else:
-        data = args.text.encode("utf-8", "surrogateescape")
-    patcher = load_patcher(args.model, kind=args.patching, threshold=args.threshold,
-                           relative=args.relative, max_len=args.max_len,
-                           patch_size=args.patch_size, target_len=args.fit)
-    report = describe_patches(patcher, data)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_patches(report, data))
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    from untok.export import export_ternary
-
-    if not args.ternary:
-        raise UntokError("choose an export format: --ternary (packed 2-bit BitLinear weights)")
-    stats = export_ternary(args.checkpoint, args.out, overwrite=args.force)
-    print(f"wrote {args.out}: {stats['layers']} BitLinear layers packed, "
-          f"{stats['bitlinear_fp32_bytes'] / 1e6:.2f} MB fp32 -> "
-          f"{stats['bitlinear_packed_bytes'] / 1e6:.3f} MB "
-          f"({stats['bitlinear_ratio']:.1%}); model file "
-          f"{stats['source_file_bytes'] / 1e6:.2f} MB -> {stats['file_bytes'] / 1e6:.2f} MB")
-
-
-def cmd_compress(args: argparse.Namespace) -> None:
-    from untok.compression import compress_file
-
-    stats = compress_file(args.file, args.model, args.out, chunk_size=args.chunk_size,
-                          batch_size=args.batch_size, adapt_lr=args.adapt_lr,
-                          adapt_every=args.adapt_every, device=args.device,
-                          overwrite=args.force, progress=not args.quiet)
-    if not args.quiet:
-        rate = f"{stats['bpb']:.3f} bits per byte, {stats['kb_per_second']:.1f} KB/s" \
-            if stats["bytes"] else "an empty input (the file holds the header only)"
-        print(f"{args.file}: {stats['bytes']:,} -> {stats['compressed_bytes']:,} bytes, "
-              f"{rate}", file=sys.stderr)
-
-
-def cmd_decompress(args: argparse.Namespace) -> None:
-    from untok.compression import decompress_file
-
-    stats = decompress_file(args.file, args.model, args.out, device=args.device,
-                            overwrite=args.force, progress=not args.quiet)
-    if not args.quiet:
-        print(f"{args.file}: {stats['bytes']:,} bytes restored (SHA-256 verified), "
-              f"{stats['kb_per_second']:.1f} KB/s", file=sys.stderr)
 
 
 def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
@@ -555,25 +262,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list model presets")
     p.set_defaults(func=cmd_presets)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]  # after the subcommand
-    try:
-        code = args.func(args)
-    except UntokError as exc:
-        print(f"untok: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("untok: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `untok generate ... | head`
-        sys.stderr.close()
-        return 0
-    return code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

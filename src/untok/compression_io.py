@@ -1,0 +1,101 @@
+"""Compressing and decompressing files (``untok compress`` / ``untok decompress``): the
+container of :mod:`untok.compression`, read from and written to files or stdin/stdout
+without ever leaving a half-written output."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from untok.compression import SUFFIX, compress, decompress, parse_header
+from untok.errors import UntokError
+from untok.hardware import pick_device
+from untok.models import load
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UntokError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write_output(path: str, data: bytes, overwrite: bool) -> None:
+    """Write to ``path`` (``-`` = stdout) through a temporary file renamed into place."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise UntokError(f"{path} already exists; pass --force to overwrite it")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UntokError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UntokError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def default_output(source: str, decompressing: bool) -> str:
+    """``FILE`` -> ``FILE.utk`` and back; stdin -> stdout."""
+    if source == "-":
+        return "-"
+    if not decompressing:
+        return source + SUFFIX
+    if not source.endswith(SUFFIX) or source == SUFFIX:
+        raise UntokError(f"cannot name the output: {source} does not end in {SUFFIX}; "
+                         "pass -o FILE")
+    return source[:-len(SUFFIX)]
+
+
+def compress_file(source: str, checkpoint: str, output: str | None = None, *,
+                  chunk_size: int = 16384, batch_size: int = 16, adapt_lr: float = 0.0,
+                  adapt_every: int = 32, device: str = "auto", overwrite: bool = False,
+                  progress: bool = True) -> dict[str, float]:
+    """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
+    returns sizes, bits per byte and speed."""
+    output = output or default_output(source, decompressing=False)
+    if output != "-" and Path(output).exists() and not overwrite:
+        raise UntokError(f"{output} already exists; pass --force to overwrite it")
+    data = _read_input(source)
+    model = load(checkpoint, pick_device(device))
+    start = time.perf_counter()
+    blob = compress(data, model, chunk_size=chunk_size, batch_size=batch_size,
+                    adapt_lr=adapt_lr, adapt_every=adapt_every, progress=progress)
+    seconds = time.perf_counter() - start
+    _write_output(output, blob, overwrite)
+    return {"bytes": len(data), "compressed_bytes": len(blob),
+            "bpb": 8 * len(blob) / max(len(data), 1), "seconds": seconds,
+            "kb_per_second": len(data) / 1024 / seconds}
+
+
+def decompress_file(source: str, checkpoint: str, output: str | None = None, *,
+                    device: str | None = None, overwrite: bool = False,
+                    progress: bool = True) -> dict[str, float]:
+    """Decompress ``source`` (``-`` = stdin) with the model in ``checkpoint``; the output is
+    written only after its SHA-256 matches the one recorded at compression. ``device``
+    defaults to the kind of device the file was compressed on."""
+    output = output or default_output(source, decompressing=True)
+    if output != "-" and Path(output).exists() and not overwrite:
+        raise UntokError(f"{output} already exists; pass --force to overwrite it")
+    blob = _read_input(source)
+    header = parse_header(blob)
+    model = load(checkpoint, pick_device(device or header.device))
+    start = time.perf_counter()
+    data = decompress(blob, model, progress=progress)
+    seconds = time.perf_counter() - start
+    _write_output(output, data, overwrite)
+    return {"bytes": len(data), "compressed_bytes": len(blob), "seconds": seconds,
+            "kb_per_second": len(data) / 1024 / seconds}
