@@ -97,3 +97,28 @@ def test_bad_recipe(tmp_path):
         read_recipe(path)
     with pytest.raises(ConfigError, match="recipe not found"):
         read_recipe(tmp_path / "missing.toml")
+
+
+def test_keys_of_untok_0_1_still_work_with_one_line_each(tmp_path, capsys):
+    import untok.config.loading as loading
+
+    loading._SEEN.clear()
+    config = resolve(preset_name="tiny", overrides=["train.objective=mse"])
+    assert config.model.head == "distance"
+    recipe = tmp_path / "old.toml"
+    recipe.write_text("preset = 'mmfree-tiny'\n[model]\nternary_head = true\n"
+                      "tie_embeddings = false\n")
+    assert resolve(recipe=recipe).model.head == "ternary"
+    assert resolve(overrides=["model.tie_embeddings=false"]).model.head == "linear"
+    assert resolve(overrides=["model.tie_embeddings=true"]).model.head == "auto"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3  # once per deprecated key, however often it is given
+    assert all(line.startswith("untok: ") and "deprecated" in line and "model.head" in line
+               for line in lines)
+    with pytest.raises(ConfigError, match="objective 'l2'"):
+        resolve(overrides=["train.objective=l2"])
+
+
+def test_an_unknown_family_names_the_registered_ones():
+    with pytest.raises(ConfigError, match="unknown model family 'gpt'.*flat, blt"):
+        resolve(overrides=["model.family=gpt"])

@@ -30,7 +30,7 @@ def test_bitlinear_matches_a_float64_reference():
     layer = BitLinear(24, 16).double()
     torch.nn.init.normal_(layer.weight, std=0.3)
     x = torch.randn(3, 5, 24, dtype=torch.float64)
-    # the formulas of DESIGN 5.5, written out directly
+    # the BitLinear formulas (docs/architecture.md, backbones), written out directly
     normed = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5)
     s_x = 127.0 / normed.abs().amax(-1, keepdim=True)
     x_q = torch.clamp(torch.round(normed * s_x), -128, 127) / s_x
