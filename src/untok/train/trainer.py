@@ -300,17 +300,33 @@ class Trainer(Budget):
                     unit="s", dynamic_ncols=True, desc=f"train step {self.step}",
                     bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
 
+    def _log_step(self, bar: tqdm, loss: float, lr: float, grad_norm: float, rate: float,
+                  elapsed: float) -> None:
+        """One metrics record and the bar's figures; ``rate`` in units per second."""
+        mfu = rate * self.model.flops_per_byte() / self.peak
+        name, label, shown = self._loss_name(loss)
+        self.log({"step": self.step, name: shown, "lr": lr, "grad_norm": grad_norm,
+                  "units_per_s": rate, "mfu": mfu, "units_seen": self.units_seen,
+                  "seconds": elapsed})
+        bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} {rate / 1e3:.1f} kB/s "
+                            f"mfu {mfu:.0%}")
+
+    def _advance(self, bar: tqdm, elapsed: float) -> None:
+        """One step on a step bar; the elapsed seconds on a time bar."""
+        if self.total_steps:
+            bar.update(1)
+        else:
+            bar.set_description(f"train step {self.step}", refresh=False)
+            bar.update(min(round(elapsed), bar.total) - bar.n)
+
     def run(self) -> TrainResult:
         """Train until the budget, early stopping or a stop request; return a summary."""
         t = self.config.train
         self.out.mkdir(parents=True, exist_ok=True)
-        peak = self.peak
-        flops_per_byte = self.model.flops_per_byte()
         previous_handlers = self._install_signal_handlers()
-        total = self.total_steps
         bar = self._progress_bar()
         self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
-                  "device": str(self.device), "matmul_peak_flops": peak,
+                  "device": str(self.device), "matmul_peak_flops": self.peak,
                   "precomputed_entropies": self.entropies is not None,
                   "config": self.config.to_dict()})
         started = self.clock_start
@@ -334,20 +350,9 @@ class Trainer(Budget):
                 now = time.perf_counter()
                 if self.step % t.log_every == 0:
                     rate = window_steps * self.units_per_step / (now - window_start)
-                    mfu = rate * flops_per_byte / peak
                     window_start, window_steps = now, 0
-                    name, label, shown = self._loss_name(loss)
-                    record = {"step": self.step, name: shown, "lr": lr,
-                              "grad_norm": grad_norm, "units_per_s": rate, "mfu": mfu,
-                              "units_seen": self.units_seen, "seconds": now - started}
-                    self.log(record)
-                    bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} "
-                                        f"{rate / 1e3:.1f} kB/s mfu {mfu:.0%}")
-                if total:
-                    bar.update(1)
-                else:
-                    bar.set_description(f"train step {self.step}", refresh=False)
-                    bar.update(min(round(now - started), bar.total) - bar.n)
+                    self._log_step(bar, loss, lr, grad_norm, rate, now - started)
+                self._advance(bar, now - started)
                 for callback in self.callbacks:
                     callback(self)
                 # every rank must take the same decision (time budgets and signals differ)
