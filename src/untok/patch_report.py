@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from untok.config import check_entropy_shape
 from untok.errors import UntokError
+from untok.models.blt import check_entropy_shape
 from untok.patching import Patcher, chunked_entropies, fit_threshold, patch_lengths
 from untok.units import BOS
 

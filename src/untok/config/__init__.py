@@ -38,13 +38,12 @@ from untok.config.schema import (
     QLearnConfig,
     RunConfig,
     TrainConfig,
-    check_entropy_shape,
 )
 
 __all__ = [
     "ATTENTIONS", "BACKBONES", "EMBEDDINGS", "FAMILY_RULES", "HEADS", "PARALLEL", "PATCHERS",
     "PRECISIONS", "PRESETS", "SECTIONS", "UNITS", "DataConfig", "EmbeddingConfig",
     "LocalConfig", "ModelConfig", "PatchingConfig", "QLearnConfig", "RunConfig",
-    "TrainConfig", "check_entropy_shape", "from_dict", "parse_overrides", "parse_value",
+    "TrainConfig", "from_dict", "parse_overrides", "parse_value",
     "preset", "read_recipe", "replace", "resolve", "save_json", "warn_deprecated",
 ]

@@ -36,12 +36,12 @@ class EmbeddingConfig:
     buckets: int = 4096
 
     def validate(self) -> None:
-        _check(self.kind in EMBEDDINGS, f"model.embedding.kind must be one of {EMBEDDINGS}")
-        _check(self.waves >= 2, "model.embedding.waves must be >= 2")
-        _check(all(n >= 2 for n in self.ngrams), "model.embedding.ngrams must all be >= 2")
-        _check(len(set(self.ngrams)) == len(self.ngrams),
+        check(self.kind in EMBEDDINGS, f"model.embedding.kind must be one of {EMBEDDINGS}")
+        check(self.waves >= 2, "model.embedding.waves must be >= 2")
+        check(all(n >= 2 for n in self.ngrams), "model.embedding.ngrams must all be >= 2")
+        check(len(set(self.ngrams)) == len(self.ngrams),
                "model.embedding.ngrams must not repeat a size")
-        _check(self.buckets > 0, "model.embedding.buckets must be positive")
+        check(self.buckets > 0, "model.embedding.buckets must be positive")
 
 
 PATCHERS = ("fixed", "space", "entropy")
@@ -82,30 +82,17 @@ class PatchingConfig:
     entropy_shape: ModelConfig | None = None
 
     def validate(self) -> None:
-        _check(self.kind in PATCHERS, f"model.patching.kind must be one of {PATCHERS}")
-        _check(self.patch_size >= 1, "model.patching.patch_size must be >= 1")
-        _check(self.max_len >= 1, "model.patching.max_len must be >= 1")
-        _check(self.target_len >= 1, "model.patching.target_len must be >= 1")
+        check(self.kind in PATCHERS, f"model.patching.kind must be one of {PATCHERS}")
+        check(self.patch_size >= 1, "model.patching.patch_size must be >= 1")
+        check(self.max_len >= 1, "model.patching.max_len must be >= 1")
+        check(self.target_len >= 1, "model.patching.target_len must be >= 1")
         if self.kind == "entropy":
-            _check(bool(self.entropy_model) or self.entropy_shape is not None,
+            check(bool(self.entropy_model) or self.entropy_shape is not None,
                    "entropy patching needs an entropy model: pass --entropy-model CKPT "
                    "(train one with `untok train --preset entropy-small`) or choose "
                    "--patching space|fixed")
         if self.entropy_shape is not None:
-            self.entropy_shape.validate()
-            check_entropy_shape(self.entropy_shape)
-
-
-def check_entropy_shape(shape: ModelConfig, where: object = "the entropy model") -> None:
-    """Entropy patching runs a flat byte transformer (the BLT rebuilds it from its shape);
-    anything else is a one-line error naming ``where`` (e.g. the checkpoint)."""
-    _check(shape.family == "flat" and shape.backbone == "transformer",
-           f"{where} must be a flat byte transformer to drive entropy patching (got family "
-           f"'{shape.family}', backbone '{shape.backbone}'); train one with --preset "
-           "entropy-small")
-    _check(shape.unit == "byte" and shape.vocab_size == VOCAB_SIZE,
-           f"{where} must read bytes to drive entropy patching (vocabulary {VOCAB_SIZE}, "
-           f"got unit '{shape.unit}', vocabulary {shape.vocab_size})")
+            self.entropy_shape.validate()  # and the BLT family checks what it is
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,13 +109,13 @@ class LocalConfig:
     slots: int = 2  # k query slots per patch; the patch vector is k x dim
 
     def validate(self) -> None:
-        _check(self.dim > 0 and self.num_heads > 0 and self.dim % self.num_heads == 0,
+        check(self.dim > 0 and self.num_heads > 0 and self.dim % self.num_heads == 0,
                "model.local.dim must be a positive multiple of model.local.num_heads")
-        _check((self.dim // self.num_heads) % 2 == 0,
+        check((self.dim // self.num_heads) % 2 == 0,
                "model.local.dim / model.local.num_heads must be even (RoPE)")
-        _check(self.encoder_layers >= 0 and self.decoder_layers >= 1,
+        check(self.encoder_layers >= 0 and self.decoder_layers >= 1,
                "model.local needs encoder_layers >= 0 and decoder_layers >= 1")
-        _check(self.window >= 1 and self.slots >= 1,
+        check(self.window >= 1 and self.slots >= 1,
                "model.local.window and model.local.slots must be >= 1")
 
 
@@ -169,23 +156,23 @@ class ModelConfig:
         return -(-int(self.dim * 8 / 3) // 64) * 64
 
     def validate(self) -> None:
-        _check(self.dim > 0 and self.num_layers > 0 and self.num_heads > 0,
+        check(self.dim > 0 and self.num_layers > 0 and self.num_heads > 0,
                "model.dim, model.num_layers and model.num_heads must be positive")
-        _check(self.dim % self.num_heads == 0,
+        check(self.dim % self.num_heads == 0,
                f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
-        _check(self.head_dim % 2 == 0, "model.dim / model.num_heads must be even (RoPE)")
-        _check(self.context >= 2, "model.context must be at least 2")
-        _check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        check(self.head_dim % 2 == 0, "model.dim / model.num_heads must be even (RoPE)")
+        check(self.context >= 2, "model.context must be at least 2")
+        check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
+        check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         self.embedding.validate()
-        _check(self.backbone in BACKBONES, f"model.backbone must be one of {BACKBONES}")
-        _check(self.unit in UNITS, f"model.unit must be one of {UNITS}")
-        _check(self.attention in ATTENTIONS, f"model.attention must be one of {ATTENTIONS}")
-        _check(self.head in HEADS, f"model.head must be one of {HEADS}")
+        check(self.backbone in BACKBONES, f"model.backbone must be one of {BACKBONES}")
+        check(self.unit in UNITS, f"model.unit must be one of {UNITS}")
+        check(self.attention in ATTENTIONS, f"model.attention must be one of {ATTENTIONS}")
+        check(self.head in HEADS, f"model.head must be one of {HEADS}")
         if self.attention == "differential":
-            _check(self.num_heads % 2 == 0 and self.head_dim % 2 == 0,
+            check(self.num_heads % 2 == 0 and self.head_dim % 2 == 0,
                    "differential attention pairs heads: model.num_heads must be even")
-        _check(self.family in FAMILY_RULES, f"unknown model family '{self.family}'; "
+        check(self.family in FAMILY_RULES, f"unknown model family '{self.family}'; "
                f"families: {', '.join(FAMILY_RULES)}")
         FAMILY_RULES[self.family](self)
 
@@ -198,7 +185,7 @@ class ModelConfig:
             for part in name.split("."):
                 value, default = getattr(value, part), getattr(default, part)
             shown = "changed" if dataclasses.is_dataclass(value) else repr(value)
-            _check(value == default, f"model.{name} = {shown}: {why}")
+            check(value == default, f"model.{name} = {shown}: {why}")
 
 
 SCHEDULES = ("cosine", "constant", "warmup")
@@ -226,18 +213,18 @@ class QLearnConfig:
     epsilon_min: float = 0.02
 
     def validate(self) -> None:
-        _check(len(self.actions) > 0 and all(a > 0 for a in self.actions),
+        check(len(self.actions) > 0 and all(a > 0 for a in self.actions),
                "train.qlearn.actions must be positive learning-rate factors")
-        _check(self.every >= 1, "train.qlearn.every must be >= 1")
-        _check(0 < self.alpha <= 1 and 0 <= self.gamma < 1,
+        check(self.every >= 1, "train.qlearn.every must be >= 1")
+        check(0 < self.alpha <= 1 and 0 <= self.gamma < 1,
                "train.qlearn needs 0 < alpha <= 1 and 0 <= gamma < 1")
-        _check(0 <= self.epsilon_min <= self.epsilon <= 1 and 0 < self.epsilon_decay <= 1,
+        check(0 <= self.epsilon_min <= self.epsilon <= 1 and 0 < self.epsilon_decay <= 1,
                "train.qlearn needs 0 <= epsilon_min <= epsilon <= 1, 0 < epsilon_decay <= 1")
         for name in ("lr_min", "lr_max"):
             value = getattr(self, name)
-            _check(value is None or value > 0, f"train.qlearn.{name} must be positive")
+            check(value is None or value > 0, f"train.qlearn.{name} must be positive")
         if self.lr_min is not None and self.lr_max is not None:
-            _check(self.lr_min <= self.lr_max, "train.qlearn.lr_min must be <= lr_max")
+            check(self.lr_min <= self.lr_max, "train.qlearn.lr_min must be <= lr_max")
 PRECISIONS = ("fp32", "bf16", "auto")
 PARALLEL = ("auto", "ddp", "fsdp")
 
@@ -280,23 +267,23 @@ class TrainConfig:
     qlearn: QLearnConfig = field(default_factory=QLearnConfig)
 
     def validate(self) -> None:
-        _check(self.lr > 0, "train.lr must be positive")
-        _check(self.lr_controller in LR_CONTROLLERS,
+        check(self.lr > 0, "train.lr must be positive")
+        check(self.lr_controller in LR_CONTROLLERS,
                f"train.lr_controller must be one of {LR_CONTROLLERS}")
         self.qlearn.validate()
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]")
-        _check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")
-        _check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
-        _check(self.batch_size > 0 and self.grad_accum > 0,
+        check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]")
+        check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")
+        check(self.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}")
+        check(self.batch_size > 0 and self.grad_accum > 0,
                "train.batch_size and train.grad_accum must be positive")
-        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
-        _check(self.parallel in PARALLEL, f"train.parallel must be one of {PARALLEL}")
-        _check(self.dist_timeout > 0, "train.dist_timeout must be positive")
-        _check(self.eval_every > 0 and self.log_every > 0,
+        check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        check(self.parallel in PARALLEL, f"train.parallel must be one of {PARALLEL}")
+        check(self.dist_timeout > 0, "train.dist_timeout must be positive")
+        check(self.eval_every > 0 and self.log_every > 0,
                "train.eval_every and train.log_every must be positive")
         for name in ("steps", "bytes", "minutes", "patience", "eval_bytes", "eval_stride"):
             value = getattr(self, name)
-            _check(value is None or value > 0, f"train.{name} must be positive when given")
+            check(value is None or value > 0, f"train.{name} must be positive when given")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -311,7 +298,7 @@ class DataConfig:
     val_bytes: int | None = None
 
     def validate(self) -> None:
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
+        check(0.0 < self.val_fraction < 1.0, "data.val_fraction must be in (0, 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -332,7 +319,7 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 
-def _check(condition: bool, message: str) -> None:
+def check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from untok.config import PatchingConfig, check_entropy_shape
+from untok.config import PatchingConfig
 from untok.data.loader import UnitStream
 from untok.data.store import ByteStore
 from untok.files import sha256_file, write_atomic
@@ -44,6 +44,7 @@ def compute_entropies(store: ByteStore, checkpoint: str | Path, *,
     atomically (temporary names, the meta file renamed into place last)."""
     from untok.checkpoint import read_model_config, resolve_checkpoint
     from untok.models import load
+    from untok.models.blt import check_entropy_shape
 
     checkpoint = resolve_checkpoint(checkpoint)
     check_entropy_shape(read_model_config(checkpoint), checkpoint)

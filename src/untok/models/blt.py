@@ -24,6 +24,7 @@ from torch import nn
 
 from untok.checkpoint import read_model_config, resolve_checkpoint
 from untok.config import ModelConfig
+from untok.config.schema import check
 from untok.data.loader import TrainSampler, UnitStream
 from untok.errors import ConfigError
 from untok.files import sha256_file
@@ -49,7 +50,7 @@ from untok.nn.embeddings import (
 from untok.nn.stacks import TransformerStack, make_stack
 from untok.patching import Patcher, PatcherState, fit_threshold
 from untok.scores import Logits
-from untok.units import ByteUnits, Units
+from untok.units import VOCAB_SIZE, ByteUnits, Units
 
 
 class CrossAttention(nn.Module):
@@ -364,9 +365,23 @@ def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
     return config
 
 
+def check_entropy_shape(shape: ModelConfig, where: object = "the entropy model") -> None:
+    """Entropy patching runs a flat byte transformer (the BLT rebuilds it from its shape);
+    anything else is a one-line error naming ``where`` (e.g. the checkpoint)."""
+    check(shape.family == "flat" and shape.backbone == "transformer",
+          f"{where} must be a flat byte transformer to drive entropy patching (got family "
+          f"'{shape.family}', backbone '{shape.backbone}'); train one with --preset "
+          "entropy-small")
+    check(shape.unit == "byte" and shape.vocab_size == VOCAB_SIZE,
+          f"{where} must read bytes to drive entropy patching (vocabulary {VOCAB_SIZE}, "
+          f"got unit '{shape.unit}', vocabulary {shape.vocab_size})")
+
+
 def validate_blt(c: ModelConfig) -> None:
     """The BLT family's rules."""
     c.patching.validate()
+    if c.patching.entropy_shape is not None:
+        check_entropy_shape(c.patching.entropy_shape)
     c.local.validate()
     c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the flat "
                        "transformer (family 'flat', backbone 'transformer')")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from untok.config import ModelConfig
-from untok.errors import ConfigError
+from untok.config.schema import check
 from untok.models.base import init_residuals, init_standard, next_unit_loss
 from untok.models.registry import Capabilities, Family, register, shape_summary
 from untok.nn.attention import Rope, local_causal_mask
@@ -261,23 +261,18 @@ def validate_flat(c: ModelConfig) -> None:
     if c.backbone == "mmfree":
         c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the "
                            "transformer backbone; drop it or set model.backbone=transformer")
-        _rule(head in ("tied", "linear", "ternary"), f"model.head = '{head}' needs the "
+        check(head in ("tied", "linear", "ternary"), f"model.head = '{head}' needs the "
               "transformer backbone; a MatMul-free model's head is tied, linear or ternary")
     else:
-        _rule(head != "ternary", "model.head = 'ternary' is a MatMul-free head: set "
+        check(head != "ternary", "model.head = 'ternary' is a MatMul-free head: set "
               "model.backbone = 'mmfree'")
     if c.unit == "codepoint":
-        _rule(head == "codepoint", f"model.head = '{head}' needs model.unit = 'byte' (a "
+        check(head == "codepoint", f"model.head = '{head}' needs model.unit = 'byte' (a "
               "code-point model predicts with model.head = 'codepoint')")
-        _rule(not c.embedding.ngrams, "hash n-grams read bytes: drop model.embedding.ngrams "
+        check(not c.embedding.ngrams, "hash n-grams read bytes: drop model.embedding.ngrams "
               "for model.unit = 'codepoint'")
     else:
-        _rule(head != "codepoint", "model.head = 'codepoint' needs model.unit = 'codepoint'")
-
-
-def _rule(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+        check(head != "codepoint", "model.head = 'codepoint' needs model.unit = 'codepoint'")
 
 
 def flat_capabilities(config: ModelConfig) -> Capabilities:
