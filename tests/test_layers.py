@@ -12,7 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "untok"
 # the registry, the families' own files and the backbone factory; the config schema checks
 # that option values exist (``backbone in BACKBONES``) and the loader converts 0.1 keys
-FAMILY_FILES = {"models/registry.py", "models/flat.py", "models/blt.py", "nn/stacks.py",
+FAMILY_FILES = {"models/registry.py", "models/flat.py", "models/blt.py", "models/tfree.py",
+                "nn/stacks.py",
                 "config/schema.py", "config/loading.py"}
 BRANCH = re.compile(r"""(\b(family|unit|unit_name|backbone|head|objective)\s*(==|!=|in)\s)|"""
                     r"""getattr\([^)]*"(unit|family|objective|backbone|patcher|decode_one)"|"""

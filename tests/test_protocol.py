@@ -134,9 +134,9 @@ def test_save_load_is_bit_exact(case, tmp_path):
     save_checkpoint(tmp_path / "ckpt", model)
     loaded = load(tmp_path / "ckpt")
     assert loaded.config == model.config and loaded.units.state() == model.units.state()
-    ids = sample_ids(model, 2, config.context)
-    with torch.no_grad():
-        assert torch.equal(model(ids).log_prob(ids), loaded(ids).log_prob(ids))
+    with torch.no_grad():  # (ids are relative to a units object: each encodes the text)
+        ids, again = sample_ids(model, 2, config.context), sample_ids(loaded, 2, config.context)
+        assert torch.equal(model(ids).log_prob(ids), loaded(again).log_prob(again))
 
 
 def test_a_few_steps_lower_the_loss(case):

@@ -114,13 +114,14 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
         nll, correct = score(out, targets.to(device))
         target_pos = positions[:, 1:]
         first_scored = np.array([f for _, f in batch])[:, None]
-        sizes = unit.byte_lengths(targets.numpy())
-        scored = (target_pos >= first_scored) & (sizes > 0) & valid[:, 1:]
+        sizes = np.where(valid[:, 1:], stream.byte_sizes(np.minimum(target_pos, length - 1)), 0)
+        text = targets.numpy() < unit.num_content  # not BOS, EOS or PAD
+        scored = (target_pos >= first_scored) & text & valid[:, 1:]
         docs = piece_docs[stream.piece_of(target_pos[scored])] if per_file else \
             np.zeros(int(scored.sum()), dtype=np.int64)
         kept = targets.numpy()[scored]
         totals.add(nll.numpy()[scored], correct.numpy()[scored], sizes[scored],
-                   unit.char_starts(kept), docs)
+                   unit.char_counts(kept), docs)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)

@@ -129,6 +129,7 @@ def _generate(model: nn.Module, prompt: bytes, max_bytes: int, sampler: SamplerC
     else:
         logits = model(torch.tensor([history], device=device))
     longest_stop = max((len(s) for s in stops), default=0)
+    last = [i for i in history if i < unit.num_content][-2:]  # what the next unit follows
     tail = b""  # the last bytes of the output, enough to spot a stop string
     emitted = 0
     while emitted < max_bytes:
@@ -136,7 +137,9 @@ def _generate(model: nn.Module, prompt: bytes, max_bytes: int, sampler: SamplerC
         value = int(chosen)
         if value >= unit.num_content:  # EOS
             return
-        piece = unit.decode([value])
+        # the bytes the unit adds after the last ones (a word may bring the space before it)
+        piece = unit.decode(last + [value])[len(unit.decode(last)):]
+        last = (last + [value])[-2:]
         emitted += len(piece)
         if emitted > max_bytes:
             return

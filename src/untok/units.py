@@ -140,11 +140,15 @@ class Units(Protocol):
         ...
 
     def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
-        """UTF-8 bytes each id stands for (int64, same shape; 0 for specials)."""
+        """UTF-8 bytes each id stands for (int64, same shape; 0 for specials). ``ids`` is
+        read as text from its start along the last axis: units whose bytes depend on the
+        id before (a word's implicit space) attribute them to the later id, so the sum is
+        the length of ``decode(ids)``."""
         ...
 
-    def char_starts(self, ids: np.ndarray) -> np.ndarray:
-        """Whether each (text) id starts a character, for bits per character."""
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
+        """Characters each (text) id starts (int64; 0 or 1 for bytes), for bits per
+        character."""
         ...
 
     def state(self) -> dict[str, Any]:
@@ -173,7 +177,7 @@ class ByteUnits:
     def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
         return (np.asarray(ids) < NUM_BYTES).astype(np.int64)
 
-    def char_starts(self, ids: np.ndarray) -> np.ndarray:
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
         return (ids < 0x80) | (ids >= 0xC0)  # not a continuation byte
 
     def state(self) -> dict[str, Any]:
@@ -199,7 +203,7 @@ class CodepointUnits:
     def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
         return utf8_lengths(ids)
 
-    def char_starts(self, ids: np.ndarray) -> np.ndarray:
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
         raw = ids - ESCAPE_FIRST + 0x80  # an escape id counts as its raw byte would
         is_escape = (raw >= 0x80) & (raw <= 0xFF)
         return ~is_escape | (raw >= 0xC0)

@@ -38,12 +38,13 @@ from untok.config.schema import (
     QLearnConfig,
     RunConfig,
     TrainConfig,
+    WordsConfig,
 )
 
 __all__ = [
     "ATTENTIONS", "BACKBONES", "EMBEDDINGS", "FAMILY_RULES", "HEADS", "PARALLEL", "PATCHERS",
     "PRECISIONS", "PRESETS", "SECTIONS", "UNITS", "DataConfig", "EmbeddingConfig",
     "LocalConfig", "ModelConfig", "PatchingConfig", "QLearnConfig", "RunConfig",
-    "TrainConfig", "from_dict", "parse_overrides", "parse_value",
+    "TrainConfig", "WordsConfig", "from_dict", "parse_overrides", "parse_value",
     "preset", "read_recipe", "replace", "resolve", "save_json", "warn_deprecated",
 ]

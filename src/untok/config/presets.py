@@ -65,6 +65,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 32, "lr": 8e-4, "warmup_steps": 1000, "eval_every": 1000,
                   "precision": "auto"},
     },
+    "tfree-tiny": {  # unit tests: T-Free words over a tiny transformer
+        "model": {"family": "tfree", "dim": 32, "num_layers": 2, "num_heads": 2, "context": 32,
+                  "words": {"hash_size": 1024, "ids_per_trigram": 4, "lowercase_ids": 1,
+                            "dict_size": 512}},
+        "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
+                  "log_every": 1},
+    },
+    "tfree-small": {  # CPU: 256 x 4 over words (a context of 128 words is ~500 bytes)
+        "model": {"family": "tfree", "dim": 256, "num_layers": 4, "num_heads": 8,
+                  "context": 128, "words": {"hash_size": 8192, "dict_size": 16384}},
+        "train": {"batch_size": 16, "lr": 2e-3, "warmup_steps": 100},
+    },
+    "tfree-base": {  # GPU: 768 x 12 over 1024 words
+        "model": {"family": "tfree", "dim": 768, "num_layers": 12, "num_heads": 12,
+                  "context": 1024, "words": {"hash_size": 16384, "dict_size": 65536}},
+        "train": {"batch_size": 32, "lr": 8e-4, "warmup_steps": 1000, "eval_every": 1000,
+                  "precision": "auto"},
+    },
     "mmfree-tiny": {  # unit tests
         "model": {"backbone": "mmfree", "dim": 32, "num_layers": 2, "context": 32},
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,

@@ -120,6 +120,38 @@ class LocalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WordsConfig:
+    """The T-Free family's word codes and dictionary (``family = "tfree"``).
+
+    A word's code is m = ``ids_per_trigram`` hashed ids out of v = ``hash_size`` for each
+    of its byte trigrams, k = ``lowercase_ids`` of them shared with the lowercase
+    trigram. The dictionary holds the ``dict_size`` most frequent words of the train split
+    (plus the special words); ``dictionary`` is filled in when training starts (the cached
+    file it was built into) and the words travel in the checkpoint's ``units.json``.
+    ``pos_weight`` weighs the sparse positives of the multi-label loss; ``edge_weight``
+    scales the ids of a word's first and last trigram when scoring the dictionary."""
+
+    hash_size: int = 8192
+    ids_per_trigram: int = 8
+    lowercase_ids: int = 2
+    dict_size: int = 16384
+    pos_weight: float = 100.0
+    edge_weight: float = 1.0
+    seed: int = 0
+    dictionary: str = ""
+
+    def validate(self) -> None:
+        check(self.hash_size >= 16, "model.words.hash_size must be >= 16")
+        check(0 <= self.lowercase_ids <= self.ids_per_trigram <= self.hash_size // 4,
+              "model.words needs 0 <= lowercase_ids <= ids_per_trigram <= hash_size / 4")
+        check(self.ids_per_trigram >= 1, "model.words.ids_per_trigram must be >= 1")
+        check(self.dict_size >= 1, "model.words.dict_size must be >= 1 (the most frequent "
+              "words of the train split that the model scores; 16384 by default)")
+        check(self.pos_weight > 0 and self.edge_weight >= 0,
+              "model.words.pos_weight must be > 0 and model.words.edge_weight >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape of a byte model. ``mlp_hidden = 0`` picks 8/3 x dim rounded up to 64.
 
@@ -144,6 +176,7 @@ class ModelConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     patching: PatchingConfig = field(default_factory=PatchingConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
+    words: WordsConfig = field(default_factory=WordsConfig)
 
     @property
     def head_dim(self) -> int:

@@ -56,6 +56,10 @@ class UnitStream:
                        np.where(offset < 0, BOS, EOS)).astype(np.int64)
         return ids.reshape(positions.shape)
 
+    def byte_sizes(self, positions: np.ndarray) -> np.ndarray:
+        """UTF-8 bytes of text the id at each stream position stands for (0 for specials)."""
+        return self.units.byte_lengths(self.gather(positions))
+
     def window(self, start: int, length: int) -> np.ndarray:
         return self.gather(np.arange(start, start + length, dtype=np.int64))
 
@@ -66,7 +70,9 @@ class UnitStream:
 
 class EncodedStream(UnitStream):
     """The ids of one split in ``units``: each piece ``BOS ids.. [EOS]``, held in memory as
-    int32."""
+    int32, with the bytes each id stands for in its piece (units whose ids cover bytes
+    that depend on their neighbours, such as words with implicit spaces, count them once
+    here)."""
 
     def __init__(self, store: ByteStore, split: str, units: Units) -> None:
         self.store = store
@@ -74,7 +80,7 @@ class EncodedStream(UnitStream):
         self.units = unit = units
         self.segments = store.segments(split)
         self.num_bytes = self.segments.num_bytes
-        parts, sizes = [], []
+        parts, sizes, counts = [], [], []
         data = store.data
         for start, length, ends in zip(self.segments.starts, self.segments.lengths,
                                        self.segments.ends_doc, strict=True):
@@ -82,12 +88,18 @@ class EncodedStream(UnitStream):
             piece = [np.array([unit.bos]), chars] + ([np.array([unit.eos])] if ends else [])
             parts.extend(piece)
             sizes.append(sum(len(p) for p in piece))
+            counts.append(unit.byte_lengths(np.concatenate(piece)))
         self.ids = np.concatenate(parts).astype(np.int32) if parts else \
+            np.zeros(0, dtype=np.int32)
+        self.sizes = np.concatenate(counts).astype(np.int32) if counts else \
             np.zeros(0, dtype=np.int32)
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         return self.ids[positions].astype(np.int64)
+
+    def byte_sizes(self, positions: np.ndarray) -> np.ndarray:
+        return self.sizes[positions].astype(np.int64)
 
 
 def open_stream(store: ByteStore, split: str, units: Units = UnitStream.units) -> UnitStream:

@@ -1,7 +1,7 @@
 """Model families: the registry (:mod:`.registry`) and the families that ship with untok.
 
-Importing this package registers ``flat`` (including its MatMul-free backbone) and
-``blt``; :func:`build_model` and :func:`load` build any registered family.
+Importing this package registers ``flat`` (including its MatMul-free backbone), ``blt``
+and ``tfree``; :func:`build_model` and :func:`load` build any registered family.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from untok.models.registry import (
     register,
     require,
 )
+from untok.models.tfree import TFreeLM
 
-__all__ = ["BLT", "FAMILIES", "ByteLM", "Capabilities", "Family", "FlatLM", "build_model",
+__all__ = ["BLT", "FAMILIES", "ByteLM", "Capabilities", "Family", "FlatLM", "TFreeLM",
+           "build_model",
            "capabilities", "family_of", "load", "register", "require"]

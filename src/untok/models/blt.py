@@ -383,6 +383,7 @@ def validate_blt(c: ModelConfig) -> None:
     if c.patching.entropy_shape is not None:
         check_entropy_shape(c.patching.entropy_shape)
     c.local.validate()
+    c.require_defaults(("words",), "applies to T-Free models only (family 'tfree')")
     c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the flat "
                        "transformer (family 'flat', backbone 'transformer')")
     if c.head not in ("auto", "tied", "linear"):

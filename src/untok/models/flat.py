@@ -258,6 +258,7 @@ def validate_flat(c: ModelConfig) -> None:
     head = head_of(c)
     c.require_defaults(("patching", "local"), "applies to BLT models only, and this model's "
                        "family is 'flat'; choose a BLT preset such as --preset blt-small")
+    c.require_defaults(("words",), "applies to T-Free models only (family 'tfree')")
     if c.backbone == "mmfree":
         c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the "
                            "transformer backbone; drop it or set model.backbone=transformer")
