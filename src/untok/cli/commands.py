@@ -250,18 +250,29 @@ def cmd_presets(_: argparse.Namespace) -> None:
               f"{family_of(model).summary(model)}")
 
 
+def _text_or_file(args: argparse.Namespace) -> bytes:
+    if (args.text is None) == (args.file is None):
+        raise UntokError("give exactly one of --text or --file")
+    if args.file is None:
+        return args.text.encode("utf-8", "surrogateescape")
+    try:
+        return Path(args.file).read_bytes()
+    except OSError as exc:
+        raise UntokError(f"cannot read {args.file}: {exc.strerror}") from None
+
+
+def cmd_words(args: argparse.Namespace) -> None:
+    from untok.word_report import describe_words, format_words, load_units
+
+    data = _text_or_file(args)
+    report = describe_words(load_units(args.model), data)
+    print(json.dumps(report) if args.json else format_words(report))
+
+
 def cmd_patches(args: argparse.Namespace) -> None:
     from untok.patch_report import describe_patches, format_patches, load_patcher
 
-    if (args.text is None) == (args.file is None):
-        raise UntokError("give exactly one of --text or --file")
-    if args.file is not None:
-        try:
-            data = Path(args.file).read_bytes()
-        except OSError as exc:
-            raise UntokError(f"cannot read {args.file}: {exc}") from None
-    else:
-        data = args.text.encode("utf-8", "surrogateescape")
+    data = _text_or_file(args)
     patcher = load_patcher(args.model, kind=args.patching, threshold=args.threshold,
                            relative=args.relative, max_len=args.max_len,
                            patch_size=args.patch_size, target_len=args.fit)

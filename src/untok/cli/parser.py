@@ -17,6 +17,7 @@ from untok.cli.commands import (
     cmd_patches,
     cmd_presets,
     cmd_train,
+    cmd_words,
 )
 
 EPILOG = """examples:
@@ -208,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=_positive_int, help="maximum patch length")
     p.add_argument("--patch-size", type=_positive_int, help="bytes per patch (fixed)")
     p.set_defaults(func=cmd_patches)
+
+    p = sub.add_parser("words", help="show how a T-Free model splits and codes text")
+    p.add_argument("model", nargs="?", help="T-Free checkpoint (default: the default word "
+                   "codes, no dictionary)")
+    p.add_argument("--text", help="text to split")
+    p.add_argument("--file", help="file to split (raw bytes)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_words)
 
     p = sub.add_parser("export", help="ship a checkpoint in a compact form")
     p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
