@@ -137,3 +137,15 @@ def test_demo_smoke(tmp_path):
                                            "xz -9e given train"}
     assert {"val_bpb", "params", "steps", "units_per_s"} <= set(figures["candidates"]["128 x 2"])
     assert figures["curve"]["candidate"] == "128 x 2" and figures["curve"]["points"]
+
+
+@pytest.mark.slow
+def test_tfree_smoke(tmp_path):
+    figures = run_bench(tmp_path, "tfree.py", "--minutes", "0.05")
+    assert set(figures["quality"]) == {"T-Free (tfree-small)", "flat bytes (enwik8-small)",
+                                       "BPE-4096 + transformer"}
+    for row in figures["quality"].values():
+        assert {"val_bpb", "embedding_head_params", "params", "train_bytes_per_s"} <= set(row)
+    assert len(figures["fertility"]) == 25
+    assert {"T-Free words", "UTF-8 bytes", "BPE-4k", "BPE-32k"} <= \
+        set(figures["fertility"]["eng"])

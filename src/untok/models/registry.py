@@ -52,6 +52,7 @@ class TrainingData:
 
     store: ByteStore
     device: torch.device
+    progress: bool = False  # show a progress bar for long preparations
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from untok.config import ModelConfig
 from untok.errors import ConfigError, DataError
@@ -137,10 +139,16 @@ class WordUnits:
 UNIT_KINDS["words"] = WordUnits
 
 
-def fit_dictionary(train: bytes, size: int) -> dict[str, Any]:
-    """The ``size`` most frequent words of ``train`` (ties in first-seen order) and the
-    order-1 byte counts of every word occurrence (the spelling model)."""
-    counts = Counter(w for w in split(train) if not is_special(w))
+def fit_dictionary(train: bytes | Iterable[bytes], size: int, progress: bool = False
+                   ) -> dict[str, Any]:
+    """The ``size`` most frequent words of ``train`` (bytes, or its documents one by one;
+    ties in first-seen order) and the order-1 byte counts of every word occurrence (the
+    spelling model). A size above the number of distinct words keeps them all."""
+    pieces = [train] if isinstance(train, bytes) else train
+    counts: Counter[str] = Counter()
+    for piece in tqdm(pieces, desc="dictionary", unit="doc", disable=not progress,
+                      leave=False):
+        counts.update(w for w in split(piece) if not is_special(w))
     if not counts:
         raise DataError("the train split holds no words to build a dictionary from (it is "
                         "empty or only whitespace); give the T-Free model some text")
@@ -175,7 +183,10 @@ def prepare_tfree(config: ModelConfig, data: TrainingData | None) -> ModelConfig
     store = data.store
     path = cache_dir() / "words" / f"{store.meta['sha256'][:16]}-{w.dict_size}.json"
     if not path.is_file():
-        fitted = fit_dictionary(store.split_data("train", b"\n"), w.dict_size)
+        segments = store.segments("train")
+        documents = (bytes(store.data[s:s + n]) for s, n in
+                     zip(segments.starts, segments.lengths, strict=True))
+        fitted = fit_dictionary(documents, w.dict_size, data.progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(fitted))
     return replace(config, words=replace(w, dictionary=str(path)))

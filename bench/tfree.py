@@ -1,0 +1,171 @@
+"""T-Free against the flat byte model and BPE-4096 + transformer, and fertility by language.
+
+Quality (``--minutes`` of training each, one after the other, the whole enwik8-4M val
+split): T-Free (``tfree-small``), the flat byte model (``recipes/enwik8-small.toml``) and
+the BPE-4096 baseline of ``bench/quality.py``: val bpb, embedding + head parameters,
+training bytes/s, greedy generation bytes/s.
+
+Fertility (no training of a model): over the 25 languages of ``shared/data/multilingual``,
+units per 100 UTF-8 bytes and per space-separated word of the last 10% of each file, for
+T-Free words, byte-level BPE-4096 and BPE-32k trained on the first 90% of all 25 files,
+and UTF-8 bytes.
+
+    python bench/tfree.py --minutes 10              # quality and fertility
+    python bench/tfree.py --fertility-only          # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, SHARED, require, write_result
+from quality import VAL_BYTES, run_bpe, split_bytes
+from untok.config import resolve
+from untok.data.ingest import open_data
+from untok.evaluate import evaluate
+from untok.generate import SamplerConfig, generate
+from untok.models import load
+from untok.train.trainer import train
+from untok.words import split
+
+LANGUAGES = SHARED / "multilingual"
+
+
+def generation_bytes_per_s(model, num_bytes: int = 200) -> float:
+    start = time.perf_counter()
+    n = sum(len(p) for p in generate(model, b"The ", max_bytes=num_bytes,
+                                     sampler=SamplerConfig(temperature=0)))
+    return n / (time.perf_counter() - start)
+
+
+def embedding_and_head(model) -> int:
+    """Parameters of the input embedding and the output head (a tied one counted once)."""
+    seen, total = set(), 0
+    for name in ("embed", "head"):
+        for p in getattr(model, name).parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def run_model(config) -> dict:
+    """Train an untok config for its minutes; the figures of the best checkpoint."""
+    with tempfile.TemporaryDirectory() as out:
+        result = train(config, out, progress=True)
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+        model = load(Path(out) / "best")
+    store = open_data(config.data.path, val_bytes=VAL_BYTES, progress=False)
+    scores = evaluate(model, store, "val", progress=True)
+    units_per_byte = scores["units"] / scores["bytes"]
+    rates = [r["units_per_s"] for r in records if "units_per_s" in r]
+    return {"val_bpb": scores["bpb"], "val_bytes": scores["bytes"],
+            "units_per_100_bytes": 100 * units_per_byte, "accuracy": scores["accuracy"],
+            "steps": result.step, "params": model.num_params(),
+            "embedding_head_params": embedding_and_head(model),
+            "train_bytes_per_s": statistics.median(rates[1:] or rates) / units_per_byte,
+            "generate_bytes_per_s": generation_bytes_per_s(model)}
+
+
+def quality(minutes: float) -> dict:
+    data = require(SHARED / "enwik8-4M")
+    common = [f"data.path={str(data)!r}", f"data.val_bytes={VAL_BYTES}",
+              f"train.minutes={minutes}"]
+    tfree = resolve(preset_name="tfree-small", overrides=[
+        *common, "train.eval_bytes=16384", "train.eval_every=200"])
+    flat = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml", overrides=common)
+    figures = {"T-Free (tfree-small)": run_model(tfree),
+               "flat bytes (enwik8-small)": run_model(flat)}
+    train_part, val = split_bytes()
+    bpe, _ = run_bpe(train_part, val, minutes)
+    shape = flat.model
+    bpe["embedding_head_params"] = bpe["vocab"] * shape.dim  # tied: one table
+    bpe["train_bytes_per_s"] = bpe["steps"] * flat.train.batch_size * shape.context * \
+        bpe["bytes_per_token"] / (60 * minutes)
+    figures["BPE-4096 + transformer"] = bpe
+    return figures
+
+
+def fertility() -> dict:
+    from tokenizers import ByteLevelBPETokenizer
+
+    files = sorted(require(LANGUAGES).glob("*.txt"))
+    texts = {f.stem: f.read_bytes() for f in files}
+    cut = {lang: data.rfind(b"\n", 0, int(len(data) * 0.9)) + 1 for lang, data in texts.items()}
+    train_text = [texts[lang][:cut[lang]].decode("utf-8") for lang in texts]
+    tokenizers = {}
+    for vocab in (4096, 32768):
+        tokenizer = ByteLevelBPETokenizer()
+        tokenizer.train_from_iterator(train_text, vocab_size=vocab, min_frequency=2,
+                                      show_progress=False)
+        tokenizers[f"BPE-{vocab // 1024}k"] = tokenizer
+    rows = {}
+    for lang, data in texts.items():
+        held = data[cut[lang]:]
+        spaced = max(len(held.split()), 1)
+        counts = {"T-Free words": len(split(held)), "UTF-8 bytes": len(held)}
+        for name, tokenizer in tokenizers.items():
+            counts[name] = len(tokenizer.encode(held.decode("utf-8", errors="replace")).ids)
+        rows[lang] = {name: {"per_100_bytes": 100 * n / len(held), "per_word": n / spaced}
+                      for name, n in counts.items()}
+    return rows
+
+
+def spread(rows: dict, name: str, key: str, languages: list[str] | None = None) -> float:
+    values = [rows[lang][name][key] for lang in (languages or rows)]
+    return max(values) / min(values)
+
+
+def render(figures: dict) -> str:
+    out = []
+    if "quality" in figures:
+        q = figures["quality"]
+        out += [f"Equal wall-clock, {figures['minutes']:g} minutes of training each, whole "
+                f"enwik8-4M val split ({VAL_BYTES:,} bytes):", "",
+                "| model | val bpb | embedding + head params | params | train bytes/s | "
+                "generate bytes/s |", "|---|---|---|---|---|---|"]
+        for name, r in q.items():
+            out.append(f"| {name} | **{r['val_bpb']:.3f}** | "
+                       f"{r['embedding_head_params'] / 1e6:.2f}M | {r['params'] / 1e6:.2f}M | "
+                       f"{r['train_bytes_per_s']:,.0f} | "
+                       f"{r.get('generate_bytes_per_s', float('nan')):,.0f} |")
+        out.append("")
+    rows = figures["fertility"]
+    names = list(next(iter(rows.values())))
+    out += ["Fertility: units per 100 UTF-8 bytes / per space-separated word, last 10% of "
+            "each language file:", "",
+            "| language | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for lang, row in rows.items():
+        out.append(f"| {lang} | " + " | ".join(
+            f"{row[n]['per_100_bytes']:.1f} / {row[n]['per_word']:.2f}" for n in names) + " |")
+    spaced = [lang for lang in rows if rows[lang]["UTF-8 bytes"]["per_word"] < 25]
+    out += ["", "Highest / lowest language, per 100 bytes (all 25) and per space-separated "
+            f"word ({len(spaced)} languages written with spaces):", ""]
+    for n in names:
+        out.append(f"- {n}: {spread(rows, n, 'per_100_bytes'):.2f}x per 100 bytes, "
+                   f"{spread(rows, n, 'per_word', spaced):.2f}x per word")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0, help="training per model")
+    parser.add_argument("--fertility-only", action="store_true")
+    args = parser.parse_args()
+    figures: dict = {"minutes": args.minutes, "fertility": fertility()}
+    if not args.fertility_only:
+        figures["quality"] = quality(args.minutes)
+    table = render(figures)
+    print(table)
+    name = "tfree_fertility" if args.fertility_only else "tfree"
+    print(f"wrote {write_result(name, figures, table)}")
+
+
+if __name__ == "__main__":
+    main()
