@@ -137,3 +137,24 @@ def test_cli_trains_evaluates_generates_and_shows_words(capsys, tmp_path, text_f
     assert "empty" in capsys.readouterr().err
     assert main(["presets"]) == 0
     assert "tfree-small" in capsys.readouterr().out
+
+
+def test_binary_data_and_a_corpus_without_repeats_are_words_too():
+    data = bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))
+    fitted = fit_dictionary(data, 10)  # escape words and symbols: still a dictionary
+    units = WordUnits(fitted["dictionary"], 256, 4, 1, spelling=fitted["spelling"])
+    assert units.decode(units.encode(data)) == data
+    assert int(units.byte_lengths(units.encode(data)).sum()) == len(data)
+    unique = fit_dictionary(b"one two three four", 10)  # no word repeats: all kept
+    assert unique["dictionary"] == ["one", "two", "three", "four"]
+
+
+def test_eval_reports_words_per_100_bytes_and_the_out_of_dictionary_rate(tmp_path):
+    units = units_with(["the", "cat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units)
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"the cat the dog\n" * 40)
+    store = ingest([str(text)], tmp_path / "s", progress=False, val_bytes=160)
+    result = untok.evaluate(model, store, "val")
+    assert result["units_per_100_bytes"] == pytest.approx(100 * 50 / 160)  # 5 words a line
+    assert result["out_of_vocabulary"] == pytest.approx(0.2)  # "dog" is spelled

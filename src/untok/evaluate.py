@@ -39,22 +39,24 @@ class _Totals:
         self.bytes = np.zeros(num_docs, dtype=np.int64)
         self.chars = np.zeros(num_docs, dtype=np.int64)
         self.units = 0
+        self.out_of_vocabulary = 0
         self.correct = 0
         self.confidence_sum = 0.0
         self.confidence_min = math.inf
         self.confidence_max = -math.inf
 
     def add(self, nll: np.ndarray, correct: np.ndarray, sizes: np.ndarray,
-            starts_char: np.ndarray, docs: np.ndarray) -> None:
-        """Per scored target: nll (nats), argmax correct, UTF-8 bytes it stands for, whether
-        it starts a character, and its document."""
+            chars: np.ndarray, known: np.ndarray, docs: np.ndarray) -> None:
+        """Per scored target: nll (nats), argmax correct, UTF-8 bytes it stands for, the
+        characters it starts, whether it is in the units' vocabulary, and its document."""
         if nll.size == 0:
             return
         n = len(self.bits)
         self.bits += np.bincount(docs, weights=nll / LN2, minlength=n)
         self.bytes += np.bincount(docs, weights=sizes, minlength=n).astype(np.int64)
-        self.chars += np.bincount(docs, weights=starts_char, minlength=n).astype(np.int64)
+        self.chars += np.bincount(docs, weights=chars, minlength=n).astype(np.int64)
         self.units += nll.size
+        self.out_of_vocabulary += int((~known).sum())
         self.correct += int(correct.sum())
         confidence = np.exp(-nll)
         self.confidence_sum += float(confidence.sum())
@@ -71,7 +73,9 @@ class _Totals:
                 "confidence_mean": self.confidence_sum / self.units,
                 "confidence_min": self.confidence_min, "confidence_max": self.confidence_max,
                 "bytes": count, "units": self.units, "bits": bits,
-                "bits_per_char": bits / max(int(self.chars.sum()), 1)}
+                "bits_per_char": bits / max(int(self.chars.sum()), 1),
+                "units_per_100_bytes": 100 * self.units / count,
+                "out_of_vocabulary": self.out_of_vocabulary / self.units}
 
 
 def score(out: Scores, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +125,7 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
             np.zeros(int(scored.sum()), dtype=np.int64)
         kept = targets.numpy()[scored]
         totals.add(nll.numpy()[scored], correct.numpy()[scored], sizes[scored],
-                   unit.char_counts(kept), docs)
+                   unit.char_counts(kept), unit.in_vocabulary(kept), docs)
         bar.update(len(batch))
     bar.close()
     model.train(was_training)

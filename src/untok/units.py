@@ -151,6 +151,11 @@ class Units(Protocol):
         character."""
         ...
 
+    def in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each text id is in the units' fixed vocabulary (False: a word that a
+        word model had to spell out)."""
+        ...
+
     def state(self) -> dict[str, Any]:
         """JSON-serialisable description, enough for :func:`units_from_state`."""
         ...
@@ -180,6 +185,9 @@ class ByteUnits:
     def char_counts(self, ids: np.ndarray) -> np.ndarray:
         return (ids < 0x80) | (ids >= 0xC0)  # not a continuation byte
 
+    def in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
+        return np.ones(np.shape(ids), dtype=bool)
+
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "vocab_size": self.vocab_size}
 
@@ -207,6 +215,9 @@ class CodepointUnits:
         raw = ids - ESCAPE_FIRST + 0x80  # an escape id counts as its raw byte would
         is_escape = (raw >= 0x80) & (raw <= 0xFF)
         return ~is_escape | (raw >= 0xC0)
+
+    def in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
+        return np.ones(np.shape(ids), dtype=bool)
 
     def state(self) -> dict[str, Any]:
         return {"name": self.name}

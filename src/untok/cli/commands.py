@@ -188,6 +188,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{store.name} [{args.split}]: {result['bytes']:,} bytes")
     print(f"bpb          {result['bpb']:.4f}   (bits per char {result['bits_per_char']:.4f})")
     print(f"accuracy     {result['accuracy']:.2%}")
+    if result["units_per_100_bytes"] != 100:  # units that are not bytes
+        print(f"units        {result['units_per_100_bytes']:.1f} per 100 bytes, "
+              f"{result['out_of_vocabulary']:.2%} out of vocabulary")
     print(f"perplexity   {result['perplexity']:.3f} per byte")
     print(f"confidence   mean {result['confidence_mean']:.3f}, "
           f"min {result['confidence_min']:.2e}, max {result['confidence_max']:.3f}")

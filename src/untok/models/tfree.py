@@ -122,6 +122,9 @@ class WordUnits:
                    for i in np.ravel(ids)]
         return np.array(lengths, dtype=np.int64).reshape(np.shape(ids))
 
+    def in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids) < self.dict_size
+
     def state(self) -> dict[str, Any]:
         v, m, k, seed = self.hash
         rows, cols = np.nonzero(self.spelling)
