@@ -77,7 +77,7 @@ def quality(minutes: float) -> dict:
     common = [f"data.path={str(data)!r}", f"data.val_bytes={VAL_BYTES}",
               f"train.minutes={minutes}"]
     tfree = resolve(preset_name="tfree-small", overrides=[
-        *common, "train.eval_bytes=16384", "train.eval_every=200"])
+        *common, "train.eval_bytes=4096", "train.eval_every=200"])
     flat = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml", overrides=common)
     figures = {"T-Free (tfree-small)": run_model(tfree),
                "flat bytes (enwik8-small)": run_model(flat)}
