@@ -54,14 +54,15 @@ def embedding_and_head(model) -> int:
     return total
 
 
-def run_model(config) -> dict:
-    """Train an untok config for its minutes; the figures of the best checkpoint."""
+def run_model(config, max_eval: int | None) -> dict:
+    """Train an untok config for its minutes; the figures of the best checkpoint (scored on
+    the whole val split, or its first ``max_eval`` units)."""
     with tempfile.TemporaryDirectory() as out:
         result = train(config, out, progress=True)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
         model = load(Path(out) / "best")
     store = open_data(config.data.path, val_bytes=VAL_BYTES, progress=False)
-    scores = evaluate(model, store, "val", progress=True)
+    scores = evaluate(model, store, "val", progress=True, max_bytes=max_eval)
     units_per_byte = scores["units"] / scores["bytes"]
     rates = [r["units_per_s"] for r in records if "units_per_s" in r]
     return {"val_bpb": scores["bpb"], "val_bytes": scores["bytes"],
@@ -72,15 +73,15 @@ def run_model(config) -> dict:
             "generate_bytes_per_s": generation_bytes_per_s(model)}
 
 
-def quality(minutes: float) -> dict:
+def quality(minutes: float, max_eval: int | None) -> dict:
     data = require(SHARED / "enwik8-4M")
     common = [f"data.path={str(data)!r}", f"data.val_bytes={VAL_BYTES}",
               f"train.minutes={minutes}"]
     tfree = resolve(preset_name="tfree-small", overrides=[
         *common, "train.eval_bytes=4096", "train.eval_every=200"])
     flat = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml", overrides=common)
-    figures = {"T-Free (tfree-small)": run_model(tfree),
-               "flat bytes (enwik8-small)": run_model(flat)}
+    figures = {"T-Free (tfree-small)": run_model(tfree, max_eval),
+               "flat bytes (enwik8-small)": run_model(flat, max_eval)}
     train_part, val = split_bytes()
     bpe, _ = run_bpe(train_part, val, minutes)
     shape = flat.model
@@ -157,10 +158,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="training per model")
     parser.add_argument("--fertility-only", action="store_true")
+    parser.add_argument("--max-eval", type=int, help="score only the first N val units of "
+                        "the untok models (smoke runs; default: the whole split)")
     args = parser.parse_args()
     figures: dict = {"minutes": args.minutes, "fertility": fertility()}
     if not args.fertility_only:
-        figures["quality"] = quality(args.minutes)
+        figures["quality"] = quality(args.minutes, args.max_eval)
     table = render(figures)
     print(table)
     name = "tfree_fertility" if args.fertility_only else "tfree"

@@ -141,7 +141,7 @@ def test_demo_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_tfree_smoke(tmp_path):
-    figures = run_bench(tmp_path, "tfree.py", "--minutes", "0.05")
+    figures = run_bench(tmp_path, "tfree.py", "--minutes", "0.05", "--max-eval", "512")
     assert set(figures["quality"]) == {"T-Free (tfree-small)", "flat bytes (enwik8-small)",
                                        "BPE-4096 + transformer"}
     for row in figures["quality"].values():
