@@ -69,7 +69,8 @@ def run_model(config, max_eval: int | None) -> dict:
             "units_per_100_bytes": 100 * units_per_byte, "accuracy": scores["accuracy"],
             "steps": result.step, "params": model.num_params(),
             "embedding_head_params": embedding_and_head(model),
-            "train_bytes_per_s": statistics.median(rates[1:] or rates) / units_per_byte,
+            "train_bytes_per_s": statistics.median(rates[1:] or rates) / units_per_byte
+            if rates else float("nan"),  # (a smoke run may make no step)
             "generate_bytes_per_s": generation_bytes_per_s(model)}
 
 
