@@ -86,9 +86,9 @@ def launch(name: str, overrides: list[str], out: Path, minutes: float, core: int
 
 
 def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float | dict[str, float],
-              jobs: int, recipe: Path) -> None:
+              jobs: int, recipe: Path | dict[str, Path]) -> None:
     """Train every run, ``jobs`` at a time, each in its own process on its own core, for
-    ``minutes`` (one budget for all, or one per run name)."""
+    ``minutes`` from ``recipe`` (one for all, or one per run name)."""
     pending = list(runs.items())
     active: list[tuple[str, subprocess.Popen, int]] = []
     while pending or active:
@@ -97,7 +97,8 @@ def train_all(runs: dict[str, tuple[Path, list[str]]], minutes: float | dict[str
             core = min(set(range(jobs)) - busy)
             name, (out, overrides) = pending.pop(0)
             budget = minutes[name] if isinstance(minutes, dict) else minutes
-            active.append((name, launch(name, overrides, out, budget, core, recipe), core))
+            start = recipe[name] if isinstance(recipe, dict) else recipe
+            active.append((name, launch(name, overrides, out, budget, core, start), core))
         time.sleep(2)
         for item in list(active):
             if item[1].poll() is not None:

@@ -1,9 +1,14 @@
 """T-Free against the flat byte model and BPE-4096 + transformer, and fertility by language.
 
 Quality (``--minutes`` of training each, one after the other, the whole enwik8-4M val
-split): T-Free (``tfree-small``), the flat byte model (``recipes/enwik8-small.toml``) and
-the BPE-4096 baseline of ``bench/quality.py``: val bpb, embedding + head parameters,
-training bytes/s, greedy generation bytes/s.
+split): T-Free (``recipes/enwik8-tfree.toml``, and a compact shape with a quarter of the
+BPE model's embedding + head parameters), the flat byte model
+(``recipes/enwik8-small.toml``) and the BPE-4096 baseline of ``bench/quality.py``: val
+bpb, embedding + head parameters, training bytes/s, greedy generation bytes/s.
+
+Multilingual (``--minutes`` each, T-Free and the flat byte model side by side on one core
+each): trained on all 25 languages of ``shared/data/multilingual``, val bpb and bits per
+character per language (the standard split: the last 100 lines of each).
 
 Fertility (no training of a model): over the 25 languages of ``shared/data/multilingual``,
 units per 100 UTF-8 bytes and per space-separated word of the last 10% of each file, for
@@ -23,10 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, require, write_result
+from common import ROOT, SHARED, require, train_all, training_rate, write_result
+from options import multilingual_data
 from quality import VAL_BYTES, run_bpe, split_bytes
 from untok.config import resolve
-from untok.data.ingest import open_data
+from untok.data.ingest import ingest, open_data
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, generate
 from untok.models import load
@@ -74,15 +80,22 @@ def run_model(config, max_eval: int | None) -> dict:
             "generate_bytes_per_s": generation_bytes_per_s(model)}
 
 
+# a quarter of the BPE-4096 x 192 table: 128 x (766 + 767) = 196,224 <= 196,608
+COMPACT = ["model.dim=128", "model.num_heads=4", "model.words.hash_size=766"]
+
+
 def quality(minutes: float, max_eval: int | None) -> dict:
     data = require(SHARED / "enwik8-4M")
     common = [f"data.path={str(data)!r}", f"data.val_bytes={VAL_BYTES}",
               f"train.minutes={minutes}"]
-    tfree = resolve(preset_name="tfree-small", overrides=[
-        *common, "train.eval_bytes=4096", "train.eval_every=200"])
+    tfree = ROOT / "recipes" / "enwik8-tfree.toml"
+    figures = {
+        "T-Free (tfree-small, v 4096)": run_model(resolve(recipe=tfree, overrides=common),
+                                                  max_eval),
+        "T-Free compact (128 wide, v 766)": run_model(
+            resolve(recipe=tfree, overrides=[*common, *COMPACT]), max_eval)}
     flat = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml", overrides=common)
-    figures = {"T-Free (tfree-small)": run_model(tfree, max_eval),
-               "flat bytes (enwik8-small)": run_model(flat, max_eval)}
+    figures["flat bytes (enwik8-small)"] = run_model(flat, max_eval)
     train_part, val = split_bytes()
     bpe, _ = run_bpe(train_part, val, minutes)
     shape = flat.model
@@ -90,6 +103,35 @@ def quality(minutes: float, max_eval: int | None) -> dict:
     bpe["train_bytes_per_s"] = bpe["steps"] * flat.train.batch_size * shape.context * \
         bpe["bytes_per_token"] / (60 * minutes)
     figures["BPE-4096 + transformer"] = bpe
+    return figures
+
+
+def multilingual(minutes: float, root: Path, max_eval: int | None) -> dict:
+    """T-Free and the flat byte model trained side by side (one core each) on the train
+    lines of all 25 languages; val bpb and bits per character per language."""
+    root.mkdir(parents=True, exist_ok=True)
+    corpus, per_language, val_bytes = multilingual_data(root)
+    open_data(corpus, val_bytes=val_bytes, progress=False)  # ingested once, here
+    data = [f"data.path={str(corpus)!r}", f"data.val_bytes={val_bytes}"]
+    recipes = {"T-Free": ROOT / "recipes" / "enwik8-tfree.toml",
+               "flat bytes": ROOT / "recipes" / "enwik8-small.toml"}
+    runs = {name: (root / name.replace(" ", "-"), data) for name in recipes}
+    train_all(runs, minutes, jobs=2, recipe=recipes)
+    stores = {lang: ingest([str(path)], root / f"store-{lang}", split="tail", force=True,
+                           val_bytes=path.stat().st_size - 1, progress=False)
+              for lang, path in per_language.items()}
+    figures = {}
+    for name, (out, _) in runs.items():
+        model = load(out / "last")
+        languages = {}
+        for lang, store in stores.items():
+            r = evaluate(model, store, "val", max_bytes=max_eval)
+            languages[lang] = {"bpb": r["bpb"], "bits_per_char": r["bits_per_char"]}
+        overall = evaluate(model, open_data(corpus, val_bytes=val_bytes, progress=False),
+                           "val", max_bytes=max_eval)
+        figures[name] = {"val_bpb": overall["bpb"], "bits_per_char": overall["bits_per_char"],
+                         "steps": training_rate(out)["steps"], "languages": languages}
+        print(name, overall["bpb"], flush=True)
     return figures
 
 
@@ -137,6 +179,21 @@ def render(figures: dict) -> str:
                        f"{r['train_bytes_per_s']:,.0f} | "
                        f"{r.get('generate_bytes_per_s', float('nan')):,.0f} |")
         out.append("")
+    if "multilingual" in figures:
+        m = figures["multilingual"]
+        names = list(m)
+        out += [f"Multilingual: {figures['minutes']:g} minutes each, side by side on one core "
+                "each, trained on all 25 languages (all lines but the last 100), val = the "
+                "last 100 lines of each: bits per UTF-8 byte / bits per character", "",
+                "| language | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for lang in m[names[0]]["languages"]:
+            out.append(f"| {lang} | " + " | ".join(
+                f"{m[n]['languages'][lang]['bpb']:.3f} / "
+                f"{m[n]['languages'][lang]['bits_per_char']:.3f}" for n in names) + " |")
+        out.append("| **all** | " + " | ".join(
+            f"**{m[n]['val_bpb']:.3f}** / {m[n]['bits_per_char']:.3f} ({m[n]['steps']} steps)"
+            for n in names) + " |")
+        out.append("")
     rows = figures["fertility"]
     names = list(next(iter(rows.values())))
     out += ["Fertility: units per 100 UTF-8 bytes / per space-separated word, last 10% of "
@@ -161,10 +218,16 @@ def main() -> None:
     parser.add_argument("--fertility-only", action="store_true")
     parser.add_argument("--max-eval", type=int, help="score only the first N val units of "
                         "the untok models (smoke runs; default: the whole split)")
+    parser.add_argument("--no-multilingual", action="store_true",
+                        help="skip the multilingual quality row")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "tfree-multilingual",
+                        help="where the multilingual runs are written")
     args = parser.parse_args()
     figures: dict = {"minutes": args.minutes, "fertility": fertility()}
     if not args.fertility_only:
         figures["quality"] = quality(args.minutes, args.max_eval)
+        if not args.no_multilingual:
+            figures["multilingual"] = multilingual(args.minutes, args.runs, args.max_eval)
     table = render(figures)
     print(table)
     name = "tfree_fertility" if args.fertility_only else "tfree"

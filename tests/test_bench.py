@@ -141,9 +141,15 @@ def test_demo_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_tfree_smoke(tmp_path):
-    figures = run_bench(tmp_path, "tfree.py", "--minutes", "0.05", "--max-eval", "512")
-    assert set(figures["quality"]) == {"T-Free (tfree-small)", "flat bytes (enwik8-small)",
-                                       "BPE-4096 + transformer"}
+    figures = run_bench(tmp_path, "tfree.py", "--minutes", "0.05", "--max-eval", "512",
+                        "--runs", str(tmp_path / "runs"))
+    assert set(figures["quality"]) == {"T-Free (tfree-small, v 4096)",
+                                       "T-Free compact (128 wide, v 766)",
+                                       "flat bytes (enwik8-small)", "BPE-4096 + transformer"}
+    compact = figures["quality"]["T-Free compact (128 wide, v 766)"]["embedding_head_params"]
+    assert compact <= 4096 * 192 / 4  # a quarter of the BPE model's table
+    assert set(figures["multilingual"]) == {"T-Free", "flat bytes"}
+    assert len(figures["multilingual"]["T-Free"]["languages"]) == 25
     for row in figures["quality"].values():
         assert {"val_bpb", "embedding_head_params", "params", "train_bytes_per_s"} <= set(row)
     assert len(figures["fertility"]) == 25

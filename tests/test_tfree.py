@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from untok.config import resolve
 from untok.data.ingest import ingest
 from untok.errors import UntokError
 from untok.models import build_model
-from untok.models.tfree import END, WordUnits, fit_dictionary
 from untok.trigrams import hash_trigrams, lowercase, trigrams, word_code
+from untok.word_units import END, Spelling, WordUnits, fit_dictionary
 from untok.words import SPACE, split
 
 
@@ -85,17 +86,75 @@ def test_bits_are_the_word_and_spelling_costs():
         scores = model(ids[:, :-1])
         got = scores.log_prob(ids[:, 1:])[0]
         words = scores._word_log_probs()
-    spelling = np.log((units.spelling + 0.5) / (units.spelling + 0.5).sum(1, keepdims=True))
-    path = [END, ord("b"), ord("a"), END]
-    spelled = sum(spelling[a, b] for a, b in zip(path[:-1], path[1:], strict=False))
-    escape = float(words[1, units.dict_size])
+    escape = float(words[1, units.dict_size])  # no context word yet: the escape is next
+    spelled = units.spelling.log_prob(b"ba")
     assert float(got[1]) == pytest.approx(escape + spelled, abs=1e-5)
     assert float(got[0]) == pytest.approx(float(words[0, units.index["ab"]]), abs=1e-6)
-    # by hand: the words were "ab" twice and "b" once, so the counts are START->a 2,
-    # START->b 1, a->b 2, b->END 3; add-half over 257 symbols for START->b, b->a, a->END
-    hand = math.log(1.5 / (3 + 128.5)) + math.log(0.5 / (3 + 128.5)) + \
-        math.log(0.5 / (2 + 128.5))
+    # by hand (Witten-Bell, E = the word boundary): the words were "ab" twice and "b"
+    # once (all in the dictionary, so all spelled): trigrams EEa 2, Eab 2, abE 2, EEb 1,
+    # EbE 1; bigrams Ea 2, Eb 1, ab 2, bE 3; unigrams a 2, b 3, E 3 (+1 each over 257)
+    p0 = {"a": 3 / 265, "b": 4 / 265, "E": 4 / 265}
+    b_after_ee = (1 + 2 * (1 + 2 * p0["b"]) / 5) / 5  # context EE: 3 seen, 2 types
+    a_after_eb = (p0["a"] / 4) / 2  # EbE seen once; context b: 3 seen, 1 type
+    end_after_ba = p0["E"] / 3  # "ba" never seen: context a (2 seen, 1 type)
+    hand = math.log(b_after_ee) + math.log(a_after_eb) + math.log(end_after_ba)
     assert spelled == pytest.approx(hand, abs=1e-9)
+
+
+def test_the_spelling_model_is_a_distribution_in_every_context():
+    spelling = Spelling(Spelling.fit(Counter({"caf\u00e9": 3, "cat": 2, "dog": 1})))
+    for context in [(END, END), (END, ord("c")), (ord("c"), ord("a")), (7, 9)]:
+        assert spelling.probs(*context).sum() == pytest.approx(1.0)
+    assert spelling.log_prob(b"cat") > spelling.log_prob(b"tac")
+
+
+def test_context_words_are_candidates_from_their_first_appearance_on():
+    """A word outside the dictionary is escaped and spelled when it first appears and
+    scored like a dictionary word afterwards; positions before it do not see it."""
+    units = units_with(["the", "cat", "sat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units).eval()
+    ids = torch.tensor([[units.bos, *units.encode(b"the Zorg sat the Zorg cat")]])
+    zorg = units.index["Zorg"]
+    other = ids.clone()
+    other[0, 2] = units.index["cat"]  # the same text with "cat" for the first "Zorg"
+    with torch.no_grad():
+        scores, changed = model(ids[:, :-1]), model(other[:, :-1])
+        lp, escaped = scores.candidate_log_prob(ids[:, 1:])
+        words = scores._word_log_probs()
+        torch.testing.assert_close(words.exp().sum(-1), torch.ones(len(words)))
+        before = changed._word_log_probs()
+    assert escaped[0].tolist() == [False, True, False, False, False, False]
+    assert scores.extras[0, 1].tolist() == [-1] and scores.extras[0, 2].tolist() == [zorg]
+    torch.testing.assert_close(words[:2, :units.dict_size], before[:2, :units.dict_size])
+    assert bool(torch.isfinite(lp).all())
+    assert float(lp[0, 4]) == pytest.approx(float(words[4, units.dict_size]), abs=1e-6)
+
+
+def test_step_carries_the_context_words():
+    units = units_with(["the", "cat", "sat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units).eval()
+    ids = torch.tensor([[units.bos, *units.encode(b"the Zorg sat the Zorg cat")]])
+    with torch.no_grad():
+        full = model(ids[:, :-1]).log_prob(ids[:, 1:])
+        state = model.new_state(1)
+        scores, state = model.step(state, ids[:, :3])
+        parts = [scores.log_prob(ids[:, 1:4])]
+        for t in range(3, ids.shape[1] - 1):
+            scores, state = model.step(state, ids[:, t:t + 1])
+            parts.append(scores.log_prob(ids[:, t + 1:t + 2]))
+    assert state.seen == [[units.index["Zorg"]]]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_an_escape_is_spelled_when_chosen_and_wrong_when_greedy():
+    units = units_with(["the", "cat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units).eval()
+    with torch.no_grad():
+        model.escape_bias.fill_(1e4)
+        scores = model(torch.tensor([[units.bos]]))
+        assert scores.greedy().tolist() == [[-1]]
+        chosen = int(scores.choose(lambda logp: logp.argmax(-1))[0, 0])
+    assert units.words[chosen] in ("the", "cat")  # spelled greedily from those two
 
 
 def test_eval_bits_per_byte_count_every_byte_once(tmp_path, text_file):

@@ -13,7 +13,7 @@ from untok.words import is_special, split
 def load_units(path: str | Path | None):
     """The word units of a T-Free checkpoint, or fresh ones with the default codes."""
     from untok.models import load
-    from untok.models.tfree import WordUnits
+    from untok.word_units import WordUnits
 
     if path is None:
         w = WordsConfig()

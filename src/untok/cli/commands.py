@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"number){kept}. Lower train.lr (now {config.train.lr:g}) or raise "
                          "train.warmup_steps")
     best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
-    print(f"{result.stop_reason}: {result.step} steps, {result.units_seen:,} bytes in "
+    print(f"{result.stop_reason}: {result.step} steps, {result.units_seen:,} {result.unit}s in "
           f"{result.seconds / 60:.1f} min; best val bpb {best}")
     print(f"checkpoints: {out / 'best'} (best), {out / 'last'} (last)")
     if result.stop_reason == "interrupted":

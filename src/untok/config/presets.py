@@ -72,10 +72,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
                   "log_every": 1},
     },
-    "tfree-small": {  # CPU: 256 x 4 over words (a context of 128 words is ~500 bytes)
+    "tfree-small": {  # CPU: 256 x 4 over words (128 words are ~450 bytes of text)
         "model": {"family": "tfree", "dim": 256, "num_layers": 4, "num_heads": 8,
-                  "context": 128, "words": {"hash_size": 8192, "dict_size": 16384}},
-        "train": {"batch_size": 16, "lr": 2e-3, "warmup_steps": 100},
+                  "context": 128, "words": {"hash_size": 4096, "ids_per_trigram": 4,
+                                            "lowercase_ids": 1, "dict_size": 8192}},
+        "train": {"batch_size": 4, "lr": 2e-3, "warmup_steps": 100},
     },
     "tfree-base": {  # GPU: 768 x 12 over 1024 words
         "model": {"family": "tfree", "dim": 768, "num_layers": 12, "num_heads": 12,

@@ -129,7 +129,9 @@ class WordsConfig:
     (plus the special words); ``dictionary`` is filled in when training starts (the cached
     file it was built into) and the words travel in the checkpoint's ``units.json``.
     ``pos_weight`` weighs the sparse positives of the multi-label loss; ``edge_weight``
-    scales the ids of a word's first and last trigram when scoring the dictionary."""
+    scales the ids of a word's first and last trigram when scoring words;
+    ``softmax_positions`` is how many positions a batch (whole rows; 0: all) also train
+    the word softmax's cross-entropy, the code length evaluation reports."""
 
     hash_size: int = 8192
     ids_per_trigram: int = 8
@@ -137,6 +139,7 @@ class WordsConfig:
     dict_size: int = 16384
     pos_weight: float = 100.0
     edge_weight: float = 1.0
+    softmax_positions: int = 0
     seed: int = 0
     dictionary: str = ""
 
@@ -149,6 +152,8 @@ class WordsConfig:
               "words of the train split that the model scores; 16384 by default)")
         check(self.pos_weight > 0 and self.edge_weight >= 0,
               "model.words.pos_weight must be > 0 and model.words.edge_weight >= 0")
+        check(self.softmax_positions >= 0, "model.words.softmax_positions must be >= 0 "
+              "(0: every position of a batch trains the word softmax)")
 
 
 @dataclass(frozen=True, kw_only=True)

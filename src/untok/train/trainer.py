@@ -65,12 +65,13 @@ Callback = Callable[["Trainer"], None]
 class TrainResult:
     out: Path
     step: int
-    units_seen: int
+    units_seen: int  # of ``unit``
     best_val_bpb: float | None
     last_val_bpb: float | None
     stop_reason: str  # budget, early stop, interrupted or diverged
     seconds: float
     signal: int | None = None  # the signal that interrupted the run
+    unit: str = "byte"  # the model's units (Units.name)
 
 
 def finite(record: dict[str, Any]) -> dict[str, Any]:
@@ -309,7 +310,8 @@ class Trainer(Budget):
         self.log({"step": self.step, name: shown, "lr": lr, "grad_norm": grad_norm,
                   "units_per_s": rate, "mfu": mfu, "units_seen": self.units_seen,
                   "seconds": elapsed})
-        bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} {rate / 1e3:.1f} kB/s "
+        unit = "B" if self.model.units.identity else f" {self.model.units.name}s"
+        bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} {rate / 1e3:.1f}k{unit}/s "
                             f"mfu {mfu:.0%}")
 
     def _advance(self, bar: tqdm, elapsed: float) -> None:
@@ -380,7 +382,8 @@ class Trainer(Budget):
         self.log({"event": "end", "step": self.step, "reason": reason, "seconds": seconds,
                   "best_val_bpb": self.best_val_bpb})
         return TrainResult(self.out, self.step, self.units_seen, self.best_val_bpb,
-                           self.last_val_bpb, reason, seconds, self.stop_signal)
+                           self.last_val_bpb, reason, seconds, self.stop_signal,
+                           self.model.units.name)
 
     def evaluate_and_save(self, max_bytes: int | None, elapsed: float, bar: tqdm) -> bool:
         """Evaluate, save ``best`` if improved and ``last``; True when patience runs out."""

@@ -1,0 +1,195 @@
+"""Words as units (the T-Free family): the dictionary, the spelling model of the words
+outside it, and the fit of both on a train split.
+
+Ids 0 .. D-1 are the dictionary (the special words first, then the most frequent words of
+the train split); a word outside it gets the next free id when it is met (its code is
+hashed from its trigrams, so any word has an input vector) and its bytes are coded by
+:class:`Spelling`, an order-2 byte model fitted on the train split's words that fell
+outside the dictionary: the words it will be asked to spell.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from untok.errors import DataError
+from untok.trigrams import hash_whole, word_code
+from untok.units import UNIT_KINDS
+from untok.words import NO_SPACE, SPECIALS, is_special, join, space_expected, split, word_bytes
+
+END = 256  # the spelling model's end-of-word symbol (and its start context)
+SYMBOLS = END + 1
+
+
+class Spelling:
+    """P(byte or END | the two before it) of a word, END standing for "before the word":
+    Witten-Bell interpolation of order-2, order-1 and add-one order-0 counts, so every
+    byte string has a probability and the probabilities of all spellings sum to 1.
+    ``counts`` are ``[a, b, c, n]`` rows: c followed a, b n times."""
+
+    def __init__(self, counts: list[list[int]] | np.ndarray) -> None:
+        rows = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
+        self.rows = rows
+        unigram = np.bincount(rows[:, 2], weights=rows[:, 3], minlength=SYMBOLS)
+        p0 = (unigram + 1) / (unigram.sum() + SYMBOLS)
+        bigram = np.zeros((SYMBOLS, SYMBOLS))
+        np.add.at(bigram, (rows[:, 1], rows[:, 2]), rows[:, 3])
+        self.p1 = self._interpolate(bigram, p0[None, :])  # (257, 257)
+        self.trigram: dict[tuple[int, int], dict[int, int]] = {}
+        for a, b, c, n in rows.tolist():
+            self.trigram.setdefault((a, b), {})[c] = n
+        self._p2: dict[tuple[int, int], np.ndarray] = {}
+
+    @staticmethod
+    def _interpolate(counts: np.ndarray, lower: np.ndarray) -> np.ndarray:
+        """Witten-Bell: (n(h, c) + T(h) P_lower(c)) / (n(h) + T(h)) for each row h."""
+        total = counts.sum(-1, keepdims=True)
+        types = (counts > 0).sum(-1, keepdims=True)
+        seen = (counts + types * lower) / np.maximum(total + types, 1)
+        return np.where(total > 0, seen, lower)
+
+    def probs(self, a: int, b: int) -> np.ndarray:
+        """P(next symbol | a, b), Float64[257] (cached per context)."""
+        if (a, b) not in self._p2:
+            counts = np.zeros((1, SYMBOLS))
+            for c, n in self.trigram.get((a, b), {}).items():
+                counts[0, c] = n
+            self._p2[a, b] = self._interpolate(counts, self.p1[b][None, :])[0]
+        return self._p2[a, b]
+
+    def log_prob(self, data: bytes) -> float:
+        """log P(the word spelled ``data``), END included (nats)."""
+        a, b, total = END, END, 0.0
+        for c in [*data, END]:
+            total += float(np.log(self.probs(a, b)[c]))
+            a, b = b, c
+        return total
+
+    @staticmethod
+    def fit(words: Counter[str]) -> list[list[int]]:
+        """The ``[a, b, c, n]`` rows of a word -> occurrences count."""
+        counts: Counter[tuple[int, int, int]] = Counter()
+        for word, n in words.items():
+            path = [END, END, *word_bytes(word), END]
+            for i in range(len(path) - 2):
+                counts[path[i], path[i + 1], path[i + 2]] += n
+        return [[a, b, c, n] for (a, b, c), n in sorted(counts.items())]
+
+
+class WordUnits:
+    """Words as units: ids 0 .. D-1 are the dictionary (special words first), later ids
+    are other words interned as they are met; ``state()`` keeps the dictionary and the
+    spelling counts."""
+
+    name = "word"
+    loss_label = "bpw"
+    identity = False
+    num_content = 1 << 30
+    bos, eos, pad = num_content, num_content + 1, num_content + 2
+    vocab_size = num_content + 8
+
+    def __init__(self, dictionary: list[str], hash_size: int, ids_per_trigram: int,
+                 lowercase_ids: int, seed: int = 0,
+                 spelling: list[list[int]] | None = None) -> None:
+        words = sorted(SPECIALS) + [w for w in dictionary if w not in SPECIALS]
+        self.words: list[str] = list(dict.fromkeys(words))
+        self.dict_size = len(self.words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.hash = (hash_size, ids_per_trigram, lowercase_ids, seed)
+        self.spelling = Spelling(spelling or [])
+        self._codes: dict[int, np.ndarray] = {}
+
+    def id_of(self, word: str) -> int:
+        if word not in self.index:
+            self.index[word] = len(self.words)
+            self.words.append(word)
+        return self.index[word]
+
+    def is_extra(self, i: int) -> bool:
+        """Whether id ``i`` is a word outside the dictionary (not a special id)."""
+        return self.dict_size <= i < self.num_content
+
+    def code(self, i: int) -> np.ndarray:
+        """The hashed ids of word ``i`` (Int64[n_trigrams, m]; BOS/EOS/PAD hashed whole)."""
+        if i not in self._codes:
+            v, m, k, seed = self.hash
+            self._codes[i] = hash_whole(f"special {i - self.num_content}", v, m, seed) \
+                if i >= self.num_content else word_code(self.words[i], v, m, k, seed)
+        return self._codes[i]
+
+    def spelling_log_prob(self, i: int) -> float:
+        """log P of word ``i``'s bytes under the spelling model (nats)."""
+        return self.spelling.log_prob(word_bytes(self.words[i]))
+
+    def encode(self, data: bytes) -> np.ndarray:
+        return np.array([self.id_of(w) for w in split(data)], dtype=np.int64)
+
+    def decode(self, ids) -> bytes:
+        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return join([self.words[i] for i in np.ravel(values) if 0 <= i < self.num_content])
+
+    def byte_lengths(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        out = np.zeros(ids.shape, dtype=np.int64)
+        for row in np.ndindex(ids.shape[:-1]):
+            previous, suppress = None, False
+            for t, i in enumerate(ids[row]):
+                if i >= self.num_content:
+                    previous, suppress = None, False
+                    continue
+                word = self.words[i]
+                size = len(word_bytes(word))
+                if word == NO_SPACE:
+                    suppress = True
+                elif is_special(word):
+                    previous, suppress = None, False
+                else:
+                    if previous is not None and not suppress and space_expected(previous, word):
+                        size += 1  # the implicit space before it
+                    previous, suppress = word, False
+                out[row + (t,)] = size
+        return out
+
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
+        lengths = [0 if i >= self.num_content or self.words[i] == NO_SPACE else
+                   len(word_bytes(self.words[i]).decode("utf-8", errors="surrogateescape"))
+                   for i in np.ravel(ids)]
+        return np.array(lengths, dtype=np.int64).reshape(np.shape(ids))
+
+    def in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids) < self.dict_size
+
+    def state(self) -> dict[str, Any]:
+        v, m, k, seed = self.hash
+        return {"name": self.name, "dictionary": self.words[:self.dict_size], "hash_size": v,
+                "ids_per_trigram": m, "lowercase_ids": k, "seed": seed,
+                "spelling": self.spelling.rows.tolist()}
+
+
+UNIT_KINDS["word"] = WordUnits
+
+
+def fit_dictionary(train: bytes | Iterable[bytes], size: int, progress: bool = False
+                   ) -> dict[str, Any]:
+    """The ``size`` most frequent words of ``train`` (bytes, or its documents one by one;
+    ties in first-seen order) and the spelling counts of the occurrences of the other
+    words (of every word when the dictionary holds them all). A size above the number of
+    distinct words keeps them all."""
+    pieces = [train] if isinstance(train, bytes) else train
+    counts: Counter[str] = Counter()
+    for piece in tqdm(pieces, desc="dictionary", unit="doc", disable=not progress,
+                      leave=False):
+        counts.update(w for w in split(piece) if not is_special(w))
+    if not counts:
+        raise DataError("the train split holds no words to build a dictionary from (it is "
+                        "empty or only whitespace); give the T-Free model some text")
+    ranked = counts.most_common()
+    words = [w for w, _ in ranked[:size]]
+    outside = Counter(dict(ranked[size:])) or counts
+    return {"dictionary": words, "distinct_words": len(counts),
+            "spelling": Spelling.fit(outside)}
