@@ -58,6 +58,16 @@ def multilingual_data(work: Path) -> tuple[Path, dict[str, Path], int]:
     return corpus, per_language, sum(map(len, val_parts))
 
 
+def language_stores(root: Path, per_language: dict[str, Path]) -> dict:
+    """One byte store per language whose val split is its val lines (of
+    :func:`multilingual_data`)."""
+    from untok.data.ingest import ingest
+
+    return {lang: ingest([str(path)], root / f"store-{lang}", split="tail", force=True,
+                         val_bytes=path.stat().st_size - 1, progress=False)
+            for lang, path in per_language.items()}
+
+
 def write_once(path: Path, data: bytes) -> None:
     """Write ``data`` unless the file already holds it (its cached store stays valid)."""
     if not (path.is_file() and path.read_bytes() == data):
@@ -105,7 +115,7 @@ def multilingual_runs(root: Path) -> dict[str, tuple[Path, list[str]]]:
 
 
 def multilingual_section(root: Path) -> dict:
-    from untok.data.ingest import ingest, open_data
+    from untok.data.ingest import open_data
     from untok.data.loader import open_stream
     from untok.evaluate import evaluate
     from untok.models import load
@@ -114,9 +124,7 @@ def multilingual_section(root: Path) -> dict:
     corpus, per_language, val_bytes = multilingual_data(root)
     store = open_data(corpus, val_bytes=val_bytes, progress=False)
     train_bytes = store.split_bytes()["train"]
-    stores = {lang: ingest([str(path)], root / f"store-{lang}", split="tail", force=True,
-                           val_bytes=path.stat().st_size - 1, progress=False)
-              for lang, path in per_language.items()}
+    stores = language_stores(root, per_language)
     figures = {}
     for name, (out, _) in runs.items():
         model = load(out / "last")

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 from common import ROOT, SHARED, require, train_all, training_rate, write_result
-from options import multilingual_data
+from options import language_stores, multilingual_data
 from quality import VAL_BYTES, run_bpe, split_bytes
 from untok.config import resolve
-from untok.data.ingest import ingest, open_data
+from untok.data.ingest import open_data
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, generate
 from untok.models import load
@@ -117,9 +117,7 @@ def multilingual(minutes: float, root: Path, max_eval: int | None) -> dict:
                "flat bytes": ROOT / "recipes" / "enwik8-small.toml"}
     runs = {name: (root / name.replace(" ", "-"), data) for name in recipes}
     train_all(runs, minutes, jobs=2, recipe=recipes)
-    stores = {lang: ingest([str(path)], root / f"store-{lang}", split="tail", force=True,
-                           val_bytes=path.stat().st_size - 1, progress=False)
-              for lang, path in per_language.items()}
+    stores = language_stores(root, per_language)
     figures = {}
     for name, (out, _) in runs.items():
         model = load(out / "last")

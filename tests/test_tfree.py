@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,6 +147,35 @@ def test_step_carries_the_context_words():
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_the_speller_starts_at_the_prior_and_learns_from_the_context():
+    """An escaped word costs the escape plus the speller's bytes (the n-gram prior at
+    initialisation); training on the model's own loss lowers that cost."""
+    units = units_with(["the", "cat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units)
+    ids = torch.tensor([[units.bos, *units.encode(b"the Zorg the cat")]])
+    zorg = units.index["Zorg"]
+
+    def spelled() -> float:
+        with torch.no_grad():
+            scores = model(ids[:, :-1])
+            return float(scores.spelling_log_prob([1], torch.tensor([zorg]))[0])
+
+    assert spelled() == pytest.approx(units.spelling.log_prob(b"Zorg"), abs=1e-4)
+    before = spelled()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(20):
+        optimizer.zero_grad()
+        model.loss(ids[:, :-1], ids[:, 1:]).backward()
+        optimizer.step()
+    assert spelled() > before + 1.0
+    with torch.no_grad():
+        scores = model(ids[:, :-1])
+        lp, escaped = scores.candidate_log_prob(ids[:, 1:])
+        total = scores.log_prob(ids[:, 1:])
+    assert bool(escaped[0, 1])
+    assert float(total[0, 1]) == pytest.approx(float(lp[0, 1]) + spelled(), abs=1e-4)
+
+
 def test_an_escape_is_spelled_when_chosen_and_wrong_when_greedy():
     units = units_with(["the", "cat"])
     model = build_model(resolve(preset_name="tfree-tiny").model, units=units).eval()
@@ -166,6 +196,26 @@ def test_eval_bits_per_byte_count_every_byte_once(tmp_path, text_file):
     result = untok.evaluate(model, store, "val")
     assert result["bytes"] == store.split_bytes()["val"]  # implicit spaces counted once
     assert np.isfinite(result["bpb"]) and result["units"] < result["bytes"]
+
+
+def test_the_dictionary_travels_in_the_checkpoint(tmp_path, text_file):
+    """The words and spelling counts are in units.json: a checkpoint loads (and scores the
+    same) after the cached dictionary file is gone."""
+    run = resolve(preset_name="tfree-tiny", overrides=[f"data.path={str(text_file)!r}",
+                                                       "train.steps=2"])
+    untok.fit(run, tmp_path / "run", progress=False)
+    model = untok.load(tmp_path / "run" / "best")
+    Path(model.config.words.dictionary).unlink()
+    again = untok.load(tmp_path / "run" / "best")
+    assert again.units.words[:again.units.dict_size] == \
+        model.units.words[:model.units.dict_size]
+
+    def bits(m):
+        ids = torch.tensor([[m.units.bos, *m.units.encode(b"First Citizen: Zorg Zorg")]])
+        with torch.no_grad():
+            return m(ids[:, :-1]).log_prob(ids[:, 1:])
+
+    torch.testing.assert_close(bits(again), bits(model))
 
 
 def test_a_dictionary_size_of_zero_is_a_config_error():

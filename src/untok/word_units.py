@@ -62,6 +62,17 @@ class Spelling:
             self._p2[a, b] = self._interpolate(counts, self.p1[b][None, :])[0]
         return self._p2[a, b]
 
+    def log_table(self, spellings: list[bytes], length: int) -> np.ndarray:
+        """log P(every symbol) at each step of each spelling (END last, zeros after it),
+        Float32[N, length, 257]: the prior of :class:`untok.nn.speller.Speller`."""
+        out = np.zeros((len(spellings), length, SYMBOLS), dtype=np.float32)
+        for row, data in enumerate(spellings):
+            a, b = END, END
+            for t, c in enumerate([*data, END][:length]):
+                out[row, t] = np.log(self.probs(a, b))
+                a, b = b, c
+        return out
+
     def log_prob(self, data: bytes) -> float:
         """log P(the word spelled ``data``), END included (nats)."""
         a, b, total = END, END, 0.0
@@ -122,9 +133,9 @@ class WordUnits:
                 if i >= self.num_content else word_code(self.words[i], v, m, k, seed)
         return self._codes[i]
 
-    def spelling_log_prob(self, i: int) -> float:
-        """log P of word ``i``'s bytes under the spelling model (nats)."""
-        return self.spelling.log_prob(word_bytes(self.words[i]))
+    def bytes_of(self, i: int) -> bytes:
+        """The bytes of word ``i``."""
+        return word_bytes(self.words[i])
 
     def encode(self, data: bytes) -> np.ndarray:
         return np.array([self.id_of(w) for w in split(data)], dtype=np.int64)

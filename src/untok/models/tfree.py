@@ -40,6 +40,7 @@ from untok.files import cache_dir, write_atomic
 from untok.models.base import init_residuals, init_standard
 from untok.models.registry import Capabilities, Family, TrainingData, register, shape_summary
 from untok.nn.attention import Rope
+from untok.nn.speller import Speller
 from untok.nn.stacks import make_stack
 from untok.scores import Pick, Scores
 from untok.word_units import END, WordUnits, fit_dictionary
@@ -103,6 +104,7 @@ class TFreeLM(nn.Module):
                                  rope=Rope(c.head_dim, c.rope_base, 2 * c.context))
         self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
         self.head = nn.Linear(c.dim, v + 1, bias=False)  # v word outputs, then the escape
+        self.speller = Speller(c.dim)  # the bytes of escaped words
         self.log_temperature = nn.Parameter(torch.zeros(()))
         self.escape_bias = nn.Parameter(torch.zeros(()))
         self.nll_loss = False  # trained by the multi-label loss; bits come from scores
@@ -130,10 +132,13 @@ class TFreeLM(nn.Module):
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]]).to(ids.device)
         return self.embed(flat, offsets).view(*ids.shape, -1)
 
-    def _logits(self, x: torch.Tensor, layers: list | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+    def _outputs(self, x: torch.Tensor, layers: list | None = None,
+                 positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden states Float[B, T, D] (normalised) and the head's logits
+        Float[B, T, v + 1]."""
         h = self.blocks(x) if layers is None else self.blocks.step(x, layers, positions)
-        return self.head(self.norm(h))  # (B, T, v + 1)
+        h = self.norm(h)
+        return h, self.head(h)
 
     def _extras(self, ids: torch.Tensor, seen: list[list[int]] | None = None
                 ) -> tuple[torch.Tensor, list[list[int]]]:
@@ -224,13 +229,13 @@ class TFreeLM(nn.Module):
     # -- the protocol ----------------------------------------------------------------------
 
     def forward(self, ids: torch.Tensor) -> WordScores:
-        return WordScores(self._logits(self._embed(ids)), self, self._extras(ids)[0])
+        return WordScores(*self._outputs(self._embed(ids)), self, self._extras(ids)[0])
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted binary cross-entropy against the next word's id set (positives gathered
         from indices; no dense target), plus the word softmax's cross-entropy."""
-        logits = self._logits(self._embed(ids))  # (B, T, v + 1)
+        hidden, logits = self._outputs(self._embed(ids))  # (B, T, D), (B, T, v + 1)
         keep = targets != self.units.pad
         if mask is not None:
             keep &= mask
@@ -241,7 +246,7 @@ class TFreeLM(nn.Module):
         per_row = F.softplus(words).sum(-1)[keep.flatten()].sum() - F.softplus(pos).sum() \
             + weight * F.softplus(-pos).sum()
         bce = LOSS_SCALE * per_row / (keep.sum().clamp(min=1) * words.shape[-1])
-        return bce + self._softmax_loss(logits, ids, targets, keep)
+        return bce + self._softmax_loss(hidden, logits, ids, targets, keep)
 
     def _positives(self, targets: torch.Tensor, keep: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,16 +261,29 @@ class TFreeLM(nn.Module):
         return (torch.from_numpy(np.concatenate(rows)).to(device),
                 torch.from_numpy(np.concatenate(cols)).to(device))
 
-    def _softmax_loss(self, logits: torch.Tensor, ids: torch.Tensor,
+    def _softmax_loss(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
                       targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The cross-entropy of the word softmax (what evaluation scores) on the first
+        """The code length evaluation measures (the word softmax's cross-entropy, plus the
+        speller's for escaped words up to ``MAX_SPELLING`` bytes) on the first
         ``words.softmax_positions`` positions, whole rows (all when 0)."""
         wanted = self.config.words.softmax_positions
         r = max(1, wanted // ids.shape[1]) if wanted else ids.shape[0]
-        scores = WordScores(logits[:r], self, self._extras(ids[:r])[0])
-        log_prob, _ = scores.candidate_log_prob(targets[:r])
+        scores = WordScores(hidden[:r], logits[:r], self, self._extras(ids[:r])[0])
         keep = keep[:r]
-        return -(log_prob * keep).sum() / keep.sum().clamp(min=1)
+        log_prob, escaped = scores.candidate_log_prob(targets[:r])
+        rows = [row for row in torch.nonzero((escaped & keep).flatten())[:, 0].tolist()
+                if len(self.units.bytes_of(int(targets[:r].flatten()[row]))) <= MAX_SPELLING]
+        spelled = scores.spelling_log_prob(rows, targets[:r].flatten()[rows]).sum() \
+            if rows else log_prob.new_zeros(())
+        return -((log_prob * keep).sum() + spelled) / keep.sum().clamp(min=1)
+
+    def spelling_log_prob(self, context: torch.Tensor, words: list[int]) -> torch.Tensor:
+        """log P of each word's bytes under the speller given its context vector (nats),
+        Float[N]."""
+        spellings = [self.units.bytes_of(i) for i in words]
+        length = max(len(b) for b in spellings) + 1
+        prior = torch.from_numpy(self.units.spelling.log_table(spellings, length))
+        return self.speller.log_prob(context, spellings, prior.to(context.device))
 
     def new_state(self, batch_size: int) -> WordState:
         weight = self.norm.weight
@@ -275,11 +293,11 @@ class TFreeLM(nn.Module):
     def step(self, state: WordState, ids: torch.Tensor) -> tuple[WordScores, WordState]:
         positions = torch.arange(state.position, state.position + ids.shape[1],
                                  device=ids.device)
-        logits = self._logits(self._embed(ids), state.layers, positions)
+        hidden, logits = self._outputs(self._embed(ids), state.layers, positions)
         self.blocks.advance(state.layers, ids.shape[1])
         state.position += ids.shape[1]
         extras, state.seen = self._extras(ids, state.seen)
-        return WordScores(logits, self, extras), state
+        return WordScores(hidden, logits, self, extras), state
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -291,12 +309,14 @@ class TFreeLM(nn.Module):
 
 
 class WordScores(Scores):
-    """Next-word scores: head logits Float[..., v + 1], the context words Long[..., E] each
-    position may also predict, and the model that turns them into a distribution over the
-    dictionary, the context words, the escape and spelled words."""
+    """Next-word scores: the hidden states Float[..., D] (the speller's context), head
+    logits Float[..., v + 1], the context words Long[..., E] each position may also
+    predict, and the model that turns them into a distribution over the dictionary, the
+    context words, the escape and spelled words."""
 
-    def __init__(self, logits: torch.Tensor, model: TFreeLM, extras: torch.Tensor) -> None:
-        self.logits, self.model = logits, model
+    def __init__(self, hidden: torch.Tensor, logits: torch.Tensor, model: TFreeLM,
+                 extras: torch.Tensor) -> None:
+        self.hidden, self.logits, self.model = hidden, logits, model
         self.extras = extras.expand(*logits.shape[:-1], extras.shape[-1])
         self._log_probs: torch.Tensor | None = None
 
@@ -305,7 +325,8 @@ class WordScores(Scores):
         return self.logits.shape[:-1]
 
     def __getitem__(self, index) -> WordScores:
-        return WordScores(self.logits[index], self.model, self.extras[index])
+        return WordScores(self.hidden[index], self.logits[index], self.model,
+                          self.extras[index])
 
     def _word_log_probs(self) -> torch.Tensor:
         """log P over the dictionary, the context words and the escape, Float[N, D + E + 1]
@@ -333,13 +354,17 @@ class WordScores(Scores):
         return out.reshape(targets.shape), ((column == escape) & ~special).reshape(
             targets.shape)
 
+    def spelling_log_prob(self, rows: list[int], words: torch.Tensor) -> torch.Tensor:
+        """log P of the bytes of ``words`` (Long[N]) spelled at flat positions ``rows``."""
+        context = self.hidden.reshape(-1, self.hidden.shape[-1])[rows]
+        return self.model.spelling_log_prob(context, words.tolist())
+
     def log_prob(self, targets: torch.Tensor) -> torch.Tensor:
-        units = self.model.units
         out, escaped = self.candidate_log_prob(targets)
-        flat, spelled = out.flatten(), escaped.flatten()
-        ids = targets.flatten()
-        for row in torch.nonzero(spelled)[:, 0].tolist():
-            flat[row] = flat[row] + units.spelling_log_prob(int(ids[row]))
+        flat = out.flatten().clone()
+        rows = torch.nonzero(escaped.flatten())[:, 0].tolist()
+        if rows:
+            flat[rows] += self.spelling_log_prob(rows, targets.flatten()[rows].to(flat.device))
         return flat.reshape(targets.shape)
 
     def _words(self, columns: torch.Tensor, escaped: int) -> torch.Tensor:
@@ -358,16 +383,20 @@ class WordScores(Scores):
     def choose(self, pick: Pick) -> torch.Tensor:
         chosen = self._words(pick(self._word_log_probs()), -1)
         for row in torch.nonzero(chosen < 0)[:, 0].tolist():
-            chosen[row] = self.model.units.id_of(self._spell(pick))
+            chosen[row] = self.model.units.id_of(self._spell(row, pick))
         return chosen.reshape(self.shape)
 
-    def _spell(self, pick: Pick) -> str:
-        """A word outside the dictionary, byte by byte from the spelling model."""
-        spelling = self.model.units.spelling
-        out, a, b = [], END, END
+    def _spell(self, row: int, pick: Pick) -> str:
+        """A word outside the dictionary, byte by byte from the speller at flat ``row``."""
+        model = self.model
+        context = self.hidden.reshape(-1, self.hidden.shape[-1])[row:row + 1]
+        out, a, b, state = [], END, END, None
         for _ in range(MAX_SPELLING):
-            logp = torch.from_numpy(np.log(spelling.probs(a, b))).float()
-            byte = int(pick(logp[None])[0])
+            prior = torch.from_numpy(np.log(model.units.spelling.probs(a, b))).float()
+            previous = torch.tensor([[b]], device=context.device)
+            logp, state = model.speller.log_probs(context, previous,
+                                                  prior.to(context.device)[None, None], state)
+            byte = int(pick(logp[:, -1])[0])
             if byte == END:
                 break
             out.append(byte)
