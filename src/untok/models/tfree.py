@@ -10,8 +10,9 @@ Scoring a word w: ``s_w = mean(p inside w's ids) - mean(p outside)`` with p = si
 The next word is drawn from a softmax over ``exp(t) s_w`` for the words of the dictionary
 D, the *context words* (words outside D already seen in this sequence: names and rare
 words repeat, as the prompt's words do in generation) and one *escape* entry (its own
-logit); an escaped word costs its bytes under the order-2 spelling model of
-:mod:`untok.word_units`. The candidates at position t depend on words up to t only, so
+logit); an escaped word costs its bytes under the speller (:mod:`untok.nn.speller`:
+a GRU from the position's hidden state on top of the order-2 spelling prior of
+:mod:`untok.word_units`). The candidates at position t depend on words up to t only, so
 the code length of a text is exact and causal and its bits per byte compare with every
 other untok model.
 
