@@ -248,6 +248,14 @@ def test_cli_trains_evaluates_generates_and_shows_words(capsys, tmp_path, text_f
     assert "tfree-small" in capsys.readouterr().out
 
 
+def test_characters_are_counted_with_the_implicit_spaces():
+    units = units_with(["the", "caf\u00e9"])
+    text = "the caf\u00e9,  \u00e9t\u00e9\nthe".encode()
+    ids = units.encode(text)
+    assert int(units.char_counts(ids[None])[0].sum()) == len(text.decode())
+    assert int(units.byte_lengths(ids[None])[0].sum()) == len(text)
+
+
 def test_binary_data_and_a_corpus_without_repeats_are_words_too():
     data = bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))
     fitted = fit_dictionary(data, 10)  # escape words and symbols: still a dictionary

@@ -167,10 +167,13 @@ class WordUnits:
         return out
 
     def char_counts(self, ids: np.ndarray) -> np.ndarray:
-        lengths = [0 if i >= self.num_content or self.words[i] == NO_SPACE else
-                   len(word_bytes(self.words[i]).decode("utf-8", errors="surrogateescape"))
-                   for i in np.ravel(ids)]
-        return np.array(lengths, dtype=np.int64).reshape(np.shape(ids))
+        """Characters each id stands for: its bytes (implicit space included, see
+        :meth:`byte_lengths`) less the extra bytes of its multi-byte characters."""
+        ids = np.asarray(ids)
+        extra = [0 if i >= self.num_content else len(word_bytes(self.words[i])) -
+                 len(word_bytes(self.words[i]).decode("utf-8", errors="surrogateescape"))
+                 for i in ids.ravel()]
+        return self.byte_lengths(ids) - np.array(extra, dtype=np.int64).reshape(ids.shape)
 
     def in_vocabulary(self, ids: np.ndarray) -> np.ndarray:
         return np.asarray(ids) < self.dict_size
