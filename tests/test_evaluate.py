@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from untok.config import ModelConfig
 from untok.data.ingest import ingest
 from untok.data.loader import UnitStream
 from untok.evaluate import evaluate
@@ -14,7 +15,7 @@ from untok.units import NUM_BYTES, VOCAB_SIZE, ByteUnits
 class UniformLM(torch.nn.Module):
     """Equal logits over the 256 bytes and EOS: exactly log2(257) bits per byte."""
 
-    config = type("C", (), {"context": 16})()
+    config = ModelConfig(context=16)  # a flat byte model's config
     units = ByteUnits()
 
     def __init__(self):

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from untok.config import ModelConfig
 from untok.errors import ConfigError
 from untok.generate import SamplerConfig, compile_decoding, generate_text, sample_next
 from untok.scores import Logits
@@ -77,7 +78,7 @@ def test_stop_string_and_max_bytes_zero(tiny_model):
 class CountingLM(torch.nn.Module):
     """Emits 'a' until it has seen 4 units, then EOS."""
 
-    config = type("C", (), {"context": 16})()
+    config = ModelConfig(context=16)  # a flat byte model's config
     units = ByteUnits()
 
     def __init__(self):

@@ -13,6 +13,7 @@ PACKAGE = SRC / "untok"
 # the registry, the families' own files and the backbone factory; the config schema checks
 # that option values exist (``backbone in BACKBONES``) and the loader converts 0.1 keys
 FAMILY_FILES = {"models/registry.py", "models/flat.py", "models/blt.py", "models/tfree.py",
+                "models/tokun.py", "models/tokun_lm.py",
                 "nn/stacks.py",
                 "config/schema.py", "config/loading.py"}
 BRANCH = re.compile(r"""(\b(family|unit|unit_name|backbone|head|objective)\s*(==|!=|in)\s)|"""

@@ -19,7 +19,10 @@ from untok.models import build_model, capabilities, load
 from untok.models.registry import FAMILIES, examples
 from untok.scores import Scores
 
-CASES = examples()
+ALL_CASES = examples()
+# language models take the suite below; autoencoders (language_model = False) theirs
+CASES = [(n, c) for n, c in ALL_CASES if FAMILIES[c.family].capabilities(c).language_model]
+AUTOENCODERS = [(n, c) for n, c in ALL_CASES if (n, c) not in CASES]
 IDS = [name for name, _ in CASES]
 TEXTS = [b"", b"hello, world\n", "caf\u00e9 \u20ac \U0001f600 \u4e2d\u6587".encode(),
          b"\xff\xfe invalid \xc3 utf-8 \xe2\x82", bytes(range(256))]
@@ -184,3 +187,69 @@ def _as_dict(section: dict) -> dict:
 
     return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
             for k, v in section.items()}
+
+
+# -- autoencoders: the families that are not language models -----------------------------
+
+
+@pytest.fixture(params=AUTOENCODERS, ids=[name for name, _ in AUTOENCODERS])
+def autoencoder(request):
+    name, config = request.param
+    torch.manual_seed(0)
+    return name, config, build_model(config).eval()
+
+
+def test_autoencoder_shapes_and_round_trip_of_its_units(autoencoder):
+    _, config, model = autoencoder
+    ids = sample_ids(model, 2, config.context)
+    vectors = model.encode(ids)
+    size = config.chunks.size
+    assert vectors.shape == (2, config.context // size, config.chunks.dim)
+    assert model.decode(vectors).shape == ids.shape
+    for data in TEXTS:
+        assert model.units.decode(model.units.encode(data)) == data
+
+
+def test_autoencoder_save_load_is_bit_exact(autoencoder, tmp_path):
+    _, config, model = autoencoder
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded = load(tmp_path / "ckpt")
+    assert loaded.config == model.config
+    ids = sample_ids(model, 2, config.context)
+    with torch.no_grad():
+        assert torch.equal(model.encode(ids), loaded.encode(ids))
+        assert torch.equal(model.loss(ids), loaded.loss(ids))
+
+
+def test_autoencoder_a_few_steps_lower_the_loss(autoencoder):
+    _, config, model = autoencoder
+    model.train()
+    ids = sample_ids(model, 4, config.context)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss = model.loss(ids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_autoencoder_trains_evaluates_and_refuses_to_generate(autoencoder, text_file,
+                                                              tmp_path):
+    _, config, _ = autoencoder
+    run = resolve(base={"model": _as_dict(dict(config.__dict__))}, overrides=[
+        f"data.path={str(text_file)!r}", "train.steps=3", "train.batch_size=2",
+        "train.eval_every=2", "train.eval_bytes=512", "train.warmup_steps=1"])
+    result = untok.fit(run, tmp_path / "run", progress=False)
+    assert result.metric == "reconstruction_bits" and result.best_val_bpb is not None
+    model = load(tmp_path / "run" / "best")
+    scored = untok.evaluate(model, untok.open_data(str(text_file), progress=False),
+                            max_bytes=256)
+    assert scored["metric"] == "reconstruction_bits" and 0 <= scored["strict_accuracy"] <= 1
+    assert scored["chars"] > 0 and set(scored["noise"]) == {"0.1", "0.5", "1.0"}
+    with pytest.raises(untok.UntokError, match="cannot serve"):
+        untok.generate_text(model, "The ", max_bytes=8)
+    with pytest.raises(untok.UntokError, match="cannot serve"):
+        untok.compress(b"abc", model)

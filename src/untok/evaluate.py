@@ -26,6 +26,8 @@ from untok.data.loader import UnitStream, eval_windows, open_stream
 from untok.data.store import ByteStore
 from untok.errors import DataError
 from untok.hardware import autocast
+from untok.models.registry import capabilities
+from untok.reconstruction import evaluate_reconstruction
 from untok.scores import Scores
 
 LN2 = math.log(2.0)
@@ -69,7 +71,8 @@ class _Totals:
             raise DataError("nothing to evaluate: the split holds no bytes")
         bits = float(self.bits.sum())
         bpb = bits / count
-        return {"bpb": bpb, "accuracy": self.correct / self.units, "perplexity": 2.0 ** bpb,
+        return {"metric": "bpb", "bpb": bpb, "accuracy": self.correct / self.units,
+                "perplexity": 2.0 ** bpb,
                 "confidence_mean": self.confidence_sum / self.units,
                 "confidence_min": self.confidence_min, "confidence_max": self.confidence_max,
                 "bytes": count, "units": self.units, "bits": bits,
@@ -89,7 +92,13 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
                     max_bytes: int | None = None, batch_size: int = 16,
                     device: torch.device | None = None, dtype: torch.dtype | None = None,
                     per_file: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Score a unit stream; see :func:`evaluate` for the result."""
+    """Score a unit stream; see :func:`evaluate` for the result. An autoencoder (a family
+    that is not a language model) is scored by reconstruction instead
+    (:func:`untok.reconstruction.evaluate_reconstruction`)."""
+    if not capabilities(model).language_model:
+        return evaluate_reconstruction(model, stream, max_bytes=max_bytes,
+                                       batch_size=batch_size, device=device, dtype=dtype,
+                                       per_file=per_file, progress=progress)
     unit = stream.units
     if unit.name != model.units.name:
         raise DataError(f"the model reads {model.units.name} units but the stream holds "
@@ -142,7 +151,8 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
 
 def evaluate(model: nn.Module, store: ByteStore, split: str = "val", **options: Any
              ) -> dict[str, Any]:
-    """Score ``split`` of ``store``: bpb, accuracy, perplexity (2^bpb), confidence
+    """Score ``split`` of ``store``: ``metric`` (the key of the figure to minimise:
+    ``bpb``), bpb, accuracy, perplexity (2^bpb), confidence
     (probability of the true next unit) mean/min/max, bytes and units scored, bits per
     character, and with ``per_file=True`` bpb per document. Options as
     :func:`evaluate_stream`."""

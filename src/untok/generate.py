@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from untok.errors import ConfigError
-from untok.models.registry import capabilities
+from untok.models.registry import capabilities, require
 from untok.nn.entropy import entropy_bits
 from untok.scores import Scores
 from untok.units import to_bytes
@@ -105,6 +105,9 @@ def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 25
     re-runs the full forward for every unit (the slow reference path, for benchmarks).
     Options are checked when this is called, before the first unit is asked for.
     """
+    require(model, "language_model", "generation needs next-unit scores; an autoencoder "
+            "only reconstructs (untok tokun encode/decode): train a tokun-lm model to "
+            "generate", ConfigError)
     sampler = sampler or SamplerConfig()
     sampler.validate()
     if max_bytes < 0:

@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "train.warmup_steps")
     best = f"{result.best_val_bpb:.4f}" if result.best_val_bpb is not None else "-"
     print(f"{result.stop_reason}: {result.step} steps, {result.units_seen:,} {result.unit}s in "
-          f"{result.seconds / 60:.1f} min; best val bpb {best}")
+          f"{result.seconds / 60:.1f} min; best val {result.metric.replace('_', ' ')} {best}")
     print(f"checkpoints: {out / 'best'} (best), {out / 'last'} (last)")
     if result.stop_reason == "interrupted":
         print(f"resume with: untok train --resume {out / 'last'}", file=sys.stderr)
@@ -186,6 +186,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if held_out["note"]:
         print(held_out["note"])
     print(f"{store.name} [{args.split}]: {result['bytes']:,} bytes")
+    if result["metric"] == "reconstruction_bits":
+        _print_reconstruction(result)
+        return
     print(f"bpb          {result['bpb']:.4f}   (bits per char {result['bits_per_char']:.4f})")
     print(f"accuracy     {result['accuracy']:.2%}")
     if result["units_per_100_bytes"] != 100:  # units that are not bytes
@@ -196,6 +199,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
           f"min {result['confidence_min']:.2e}, max {result['confidence_max']:.3f}")
     for row in result.get("per_file", []):
         print(f"  {row['bpb']:.4f}  {row['bytes']:>10,}  {row['name']}")
+
+
+def _print_reconstruction(result: dict[str, Any]) -> None:
+    print(f"strict accuracy  {result['strict_accuracy']:.4%} of {result['chars']:,} "
+          f"characters (every byte right)")
+    print(f"byte accuracy    {result['byte_accuracy']:.4%}")
+    print(f"reconstruction   {result['reconstruction_bits']:.4f} bits per code byte")
+    noise = ", ".join(f"{level} std: {acc:.2%}" for level, acc in result["noise"].items())
+    print(f"under noise      {noise}")
+    for row in result.get("per_file", []):
+        print(f"  {row['strict_accuracy']:9.4%}  {row['chars']:>10,}  {row['name']}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ from untok.config.schema import (
     PRECISIONS,
     SECTIONS,
     UNITS,
+    ChunksConfig,
     DataConfig,
     EmbeddingConfig,
     LocalConfig,
@@ -43,7 +44,7 @@ from untok.config.schema import (
 
 __all__ = [
     "ATTENTIONS", "BACKBONES", "EMBEDDINGS", "FAMILY_RULES", "HEADS", "PARALLEL", "PATCHERS",
-    "PRECISIONS", "PRESETS", "SECTIONS", "UNITS", "DataConfig", "EmbeddingConfig",
+    "PRECISIONS", "PRESETS", "SECTIONS", "UNITS", "ChunksConfig", "DataConfig", "EmbeddingConfig",
     "LocalConfig", "ModelConfig", "PatchingConfig", "QLearnConfig", "RunConfig",
     "TrainConfig", "WordsConfig", "from_dict", "parse_overrides", "parse_value",
     "preset", "read_recipe", "replace", "resolve", "save_json", "warn_deprecated",

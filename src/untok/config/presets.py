@@ -84,6 +84,24 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 32, "lr": 8e-4, "warmup_steps": 1000, "eval_every": 1000,
                   "precision": "auto"},
     },
+    "tokun-4": {  # chunk autoencoder: 4 characters (3 bytes each) -> one 256-wide vector
+        "model": {"family": "tokun", "unit": "codepoint", "context": 256,
+                  "chunks": {"levels": [4], "dim": 256, "byte_dim": 64}},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "eval_every": 200,
+                  "eval_bytes": 65536},
+    },
+    "tokun-16": {  # 16 characters -> one 256-wide vector, merged in one level
+        "model": {"family": "tokun", "unit": "codepoint", "context": 256,
+                  "chunks": {"levels": [16], "dim": 256, "byte_dim": 64}},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "eval_every": 200,
+                  "eval_bytes": 65536},
+    },
+    "tokun-4x4": {  # 16 characters -> one 256-wide vector, merged 4 then 4
+        "model": {"family": "tokun", "unit": "codepoint", "context": 256,
+                  "chunks": {"levels": [4, 4], "dim": 256, "byte_dim": 64}},
+        "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "eval_every": 200,
+                  "eval_bytes": 65536},
+    },
     "mmfree-tiny": {  # unit tests
         "model": {"backbone": "mmfree", "dim": 32, "num_layers": 2, "context": 32},
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,

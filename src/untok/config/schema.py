@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,46 @@ class WordsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ChunksConfig:
+    """tokun's chunks (families ``tokun``, the autoencoder, and ``tokun-lm``, the chunk
+    language model; see docs/tokun.md).
+
+    A character is ``width`` bytes of its UTF-32-BE code (3: the always-zero top byte
+    dropped); a chunk is ``prod(levels)`` characters merged level by level into one vector
+    of ``dim``; ``byte_dim`` is the byte embedding's width. For ``tokun-lm``:
+    ``encoder`` names an autoencoder checkpoint whose encoder the model starts from (empty:
+    a fresh encoder), ``train_encoder = false`` keeps it frozen, and ``decoder_layers``
+    causal blocks of ``decoder_dim`` (0: the model's ``dim``) run over a chunk's
+    characters to predict the next one."""
+
+    width: int = 3
+    levels: tuple[int, ...] = (4,)
+    dim: int = 256
+    byte_dim: int = 64
+    encoder: str = ""
+    train_encoder: bool = True
+    decoder_layers: int = 1
+    decoder_dim: int = 0
+
+    @property
+    def size(self) -> int:
+        """Characters per chunk."""
+        return math.prod(self.levels)
+
+    def validate(self) -> None:
+        check(self.width in (3, 4), "model.chunks.width must be 3 (UTF-32 without its "
+              "always-zero top byte) or 4")
+        check(len(self.levels) >= 1 and all(f >= 2 for f in self.levels),
+              "model.chunks.levels must list merge factors >= 2, e.g. [4], [16] or [4, 4]")
+        check(self.dim > 0 and self.byte_dim > 0,
+              "model.chunks.dim and model.chunks.byte_dim must be positive")
+        check(self.decoder_layers >= 1 and self.decoder_dim >= 0,
+              "model.chunks needs decoder_layers >= 1 and decoder_dim >= 0")
+        check(self.train_encoder or bool(self.encoder), "model.chunks.train_encoder = false "
+              "freezes a trained encoder: name its checkpoint in model.chunks.encoder")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape of a byte model. ``mlp_hidden = 0`` picks 8/3 x dim rounded up to 64.
 
@@ -182,6 +223,7 @@ class ModelConfig:
     patching: PatchingConfig = field(default_factory=PatchingConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     words: WordsConfig = field(default_factory=WordsConfig)
+    chunks: ChunksConfig = field(default_factory=ChunksConfig)
 
     @property
     def head_dim(self) -> int:

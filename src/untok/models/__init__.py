@@ -1,7 +1,8 @@
 """Model families: the registry (:mod:`.registry`) and the families that ship with untok.
 
-Importing this package registers ``flat`` (including its MatMul-free backbone), ``blt``
-and ``tfree``; :func:`build_model` and :func:`load` build any registered family.
+Importing this package registers ``flat`` (including its MatMul-free backbone), ``blt``,
+``tfree``, ``tokun`` and ``tokun-lm``; :func:`build_model` and :func:`load` build any
+registered family.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from untok.models.registry import (
     require,
 )
 from untok.models.tfree import TFreeLM
+from untok.models.tokun import TokunAutoencoder
+from untok.models.tokun_lm import TokunLM
 
 __all__ = ["BLT", "FAMILIES", "ByteLM", "Capabilities", "Family", "FlatLM", "TFreeLM",
+           "TokunAutoencoder", "TokunLM",
            "build_model",
            "capabilities", "family_of", "load", "register", "require"]

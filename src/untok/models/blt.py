@@ -384,6 +384,7 @@ def validate_blt(c: ModelConfig) -> None:
         check_entropy_shape(c.patching.entropy_shape)
     c.local.validate()
     c.require_defaults(("words",), "applies to T-Free models only (family 'tfree')")
+    c.require_defaults(("chunks",), "applies to tokun models only (families 'tokun', 'tokun-lm')")
     c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the flat "
                        "transformer (family 'flat', backbone 'transformer')")
     if c.head not in ("auto", "tied", "linear"):

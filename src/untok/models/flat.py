@@ -259,6 +259,7 @@ def validate_flat(c: ModelConfig) -> None:
     c.require_defaults(("patching", "local"), "applies to BLT models only, and this model's "
                        "family is 'flat'; choose a BLT preset such as --preset blt-small")
     c.require_defaults(("words",), "applies to T-Free models only (family 'tfree')")
+    c.require_defaults(("chunks",), "applies to tokun models only (families 'tokun', 'tokun-lm')")
     if c.backbone == "mmfree":
         c.require_defaults(("unit", "embedding.kind", "attention"), "an option of the "
                            "transformer backbone; drop it or set model.backbone=transformer")

@@ -43,6 +43,9 @@ class Capabilities:
     compiled_decoding: bool = False  # has a static-shape decode_one to torch.compile
     export_ternary: bool = False  # has BitLinear layers to pack (untok export --ternary)
     patches: bool = False  # cuts bytes into patches (untok patches)
+    # scores the next unit (forward/step/new_state); False for an autoencoder, which
+    # evaluation scores by reconstruction and which cannot generate
+    language_model: bool = True
 
 
 @dataclass(frozen=True)

@@ -408,6 +408,7 @@ class WordScores(Scores):
 def validate_tfree(c: ModelConfig) -> None:
     c.words.validate()
     c.require_defaults(("patching", "local"), "applies to BLT models only")
+    c.require_defaults(("chunks",), "applies to tokun models only")
     c.require_defaults(("unit", "embedding", "attention", "head"), "an option of the flat "
                        "family; a T-Free model reads words through hashed trigrams")
 

@@ -45,39 +45,74 @@ class Split(nn.Module):
         return self.norm(F.gelu(self.proj(x).unflatten(-1, (self.factor, -1))))
 
 
+def _widths(width: int, levels: tuple[int, ...], dim: int, byte_dim: int
+            ) -> tuple[tuple[int, ...], list[int]]:
+    """The merge factors (a character's bytes first) and the vector width before each."""
+    factors = (width, *levels)
+    return factors, [byte_dim] + [dim] * len(factors)
+
+
+class ChunkEncoder(nn.Module):
+    """Long[..., G, W] bytes of ``prod(levels)`` characters of ``width`` bytes ->
+    Float[..., dim]."""
+
+    def __init__(self, width: int, levels: tuple[int, ...], dim: int,
+                 byte_dim: int = 64) -> None:
+        super().__init__()
+        self.width, self.levels, self.dim = width, tuple(levels), dim
+        self.chars = math.prod(levels)
+        factors, widths = _widths(width, self.levels, dim, byte_dim)
+        self.embed = nn.Embedding(256, byte_dim)
+        self.merges = nn.ModuleList(Merge(f, widths[i], widths[i + 1])
+                                    for i, f in enumerate(factors))
+
+    def characters(self, data: torch.Tensor) -> torch.Tensor:
+        """Long[..., W] bytes -> Float[..., dim]: one vector per character (the first
+        level)."""
+        return self.merges[0](self.embed(data))
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        x = self.characters(data)  # (..., G, E)
+        for merge in self.merges[1:]:
+            x = merge(x.unflatten(-2, (-1, merge.factor)))  # (..., G / f, E)
+        return x[..., 0, :]  # (..., E)
+
+
+class ChunkDecoder(nn.Module):
+    """The mirror of :class:`ChunkEncoder`: Float[..., dim] -> logits Float[..., G, W, 256]."""
+
+    def __init__(self, width: int, levels: tuple[int, ...], dim: int,
+                 byte_dim: int = 64) -> None:
+        super().__init__()
+        factors, widths = _widths(width, tuple(levels), dim, byte_dim)
+        self.splits = nn.ModuleList(Split(f, widths[i + 1], widths[i])
+                                    for i, f in reversed(list(enumerate(factors))))
+        self.out = nn.Linear(byte_dim, 256)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        x = vectors[..., None, :]  # (..., 1, E)
+        for split in self.splits[:-1]:
+            x = split(x).flatten(-3, -2)  # (..., n * f, E)
+        return self.out(self.splits[-1](x))  # (..., G, W, 256)
+
+
 class ChunkAutoencoder(nn.Module):
     """Bytes of ``prod(levels)`` characters of ``width`` bytes <-> one vector of ``dim``."""
 
     def __init__(self, width: int, levels: tuple[int, ...], dim: int,
                  byte_dim: int = 64) -> None:
         super().__init__()
-        self.width, self.levels = width, tuple(levels)
-        self.chars = math.prod(levels)
-        factors = (width, *levels)
-        widths = [byte_dim] + [dim] * len(factors)
-        self.embed = nn.Embedding(256, byte_dim)
-        self.encoder = nn.ModuleList(Merge(f, widths[i], widths[i + 1])
-                                     for i, f in enumerate(factors))
-        self.decoder = nn.ModuleList(Split(f, widths[i + 1], widths[i])
-                                     for i, f in reversed(list(enumerate(factors))))
-        self.out = nn.Linear(byte_dim, 256)
+        self.encoder = ChunkEncoder(width, levels, dim, byte_dim)
+        self.decoder = ChunkDecoder(width, levels, dim, byte_dim)
+        self.width, self.levels, self.chars = width, tuple(levels), self.encoder.chars
 
     def encode(self, data: torch.Tensor) -> torch.Tensor:
         """Long[..., G, W] bytes -> Float[..., E]."""
-        x = self.embed(data)  # (..., G, W, e)
-        x = self.encoder[0](x)  # (..., G, E): one vector per character
-        for merge in self.encoder[1:]:
-            x = merge(x.unflatten(-2, (-1, merge.factor)))  # fold neighbours
-            # (..., G / f, E)
-        return x[..., 0, :]  # (..., E)
+        return self.encoder(data)
 
     def decode(self, vectors: torch.Tensor) -> torch.Tensor:
         """Float[..., E] -> logits Float[..., G, W, 256]."""
-        x = vectors[..., None, :]  # (..., 1, E)
-        for split in self.decoder[:-1]:
-            x = split(x).flatten(-3, -2)  # (..., n * f, E)
-        x = self.decoder[-1](x)  # (..., G, W, e)
-        return self.out(x)
+        return self.decoder(vectors)
 
     def forward(self, data: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(data))

@@ -66,12 +66,13 @@ class TrainResult:
     out: Path
     step: int
     units_seen: int  # of ``unit``
-    best_val_bpb: float | None
+    best_val_bpb: float | None  # the val metric: bpb (an autoencoder: reconstruction bits)
     last_val_bpb: float | None
     stop_reason: str  # budget, early stop, interrupted or diverged
     seconds: float
     signal: int | None = None  # the signal that interrupted the run
     unit: str = "byte"  # the model's units (Units.name)
+    metric: str = "bpb"  # what best_val_bpb measures
 
 
 def finite(record: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +119,9 @@ class Trainer(Budget):
         self.model = build_model(model_config, self.device)
         self.train_stream = open_stream(self.store, "train", self.model.units)
         self.val_stream = open_stream(self.store, "val", self.model.units)
+        # what evaluation minimises: bpb, or an autoencoder's reconstruction bits per byte
+        self.val_metric = "bpb" if capabilities(self.model).language_model else \
+            "reconstruction_bits"
         self.entropies = open_entropies(self.store, self.model.config.patching) \
             if capabilities(self.model).patches else None
         self.sampler = TrainSampler(self.train_stream, config.model.context, t.batch_size,
@@ -275,8 +279,8 @@ class Trainer(Budget):
         result = evaluate_stream(self.model, self.val_stream, stride=t.eval_stride,
                                  max_bytes=max_bytes, batch_size=t.batch_size,
                                  device=self.device, dtype=self.dtype)
-        self.last_val_bpb = result["bpb"]
-        return result["bpb"]
+        self.last_val_bpb = result[self.val_metric]
+        return self.last_val_bpb
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, _frame: Any) -> None:
@@ -383,7 +387,7 @@ class Trainer(Budget):
                   "best_val_bpb": self.best_val_bpb})
         return TrainResult(self.out, self.step, self.units_seen, self.best_val_bpb,
                            self.last_val_bpb, reason, seconds, self.stop_signal,
-                           self.model.units.name)
+                           self.model.units.name, self.val_metric)
 
     def evaluate_and_save(self, max_bytes: int | None, elapsed: float, bar: tqdm) -> bool:
         """Evaluate, save ``best`` if improved and ``last``; True when patience runs out."""
@@ -398,10 +402,10 @@ class Trainer(Budget):
         else:
             self.evals_without_improvement += 1
         evaluated = time.perf_counter() - began
-        self.log({"event": "eval", "step": self.step, "val_bpb": bpb,
-                  "best_val_bpb": self.best_val_bpb, "seconds": elapsed,
+        self.log({"event": "eval", "step": self.step, "metric": self.val_metric,
+                  "val_bpb": bpb, "best_val_bpb": self.best_val_bpb, "seconds": elapsed,
                   "eval_seconds": evaluated})
-        self.say(f"step {self.step}: val bpb {bpb:.4f}"
+        self.say(f"step {self.step}: val {self.val_metric.replace('_', ' ')} {bpb:.4f}"
                  f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
         if improved:
             self.save("best", elapsed)
