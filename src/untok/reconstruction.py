@@ -21,8 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from untok.data.loader import UnitStream
-from untok.errors import DataError
+from untok.errors import CheckpointError, DataError
 from untok.hardware import autocast
+from untok.models.registry import capabilities, load
 from untok.nn.chunk_autoencoder import reconstruction_loss
 
 NOISE_LEVELS = (0.1, 0.5, 1.0)
@@ -104,6 +105,16 @@ def evaluate_reconstruction(model: nn.Module, stream: UnitStream, *,
                                "strict_accuracy": float(right[d] / chars[d])}
                               for d in np.flatnonzero(chars)]
     return result
+
+
+def load_autoencoder(path: str, device: torch.device | str = "cpu") -> nn.Module:
+    """The autoencoder of checkpoint ``path``; a one-line error for a language model."""
+    model = load(path, device)
+    if capabilities(model).language_model:
+        raise CheckpointError(f"{path} holds a '{model.config.family}' language model, not "
+                              "an autoencoder: train one with `untok train --preset "
+                              "tokun-16 --data DATA`")
+    return model
 
 
 @torch.no_grad()

@@ -286,6 +286,42 @@ def cmd_words(args: argparse.Namespace) -> None:
     print(json.dumps(report) if args.json else format_words(report))
 
 
+def cmd_tokun_encode(args: argparse.Namespace) -> None:
+    from untok.reconstruction import load_autoencoder, round_trip
+
+    model = load_autoencoder(args.checkpoint)
+    result = round_trip(model, _text_or_file(args), noise=args.noise, seed=args.seed)
+    if args.json:
+        _print_json({**result, "decoded": result["decoded"].decode("utf-8", "replace")})
+        return
+    print(f"{result['chars']} characters -> {result['chunks']} vectors of {result['dim']} "
+          f"({result['chunk_chars']} characters each)"
+          + (f", noise {args.noise} x std" if args.noise else ""))
+    print(f"decoded: {result['decoded'].decode('utf-8', 'replace')}")
+    print(f"characters right: {result['chars_right']} of {result['chars']}")
+
+
+def cmd_tokun_decode(args: argparse.Namespace) -> None:
+    from untok.reconstruction import decode_vectors, load_autoencoder
+
+    model = load_autoencoder(args.checkpoint)
+    source = sys.stdin.read() if args.file in (None, "-") else _read_text(args.file)
+    try:
+        parsed = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise UntokError(f"the vectors are not JSON ({exc.msg} at line {exc.lineno}): give "
+                         "the output of `untok tokun encode CKPT --json`") from None
+    vectors = parsed.get("vectors") if isinstance(parsed, dict) else parsed
+    sys.stdout.write(decode_vectors(model, vectors).decode("utf-8", "replace") + "\n")
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UntokError(f"cannot read {path}: {exc}") from None
+
+
 def cmd_patches(args: argparse.Namespace) -> None:
     from untok.patch_report import describe_patches, format_patches, load_patcher
 

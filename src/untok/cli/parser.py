@@ -16,6 +16,8 @@ from untok.cli.commands import (
     cmd_generate,
     cmd_patches,
     cmd_presets,
+    cmd_tokun_decode,
+    cmd_tokun_encode,
     cmd_train,
     cmd_words,
 )
@@ -57,6 +59,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -217,6 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="file to split (raw bytes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_words)
+
+    p = sub.add_parser("tokun", help="round trips through a tokun chunk autoencoder")
+    tokun = p.add_subparsers(dest="tokun_command", required=True, metavar="{encode,decode}")
+    p = tokun.add_parser("encode", help="text -> chunk vectors -> text, with how many "
+                         "characters came back")
+    p.add_argument("checkpoint", help="tokun autoencoder checkpoint")
+    p.add_argument("--text", help="text to encode")
+    p.add_argument("--file", help="file to encode (raw bytes)")
+    p.add_argument("--noise", type=_nonnegative_float, default=0.0, metavar="LEVEL",
+                   help="add Gaussian noise of LEVEL x each dimension's std to the vectors")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--json", action="store_true", help="print one JSON object, vectors "
+                   "included (what `untok tokun decode` reads)")
+    p.set_defaults(func=cmd_tokun_encode)
+    p = tokun.add_parser("decode", help="chunk vectors (JSON) -> text")
+    p.add_argument("checkpoint", help="tokun autoencoder checkpoint")
+    p.add_argument("--file", help="JSON from `untok tokun encode --json` (default: stdin)")
+    p.set_defaults(func=cmd_tokun_decode)
 
     p = sub.add_parser("export", help="ship a checkpoint in a compact form")
     p.add_argument("checkpoint", help="checkpoint directory (or run directory)")

@@ -102,6 +102,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 32, "lr": 3e-3, "warmup_steps": 100, "eval_every": 200,
                   "eval_bytes": 65536},
     },
+    "tokun-lm-tiny": {  # unit tests
+        "model": {"family": "tokun-lm", "unit": "codepoint", "dim": 32, "num_layers": 2,
+                  "num_heads": 2, "context": 32,
+                  "chunks": {"levels": [4], "dim": 32, "byte_dim": 16, "decoder_dim": 32}},
+        "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
+                  "log_every": 1},
+    },
+    "tokun-lm-small": {  # CPU: 256 x 6 over chunks of 4 characters, a 128-wide decoder
+        "model": {"family": "tokun-lm", "unit": "codepoint", "dim": 256, "num_layers": 6,
+                  "num_heads": 8, "context": 512,
+                  "chunks": {"levels": [4], "dim": 256, "byte_dim": 64, "decoder_dim": 128}},
+        "train": {"batch_size": 16, "lr": 2e-3, "warmup_steps": 100},
+    },
     "mmfree-tiny": {  # unit tests
         "model": {"backbone": "mmfree", "dim": 32, "num_layers": 2, "context": 32},
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,

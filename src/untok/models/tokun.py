@@ -5,7 +5,7 @@ untok model but not a language model.
     each character's ``width`` UTF-32-BE bytes -> chunks of G = prod(levels) characters ->
     one vector of ``chunks.dim`` per chunk (untok.nn.chunk_autoencoder) -> the bytes again
 
-It is trained on reconstruction (cross-entropy per code byte, padding out) and evaluated by
+It is trained on reconstruction (cross-entropy per code byte, padding included) and evaluated by
 *strict accuracy*: a character counts only if all of its bytes come back right
 (:mod:`untok.reconstruction`). Its encoder is what a ``tokun-lm`` chunk language model can
 start from (``model.chunks.encoder``). It has no next-unit scores, so the registry marks it
@@ -56,7 +56,7 @@ class TokunAutoencoder(nn.Module):
     """Characters <-> one vector per chunk of ``chunks.size`` characters.
 
     ``loss(ids)`` is the reconstruction cross-entropy per code byte (nats) of the chunks of
-    ``ids`` Long[B, T] (T a multiple of the chunk size; PAD characters are left out).
+    ``ids`` Long[B, T] (T a multiple of the chunk size).
     """
 
     def __init__(self, config: ModelConfig, units: CodepointUnits | None = None) -> None:
@@ -99,9 +99,10 @@ class TokunAutoencoder(nn.Module):
     def loss(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
              mask: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction cross-entropy per code byte of ``ids`` (``targets`` and
-        ``mask``, the language-model arguments, are not used)."""
-        data, keep = self.chunk_bytes(ids)
-        return reconstruction_loss(self.autoencoder(data), data, keep)
+        ``mask``, the language-model arguments, are not used). The padding of a last
+        chunk is reconstructed too, so decoded vectors say where their text ends."""
+        data, _ = self.chunk_bytes(ids)
+        return reconstruction_loss(self.autoencoder(data), data)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -78,12 +78,13 @@ class TokunLM(nn.Module):
         heads = max(d // 64, 1)
         self.context_in = nn.Linear(c.dim, d)
         self.char_in = nn.Linear(ch.dim, d)
+        self.first_slot = nn.Parameter(torch.zeros(d))  # the slot before a chunk's first char
         self.decoder = make_stack("transformer", dim=d, num_layers=ch.decoder_layers,
                                   num_heads=heads, hidden=-(-int(d * 8 / 3) // 64) * 64,
                                   eps=c.norm_eps, dropout=c.dropout, capacity=ch.size,
                                   rope=Rope(d // heads, c.rope_base, 2 * ch.size))
         self.decoder_norm = nn.RMSNorm(d, eps=c.norm_eps)
-        self.head = CodepointHead(d)
+        self.head = CodepointHead(d, bias=True)
 
     def tie_weights(self) -> None:
         pass
@@ -92,6 +93,7 @@ class TokunLM(nn.Module):
     def init_weights(self) -> None:
         init_standard(self)
         self.start.zero_()
+        self.first_slot.zero_()
         init_residuals(self.blocks, self.config.num_layers)
         init_residuals(self.decoder, self.config.chunks.decoder_layers)
         if self.config.chunks.encoder:
@@ -116,9 +118,11 @@ class TokunLM(nn.Module):
 
     def _slots(self, context: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
         """The decoder over chunks: contexts Float[..., D] and the characters before each
-        slot Long[..., k] (k < G) -> Float[..., k + 1, d], slot j predicting character j."""
-        x = torch.cat([self.context_in(context)[..., None, :],
-                       self.char_in(self._chars(chars))], -2)  # (..., k + 1, d)
+        slot Long[..., k] (k < G) -> Float[..., k + 1, d], slot j predicting character j.
+        Every slot reads the context; slot j > 0 also the character before it."""
+        chars = self.char_in(self._chars(chars))  # (..., k, d)
+        x = self.context_in(context)[..., None, :] + torch.cat(
+            [self.first_slot.expand(*chars.shape[:-2], 1, -1), chars], -2)  # (..., k + 1, d)
         lead = x.shape[:-2]
         return self.decoder_norm(self.decoder(x.flatten(0, -3))).view(*lead, *x.shape[-2:])
 
@@ -208,7 +212,7 @@ register(Family(
     name="tokun-lm", model=TokunLM, units=chunk_units, validate=validate_chunks,
     capabilities=lambda c: Capabilities(),
     description="a causal model over tokun chunk vectors, characters decoded byte by byte",
-    summary=lambda c: f"{chunk_summary('tokun', c)}, backbone dim {c.dim} x "
+    summary=lambda c: f"{chunk_summary('tokun-lm', c)}, backbone dim {c.dim} x "
                       f"{c.num_layers}, context {c.context}",
     examples={"transformer": TINY, "mmfree": {**TINY, "backbone": "mmfree"},
               "levels-2x2": {**TINY, "chunks": {**TINY["chunks"], "levels": [2, 2]}}}))
