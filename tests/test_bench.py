@@ -155,3 +155,20 @@ def test_tfree_smoke(tmp_path):
     assert len(figures["fertility"]) == 25
     assert {"T-Free words", "UTF-8 bytes", "BPE-4k", "BPE-32k"} <= \
         set(figures["fertility"]["eng"])
+
+
+@pytest.mark.slow
+def test_tokun_smoke(tmp_path):
+    if not (SHARED / "multilingual").is_dir():
+        pytest.skip("reference corpora missing")
+    figures = run_bench(tmp_path, "tokun.py", "--minutes", "0.05", "--max-eval", "1024",
+                        "--runs", str(tmp_path / "runs"))
+    assert set(figures["reconstruction"]) == {"tokun-4", "tokun-16", "tokun-4x4"}
+    for row in figures["reconstruction"].values():
+        assert len(row["languages"]) == 25 and set(row["noise"]) == {"0.1", "0.5", "1.0"}
+        assert 0 <= row["strict_accuracy"] <= 1
+    assert len(figures["multilingual"]) == 4 and len(figures["enwik8"]) == 3
+    for row in [*figures["multilingual"].values(), *figures["enwik8"].values()]:
+        assert {"val_bpb", "bits_per_char", "train_bytes_per_s",
+                "generate_bytes_per_s"} <= set(row)
+    assert len(figures["multilingual"]["tokun-lm (tokun-4 encoder, frozen)"]["languages"]) == 25

@@ -256,3 +256,23 @@ def test_invalid_utf8_and_every_script_have_a_finite_code_length():
     with torch.no_grad():
         nll = -model(ids[:, :-1]).log_prob(ids[:, 1:])
     assert torch.isfinite(nll).all() and (nll > 0).all()
+
+
+def test_random_characters_replace_about_their_share():
+    from untok.models.tokun import with_random_chars
+
+    torch.manual_seed(0)
+    ids = torch.full((64, 256), ord("a"))
+    mixed = with_random_chars(ids, 0.25)
+    share = float((mixed != ids).float().mean())
+    assert 0.2 < share < 0.3 and int(mixed.max()) <= CP_PAD and int(mixed.min()) >= 0
+    model = build_model(config(AE, "model.chunks.random_chars=0.25"))
+    model.train()
+    assert torch.isfinite(model.loss(ids[:2, :32]))
+
+
+def test_empty_and_one_character_texts(autoencoder):
+    with pytest.raises(untok.UntokError, match="nothing to encode"):
+        round_trip(autoencoder, b"")
+    result = round_trip(autoencoder, b"D")
+    assert result["chunks"] == 1 and result["chars"] == 1

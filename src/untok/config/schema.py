@@ -164,7 +164,10 @@ class ChunksConfig:
 
     A character is ``width`` bytes of its UTF-32-BE code (3: the always-zero top byte
     dropped); a chunk is ``prod(levels)`` characters merged level by level into one vector
-    of ``dim``; ``byte_dim`` is the byte embedding's width. For ``tokun-lm``:
+    of ``dim``; ``byte_dim`` is the byte embedding's width. Training an autoencoder can
+    replace a ``random_chars`` share of the characters with random code points, so that
+    it learns characters its corpus lacks (in 2-minute multilingual runs of tokun-16 this
+    cost accuracy on real text: 0.25 81.3%, 0.03 92.0%, none 92.5%). For ``tokun-lm``:
     ``encoder`` names an autoencoder checkpoint whose encoder the model starts from (empty:
     a fresh encoder), ``train_encoder = false`` keeps it frozen, and ``decoder_layers``
     causal blocks of ``decoder_dim`` (0: the model's ``dim``) run over a chunk's
@@ -174,6 +177,7 @@ class ChunksConfig:
     levels: tuple[int, ...] = (4,)
     dim: int = 256
     byte_dim: int = 64
+    random_chars: float = 0.0
     encoder: str = ""
     train_encoder: bool = True
     decoder_layers: int = 1
@@ -191,6 +195,7 @@ class ChunksConfig:
               "model.chunks.levels must list merge factors >= 2, e.g. [4], [16] or [4, 4]")
         check(self.dim > 0 and self.byte_dim > 0,
               "model.chunks.dim and model.chunks.byte_dim must be positive")
+        check(0 <= self.random_chars < 1, "model.chunks.random_chars must be in [0, 1)")
         check(self.decoder_layers >= 1 and self.decoder_dim >= 0,
               "model.chunks needs decoder_layers >= 1 and decoder_dim >= 0")
         check(self.train_encoder or bool(self.encoder), "model.chunks.train_encoder = false "

@@ -52,6 +52,16 @@ def chunk_summary(kind: str, c: ModelConfig) -> str:
     return f"{kind:6s}  chunks of {levels} chars ({ch.width} bytes each) -> {ch.dim} dims"
 
 
+def with_random_chars(ids: torch.Tensor, share: float) -> torch.Tensor:
+    """``ids`` with about ``share`` of them replaced by random codes: 4 in 5 anywhere in
+    the Basic Multilingual Plane, the rest anywhere up to PAD (every plane, the escapes
+    and the specials), so rare and unseen characters are trained as often as any."""
+    anywhere = torch.randint(0, CP_PAD + 1, ids.shape, device=ids.device)
+    bmp = torch.randint(0, 0x10000, ids.shape, device=ids.device)
+    codes = torch.where(torch.rand(ids.shape, device=ids.device) < 0.8, bmp, anywhere)
+    return torch.where(torch.rand(ids.shape, device=ids.device) < share, codes, ids)
+
+
 class TokunAutoencoder(nn.Module):
     """Characters <-> one vector per chunk of ``chunks.size`` characters.
 
@@ -101,6 +111,8 @@ class TokunAutoencoder(nn.Module):
         """Reconstruction cross-entropy per code byte of ``ids`` (``targets`` and
         ``mask``, the language-model arguments, are not used). The padding of a last
         chunk is reconstructed too, so decoded vectors say where their text ends."""
+        if self.training and self.config.chunks.random_chars:
+            ids = with_random_chars(ids, self.config.chunks.random_chars)
         data, _ = self.chunk_bytes(ids)
         return reconstruction_loss(self.autoencoder(data), data)
 
