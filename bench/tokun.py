@@ -20,15 +20,26 @@ Runs go two at a time, one core each (as in bench/tfree.py).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from common import ROOT, SHARED, require, train_all, training_rate, write_result
+from common import (
+    RESULTS,
+    ROOT,
+    SHARED,
+    command,
+    require,
+    train_all,
+    training_rate,
+    write_result,
+)
 from options import language_stores, multilingual_data
 from tfree import generation_bytes_per_s
 from untok.data.ingest import open_data
 from untok.evaluate import evaluate
 from untok.models import load
 
+ENWIK8 = SHARED / "enwik8-4M"
 ENWIK8_VAL = 200_000
 AUTOENCODERS = ("tokun-4", "tokun-16", "tokun-4x4")
 FLAT = ROOT / "recipes" / "enwik8-small.toml"
@@ -90,46 +101,75 @@ def main() -> None:
                         "each split (smoke runs; default: all of it)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "tokun",
                         help="where the runs are written")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="which parts to run (comma-separated: reconstruction, "
+                        "language-models); the others keep their figures from the last "
+                        "results file, with their own dates and commands")
     args = parser.parse_args()
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     root = args.runs
     root.mkdir(parents=True, exist_ok=True)
     corpus, per_language, val_bytes = multilingual_data(root)
     open_data(corpus, val_bytes=val_bytes, progress=False)  # ingested once, here
-    enwik8 = require(SHARED / "enwik8-4M")
-    open_data(enwik8, val_bytes=ENWIK8_VAL, progress=False)
     multi = [f"data.path={str(corpus)!r}", f"data.val_bytes={val_bytes}"]
-    english = [f"data.path={str(enwik8)!r}", f"data.val_bytes={ENWIK8_VAL}"]
-    blt = preset_recipe(root, "blt-fixed4", BLT_FIXED)
-    frozen = [f"model.chunks.encoder={str(root / 'tokun-4' / 'last')!r}",
-              "model.chunks.train_encoder=false"]
-    first = {name: (root / name, multi) for name in AUTOENCODERS}
-    first["tokun-lm"] = (root / "tokun-lm", multi)
-    recipes = {name: preset_recipe(root, name) for name in AUTOENCODERS}
-    train_all(first, args.minutes, jobs=2, recipe={**recipes, "tokun-lm": CHUNK_LM})
-    second = {"tokun-lm-frozen": (root / "tokun-lm-frozen", [*multi, *frozen]),
-              "flat": (root / "flat", multi), "blt-fixed4": (root / "blt-fixed4", multi),
-              "tokun-lm-enwik8": (root / "tokun-lm-enwik8", english),
-              "flat-enwik8": (root / "flat-enwik8", english),
-              "blt-fixed4-enwik8": (root / "blt-fixed4-enwik8", english)}
-    train_all(second, args.minutes, jobs=2, recipe={
-        "tokun-lm-frozen": CHUNK_LM, "flat": FLAT, "blt-fixed4": blt,
-        "tokun-lm-enwik8": CHUNK_LM, "flat-enwik8": FLAT, "blt-fixed4-enwik8": blt})
-
+    figures = previous_figures()
+    if "reconstruction" in sections:
+        recipes = {name: preset_recipe(root, name) for name in AUTOENCODERS}
+        train_all({name: (root / name, multi) for name in AUTOENCODERS}, args.minutes,
+                  jobs=2, recipe=recipes)
+    if "language-models" in sections:
+        train_language_models(root, multi, args.minutes)
     stores = language_stores(root, per_language)
-    multi_store = open_data(corpus, val_bytes=val_bytes, progress=False)
-    english_store = open_data(enwik8, val_bytes=ENWIK8_VAL, progress=False)
-    figures = {"minutes": args.minutes,
-               "reconstruction": reconstruction(root, stores, args.max_eval),
-               "multilingual": {name: language_model_row(root / run, multi_store,
-                                                         args.max_eval, stores)
-                                for name, run in MULTILINGUAL_ROWS.items()},
-               "enwik8": {name: language_model_row(root / run, english_store, args.max_eval)
-                          for name, run in ENWIK8_ROWS.items()}}
+    if "reconstruction" in sections:
+        figures["reconstruction"] = {"minutes": args.minutes, "command": command(),
+                                     **reconstruction(root, stores, args.max_eval)}
+    if "language-models" in sections:
+        multi_store = open_data(corpus, val_bytes=val_bytes, progress=False)
+        english_store = open_data(ENWIK8, val_bytes=ENWIK8_VAL, progress=False)
+        figures["multilingual"] = {
+            "minutes": args.minutes, "command": command(),
+            **{name: language_model_row(root / run, multi_store, args.max_eval, stores)
+               for name, run in MULTILINGUAL_ROWS.items()}}
+        figures["enwik8"] = {
+            "minutes": args.minutes, "command": command(),
+            **{name: language_model_row(root / run, english_store, args.max_eval)
+               for name, run in ENWIK8_ROWS.items()}}
     table = render(figures)
     print(table)
     print(f"wrote {write_result('tokun', figures, table)}")
 
 
+def previous_figures() -> dict:
+    path = RESULTS / "tokun.json"
+    return json.loads(path.read_text())["figures"] if path.is_file() else {}
+
+
+def train_language_models(root: Path, multi: list[str], minutes: float) -> None:
+    """The multilingual and enwik8 language-model runs, two at a time; the frozen chunk LM
+    takes the encoder of the tokun-4 run (trained here first if it is missing)."""
+    english = [f"data.path={str(require(ENWIK8))!r}", f"data.val_bytes={ENWIK8_VAL}"]
+    open_data(ENWIK8, val_bytes=ENWIK8_VAL, progress=False)
+    blt = preset_recipe(root, "blt-fixed4", BLT_FIXED)
+    encoder = root / "tokun-4" / "last"
+    first = {"tokun-lm": ((root / "tokun-lm", multi), CHUNK_LM)}
+    if not encoder.is_dir():
+        first["tokun-4"] = ((root / "tokun-4", multi), preset_recipe(root, "tokun-4"))
+    frozen = [f"model.chunks.encoder={str(encoder)!r}", "model.chunks.train_encoder=false"]
+    rest = {"tokun-lm-frozen": ((root / "tokun-lm-frozen", [*multi, *frozen]), CHUNK_LM),
+            "flat": ((root / "flat", multi), FLAT),
+            "blt-fixed4": ((root / "blt-fixed4", multi), blt),
+            "tokun-lm-enwik8": ((root / "tokun-lm-enwik8", english), CHUNK_LM),
+            "flat-enwik8": ((root / "flat-enwik8", english), FLAT),
+            "blt-fixed4-enwik8": ((root / "blt-fixed4-enwik8", english), blt)}
+    for group in (first, rest):
+        train_all({name: run for name, (run, _) in group.items()}, minutes, jobs=2,
+                  recipe={name: recipe for name, (_, recipe) in group.items()})
+
+
+SECTIONS = ("reconstruction", "language-models")
 MULTILINGUAL_ROWS = {"flat bytes (enwik8-small)": "flat", "BLT fixed(4) (blt-small)":
                      "blt-fixed4", "tokun-lm (encoder trained jointly)": "tokun-lm",
                      "tokun-lm (tokun-4 encoder, frozen)": "tokun-lm-frozen"}
@@ -138,36 +178,59 @@ ENWIK8_ROWS = {"flat bytes (enwik8-small)": "flat-enwik8",
                "tokun-lm (encoder trained jointly)": "tokun-lm-enwik8"}
 
 
+def rows_of(section: dict) -> dict:
+    return {k: v for k, v in section.items() if k not in ("minutes", "command")}
+
+
 def render(figures: dict) -> str:
-    lines = [f"## Reconstruction ({figures['minutes']:g} CPU minutes each, one core; strict "
-             "accuracy on the val lines of 25 languages)", "",
+    """The markdown tables of whichever sections ``figures`` holds."""
+    lines: list[str] = []
+    if "reconstruction" in figures:
+        lines += render_reconstruction(figures["reconstruction"])
+    for section, title in (("multilingual", "multilingual split (25 languages)"),
+                           ("enwik8", "enwik8-4M")):
+        if section in figures:
+            lines += render_language_models(figures[section], title)
+    if "multilingual" in figures:
+        lines += render_languages(rows_of(figures["multilingual"]))
+    return "\n".join(lines)
+
+
+def render_reconstruction(recon: dict) -> list[str]:
+    lines = [f"## Reconstruction ({recon['minutes']:g} CPU minutes each, one core; strict "
+             "accuracy on the val lines of 25 languages)", "", f"`{recon['command']}`", "",
              "| model | params | chars per vector | vector dim | steps | strict accuracy "
              "| worst language | noise 0.1 | noise 0.5 | noise 1.0 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in figures["reconstruction"].items():
+    for name, r in rows_of(recon).items():
         worst = min(r["languages"], key=r["languages"].get)
         lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['chars_per_vector']} | "
                      f"{r['vector_dim']} | {r['steps']} | {r['strict_accuracy']:.2%} | "
                      f"{worst} {r['languages'][worst]:.2%} | {r['noise']['0.1']:.2%} | "
                      f"{r['noise']['0.5']:.2%} | {r['noise']['1.0']:.2%} |")
-    for section, title in (("multilingual", "multilingual split (25 languages)"),
-                           ("enwik8", "enwik8-4M")):
-        lines += ["", f"## Language models on the {title}, {figures['minutes']:g} minutes "
-                  "each, one core", "",
-                  "| model | val bpb | bits per char | params | steps | train bytes/s "
-                  "| generate bytes/s |", "|---|---|---|---|---|---|---|"]
-        for name, r in figures[section].items():
-            lines.append(f"| {name} | {r['val_bpb']:.3f} | {r['bits_per_char']:.3f} | "
-                         f"{r['params'] / 1e6:.2f}M | {r['steps']} | "
-                         f"{r['train_bytes_per_s']:,.0f} | {r['generate_bytes_per_s']:,.0f} |")
-    rows = figures["multilingual"]
+    return lines
+
+
+def render_language_models(section: dict, title: str) -> list[str]:
+    lines = ["", f"## Language models on the {title}, {section['minutes']:g} minutes each, "
+             "one core", "", f"`{section['command']}`", "",
+             "| model | val bpb | bits per char | params | steps | train bytes/s "
+             "| generate bytes/s |", "|---|---|---|---|---|---|---|"]
+    for name, r in rows_of(section).items():
+        lines.append(f"| {name} | {r['val_bpb']:.3f} | {r['bits_per_char']:.3f} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['steps']} | "
+                     f"{r['train_bytes_per_s']:,.0f} | {r['generate_bytes_per_s']:,.0f} |")
+    return lines
+
+
+def render_languages(rows: dict) -> list[str]:
     languages = sorted(next(iter(rows.values()))["languages"])
-    lines += ["", "### Bits per character per language (multilingual runs)", "",
-              "| language | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+    lines = ["", "### Bits per character per language (multilingual runs)", "",
+             "| language | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for lang in languages:
         lines.append(f"| {lang} | " + " | ".join(f"{r['languages'][lang]:.3f}"
                                                  for r in rows.values()) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
