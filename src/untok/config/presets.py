@@ -86,21 +86,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "tokun-4": {  # chunk autoencoder: 4 characters (3 bytes each) -> one 256-wide vector
         "model": {"family": "tokun", "unit": "codepoint", "context": 256,
-                  "chunks": {"levels": [4], "dim": 256, "byte_dim": 64}},
-        "train": {"batch_size": 16, "lr": 1e-2, "warmup_steps": 100, "eval_every": 200,
-                  "eval_bytes": 65536},
+                  "chunks": {"levels": [4], "dim": 256}},
+        "train": {"batch_size": 16, "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 100,
+                  "eval_every": 200, "eval_bytes": 65536},
     },
     "tokun-16": {  # 16 characters -> one 256-wide vector, merged in one level
         "model": {"family": "tokun", "unit": "codepoint", "context": 256,
-                  "chunks": {"levels": [16], "dim": 256, "byte_dim": 64}},
-        "train": {"batch_size": 16, "lr": 1e-2, "warmup_steps": 100, "eval_every": 200,
-                  "eval_bytes": 65536},
+                  "chunks": {"levels": [16], "dim": 256}},
+        "train": {"batch_size": 16, "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 100,
+                  "eval_every": 200, "eval_bytes": 65536},
     },
     "tokun-4x4": {  # 16 characters -> one 256-wide vector, merged 4 then 4
         "model": {"family": "tokun", "unit": "codepoint", "context": 256,
-                  "chunks": {"levels": [4, 4], "dim": 256, "byte_dim": 64}},
-        "train": {"batch_size": 16, "lr": 1e-2, "warmup_steps": 100, "eval_every": 200,
-                  "eval_bytes": 65536},
+                  "chunks": {"levels": [4, 4], "dim": 256}},
+        "train": {"batch_size": 16, "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 100,
+                  "eval_every": 200, "eval_bytes": 65536},
     },
     "tokun-lm-tiny": {  # unit tests
         "model": {"family": "tokun-lm", "unit": "codepoint", "dim": 32, "num_layers": 2,
@@ -114,7 +114,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # batch 8 4.11; 4 layers 4.05; a 256-wide decoder 4.08)
         "model": {"family": "tokun-lm", "unit": "codepoint", "dim": 256, "num_layers": 4,
                   "num_heads": 8, "context": 256,
-                  "chunks": {"levels": [4], "dim": 256, "byte_dim": 64, "decoder_dim": 128}},
+                  "chunks": {"levels": [4], "dim": 256, "decoder_dim": 128}},
         "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 30},
     },
     "mmfree-tiny": {  # unit tests

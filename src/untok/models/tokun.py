@@ -74,7 +74,8 @@ class TokunAutoencoder(nn.Module):
         self.config = config
         self.units = units or CodepointUnits()
         ch = config.chunks
-        self.autoencoder = ChunkAutoencoder(ch.width, ch.levels, ch.dim, ch.byte_dim)
+        self.autoencoder = ChunkAutoencoder(ch.width, ch.levels, ch.dim, ch.byte_dim,
+                                            ch.char_dim)
         self.nll_loss = False  # a reconstruction loss, not next-unit cross-entropy
 
     def tie_weights(self) -> None:
@@ -123,12 +124,13 @@ class TokunAutoencoder(nn.Module):
         """Training FLOPs per character: 6 x each matmul's weights x how often a chunk
         uses it (level i runs once per group it makes), over the chunk's characters."""
         ae, ch = self.autoencoder, self.config.chunks
-        runs = [ch.size]  # the character level: once per character
-        for factor in ch.levels:
-            runs.append(runs[-1] // factor)
-        merged = sum(run * (m.proj.weight.numel() + s.proj.weight.numel()) for run, m, s in
-                     zip(runs, ae.encoder.merges, reversed(ae.decoder.splits), strict=True))
-        return 6.0 * (merged + ch.size * ch.width * ae.decoder.out.weight.numel()) / ch.size
+        runs, merged = ch.size, 0
+        for merge, split in zip(ae.encoder.merges, reversed(ae.decoder.splits), strict=True):
+            runs //= merge.factor
+            merged += runs * (merge.proj.weight.numel() + split.proj.weight.numel())
+        head = sum(m.weight.numel() for m in ae.decoder.head.modules()
+                   if isinstance(m, nn.Linear))
+        return 6.0 * (merged / ch.size + head)
 
 TINY = {"unit": "codepoint", "context": 16,
         "chunks": {"levels": [4], "dim": 32, "byte_dim": 16}}

@@ -77,7 +77,7 @@ class TokunLM(nn.Module):
         d = ch.decoder_dim or c.dim
         heads = max(d // 64, 1)
         self.context_in = nn.Linear(c.dim, d)
-        self.char_in = nn.Linear(ch.dim, d)
+        self.char_in = nn.Linear(self.encoder.char_dim, d)
         self.first_slot = nn.Parameter(torch.zeros(d))  # the slot before a chunk's first char
         self.decoder = make_stack("transformer", dim=d, num_layers=ch.decoder_layers,
                                   num_heads=heads, hidden=-(-int(d * 8 / 3) // 64) * 64,
@@ -102,7 +102,7 @@ class TokunLM(nn.Module):
     # -- chunks to contexts, contexts to character states ----------------------------------
 
     def _chars(self, chars: torch.Tensor) -> torch.Tensor:
-        """Long[...] characters -> Float[..., E]: the encoder's character vectors."""
+        """Long[...] characters -> Float[..., W * byte_dim]: the encoder's character vectors."""
         return self.encoder.characters(char_bytes(chars, self.config.chunks.width))
 
     def _contexts(self, chunks: torch.Tensor, layers: list | None = None,
@@ -176,7 +176,7 @@ class TokunLM(nn.Module):
     def flops_per_byte(self) -> float:
         """Training FLOPs per character: 6 x the matmul weights each character goes through
         (chunk-level layers shared by the chunk's G characters) + attention mixing."""
-        chunk_level = (*self.encoder.merges[1:], self.chunk_in, self.blocks, self.context_in)
+        chunk_level = (self.encoder, self.chunk_in, self.blocks, self.context_in)
         per_chunk = sum(m.weight.numel() for part in chunk_level for m in part.modules()
                         if isinstance(m, nn.Linear))
         per_char = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
