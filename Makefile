@@ -23,17 +23,17 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-core
 	$(BIN)/untok demo --minutes $(MINUTES) --force
 
-test: $(VENV)/.installed-dev,data,bench
+test: $(VENV)/.installed-dev,data,bench,serve
 	$(BIN)/python -m pytest tests
 
-lint: $(VENV)/.installed-dev,data
+lint: $(VENV)/.installed-dev,data,serve
 	$(BIN)/ruff check src tests bench
 
 # the whole suite with short budgets (about 20 minutes on 2 cores), written to
 # bench/results/quick/ so that the full runs in bench/results/ stay; run a script alone
 # (see its --help) for a full run
 bench: export UNTOK_BENCH_RESULTS = bench/results/quick
-bench: $(VENV)/.installed-dev,data,bench
+bench: $(VENV)/.installed-dev,data,bench,serve
 	$(BIN)/python bench/train_speed.py --steps 2
 	$(BIN)/python bench/generate_speed.py --bytes 256
 	$(BIN)/python bench/quality.py --budget-minutes 2

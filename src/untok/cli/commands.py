@@ -248,6 +248,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
         out.write(decoder.flush() + "\n")
 
 
+def served_name(checkpoint: str) -> str:
+    """A checkpoint's default model id: its run's folder name (runs/books/best -> books)."""
+    path = Path(checkpoint).resolve()
+    return path.parent.name if path.name in ("best", "last") else path.name
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from untok.serve.app import create_app
+    except ImportError:
+        raise UntokError("untok serve needs its extra: pip install 'untok[serve]'") from None
+    from untok.generate import compile_decoding
+    from untok.hardware import pick_device
+    from untok.models import load
+
+    model = load(args.checkpoint, pick_device(args.device))
+    if args.compile:
+        compile_decoding(model)
+    name = args.model_name or served_name(args.checkpoint)
+    app = create_app(model, name, api_key=args.api_key, cors_origins=args.cors_origin,
+                     max_prompt=args.max_prompt, max_tokens=args.max_tokens)
+    print(f"serving {name} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from untok.demo import run_demo
 

@@ -16,6 +16,7 @@ from untok.cli.commands import (
     cmd_generate,
     cmd_patches,
     cmd_presets,
+    cmd_serve,
     cmd_tokun_decode,
     cmd_tokun_encode,
     cmd_train,
@@ -31,6 +32,7 @@ EPILOG = """examples:
   untok generate runs/books/best --prompt "Once upon a time" --max-bytes 400
   untok train --resume runs/books/last --minutes 10
   untok compress notes.txt -m runs/books/best
+  untok serve runs/books/best --port 8000
 """
 
 
@@ -292,6 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the decoding step first (slow start, faster long outputs)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a checkpoint "
+                       "(extra [serve])")
+    p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--model-name", help="the model id clients ask for (default: the "
+                   "checkpoint's folder name, e.g. runs/books/best -> books)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from ORIGIN call the API (repeatable; '*': any)")
+    p.add_argument("--max-prompt", type=_positive_int, metavar="N",
+                   help="longest prompt in units with BOS (default: the model's context)")
+    p.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
+                   help="largest max_tokens a request may ask for (default 4096)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decoding step first (slow start, faster decoding)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
 
     _add_coding_parsers(sub)
 
