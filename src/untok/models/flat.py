@@ -24,7 +24,7 @@ from untok.config import ModelConfig
 from untok.config.schema import check
 from untok.models.base import init_residuals, init_standard, next_unit_loss
 from untok.models.registry import Capabilities, Family, register, shape_summary
-from untok.nn.attention import Rope, local_causal_mask
+from untok.nn.attention import KVCache, Rope, local_causal_mask
 from untok.nn.bitlinear import BitLinear
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
 from untok.nn.embeddings import (
@@ -52,6 +52,22 @@ class FlatState:
     layers: list
     past: torch.Tensor
     position: int = 0
+
+    def select(self, rows: torch.Tensor) -> FlatState:
+        """The state of the batch rows ``rows`` (Long[B'])."""
+        layers = [layer.select(rows) if isinstance(layer, KVCache) else layer[rows]
+                  for layer in self.layers]
+        return FlatState(layers, self.past[rows], self.position)
+
+    def join(self, other: FlatState, start: int) -> FlatState:
+        """This batch with the rows of ``other`` (same position) appended, their units
+        beginning at position ``start`` (see :class:`untok.nn.attention.KVCache`)."""
+        if other.position != self.position:
+            raise ValueError("joined decoding states must be at the same position")
+        layers = [mine.join(theirs, start) if isinstance(mine, KVCache) else
+                  torch.cat([mine, theirs]) for mine, theirs in
+                  zip(self.layers, other.layers, strict=True)]
+        return FlatState(layers, torch.cat([self.past, other.past]), self.position)
 
 
 def head_of(config: ModelConfig) -> str:
@@ -219,11 +235,15 @@ class FlatLM(nn.Module):
             return self.mse_loss(h, targets)
         return next_unit_loss(self._outputs(h), targets, pad=self.units.pad)
 
-    def new_state(self, batch_size: int) -> FlatState:
+    def new_state(self, batch_size: int, position: int = 0) -> FlatState:
+        """A fresh decoding state whose first unit will be at ``position`` (a server
+        places a sequence on a batch's clock with it; see :meth:`FlatState.join`)."""
         weight = self.norm.weight
         static = getattr(self, "static_decoding", False)  # set by compile_decoding
-        layers = self.blocks.new_state(batch_size, weight.device, weight.dtype, static)
-        return FlatState(layers, empty_past(self.ngrams, batch_size, weight.device))
+        layers = self.blocks.new_state(batch_size, weight.device, weight.dtype, static,
+                                       position)
+        return FlatState(layers, empty_past(self.ngrams, batch_size, weight.device),
+                         position)
 
     def step(self, state: FlatState, ids: torch.Tensor) -> tuple[Scores, FlatState]:
         start, end = state.position, state.position + ids.shape[1]
@@ -280,7 +300,7 @@ def validate_flat(c: ModelConfig) -> None:
 def flat_capabilities(config: ModelConfig) -> Capabilities:
     return Capabilities(can_compress=config.unit == "byte",
                         compiled_decoding=config.backbone == "transformer",
-                        export_ternary=config.backbone == "mmfree")
+                        export_ternary=config.backbone == "mmfree", joins_rows=True)
 
 
 TINY = {"dim": 32, "num_layers": 2, "num_heads": 2, "context": 32}

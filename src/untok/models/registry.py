@@ -40,6 +40,10 @@ class Capabilities:
 
     can_compress: bool = False  # its scores carry a next-byte distribution (byte_logits)
     batch_decoding: bool = True  # new_state(B) for B > 1
+    # decoding states that sequences begun at different times can share:
+    # ``new_state(B, position=p)`` starts at position p, a state has ``position``,
+    # ``select(rows)`` and ``join(other, start)`` (untok serve batches requests with them)
+    joins_rows: bool = False
     compiled_decoding: bool = False  # has a static-shape decode_one to torch.compile
     export_ternary: bool = False  # has BitLinear layers to pack (untok export --ternary)
     patches: bool = False  # cuts bytes into patches (untok patches)

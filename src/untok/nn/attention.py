@@ -65,6 +65,12 @@ class KVCache:
     Unit ``p`` lives in slot ``p % capacity``; keys are stored already rotated (RoPE), so
     attention needs no reordering and dropping the oldest unit costs nothing. Shapes never
     change while decoding, which lets a compiled decode step run without recompiling.
+
+    The rows of a batch share one clock (``positions``). Rows that began at different
+    times (a server batching requests that arrived apart) each have a ``starts`` entry:
+    row b attends only to the units at positions >= ``starts[b]``, its own. As RoPE sees
+    only relative positions, a row that began at position s decodes exactly as it would
+    alone from position 0.
     """
 
     k: torch.Tensor  # (B, H, capacity, d)
@@ -72,15 +78,18 @@ class KVCache:
     positions: torch.Tensor  # Long[capacity]: the unit held by each slot, -1 if empty
     length: int = 0  # slots filled
     static: bool = False  # always attend over every slot (fixed shapes, for compiling)
+    starts: torch.Tensor | None = None  # Long[B]: each row's first position (None: all 0)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
-              device: torch.device, dtype: torch.dtype, static: bool = False) -> KVCache:
+              device: torch.device, dtype: torch.dtype, static: bool = False,
+              start: int = 0) -> KVCache:
+        """A cache whose first unit will be at position ``start``."""
         shape = (batch, heads, capacity, head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype),
                    torch.zeros(shape, device=device, dtype=dtype),
                    torch.full((capacity,), -1, dtype=torch.long, device=device),
-                   static=static)
+                   length=min(start, capacity), static=static)
 
     def append(self, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,10 +108,30 @@ class KVCache:
         self.positions.index_copy_(0, slots, positions)
         used = capacity
         if not self.static:  # until the ring wraps, slots [0, length) hold every unit
+            # (those before a cache's start position are empty: -1, masked out)
             self.length = used = min(self.length + k.shape[2], capacity)
         held = self.positions[None, :used]
-        return self.k[:, :, :used], self.v[:, :, :used], \
-            (held >= 0) & (held <= positions[:, None])
+        mask = (held >= 0) & (held <= positions[:, None])  # (n, slots)
+        if self.starts is not None:  # (B, 1, n, slots)
+            mask = mask & (held >= self.starts[:, None, None, None])
+        return self.k[:, :, :used], self.v[:, :, :used], mask
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """The cache of the batch rows ``rows`` (Long[B'])."""
+        starts = None if self.starts is None else self.starts[rows]
+        return KVCache(self.k[rows], self.v[rows], self.positions, self.length, self.static,
+                       starts)
+
+    def join(self, other: KVCache, start: int) -> KVCache:
+        """This batch with the rows of ``other`` appended: a cache on the same clock whose
+        units begin at position ``start`` (it filled only the slots of its own units)."""
+        B, B2 = self.k.shape[0], other.k.shape[0]
+        starts = self.starts if self.starts is not None else \
+            torch.zeros(B, dtype=torch.long, device=self.k.device)
+        starts = torch.cat([starts, starts.new_full((B2,), start)])
+        return KVCache(torch.cat([self.k, other.k]), torch.cat([self.v, other.v]),
+                       torch.maximum(self.positions, other.positions),
+                       max(self.length, other.length), self.static, starts)
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,9 +146,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
 
     def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
-                  static: bool = False) -> KVCache:
+                  static: bool = False, start: int = 0) -> KVCache:
         return KVCache.empty(batch, self.num_heads, capacity, self.head_dim, device, dtype,
-                             static)
+                             static, start)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
@@ -136,7 +165,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                is_causal=mask is None)
         else:
-            k, v, mask = cache.append(k, v, positions)  # (B, H, capacity, d), (T, capacity)
+            k, v, mask = cache.append(k, v, positions)  # (B, H, slots, d), (T, slots)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
@@ -188,9 +217,9 @@ class DifferentialAttention(nn.Module):
         nn.init.normal_(self.lambdas, std=0.1)
 
     def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
-                  static: bool = False) -> KVCache:
+                  static: bool = False, start: int = 0) -> KVCache:
         return KVCache.empty(batch, self.num_heads, capacity, 2 * self.head_dim, device,
-                             dtype, static)
+                             dtype, static, start)
 
     def lambda_full(self) -> torch.Tensor:
         lq1, lk1, lq2, lk2 = self.lambdas.float()

@@ -45,8 +45,9 @@ class TransformerStack(nn.ModuleList):
         return x
 
     def new_state(self, batch: int, device: torch.device, dtype: torch.dtype,
-                  static: bool = False) -> list[KVCache]:
-        return [block.attn.new_cache(batch, self.capacity, device, dtype, static)
+                  static: bool = False, start: int = 0) -> list[KVCache]:
+        """Caches whose first unit will be at position ``start``."""
+        return [block.attn.new_cache(batch, self.capacity, device, dtype, static, start)
                 for block in self]
 
     def step(self, x: torch.Tensor, state: list[KVCache], positions: torch.Tensor,
@@ -93,7 +94,7 @@ class MMFreeStack(nn.ModuleList):
         return x
 
     def new_state(self, batch: int, device: torch.device, dtype: torch.dtype,
-                  static: bool = False) -> list[torch.Tensor]:
+                  static: bool = False, start: int = 0) -> list[torch.Tensor]:
         return [torch.zeros(batch, self.dim, device=device, dtype=dtype) for _ in self]
 
     def step(self, x: torch.Tensor, state: list[torch.Tensor], positions: torch.Tensor,

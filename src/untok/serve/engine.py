@@ -2,16 +2,21 @@
 
 A request becomes one :class:`Sequence` per choice. The worker admits new sequences (one
 forward over the prompt each), then advances every active sequence by one unit per round,
-so concurrent requests progress together and none waits for another to finish. Each
-sequence samples with its own ``torch.Generator`` (seeded from the request), so a seed
-gives the same output however many other requests run beside it. A sequence whose client
-went away is dropped at the next round.
+so concurrent requests progress together and none waits for another to finish.
+
+Sequences decode in *cohorts*, one batched ``step`` per cohort and round. For families
+whose decoding states join (``Capabilities.joins_rows``: the flat family, transformer or
+MatMul-free) a cohort holds up to ``max_batch`` sequences: a new one is prefilled alone,
+placed on the cohort's clock so that its prompt ends where the others are, and joined to
+the batch (:meth:`untok.models.flat.FlatState.join`); a finished one is selected out.
+Other families decode each sequence as a cohort of one. Each sequence samples with its
+own ``torch.Generator`` (seeded from the request), so a seed gives the same output
+however many other requests run beside it. A sequence whose client went away is dropped
+at the next round.
 
 What a sequence produces reaches the request through ``Event`` s on an ``asyncio.Queue``,
 posted thread-safely onto the server's event loop.
 """
-
-from __future__ import annotations
 
 import asyncio
 import threading
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from untok.generate import SamplerConfig, sample_next
+from untok.models.registry import capabilities
 from untok.scores import Logits, Scores
 from untok.serve.text import Release
 
@@ -72,8 +78,7 @@ class Sequence:
     queue: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
-    state: Any = None
-    scores: Scores | None = None
+    scores: Scores | None = None  # of its next unit, shape (1,)
     generator: torch.Generator | None = None
     release: Release | None = None
     produced: int = 0
@@ -93,15 +98,31 @@ def alternatives(scores: Scores, units: Any, k: int) -> tuple[tuple[bytes, float
     return tuple((units.decode([int(i)]), float(v)) for v, i in zip(values, ids, strict=True))
 
 
-class Engine:
-    """Serves ``model`` from a worker thread; :meth:`submit` from any thread."""
+@dataclass(eq=False)
+class Cohort:
+    """Sequences decoded as one batch: row i of ``state`` is ``rows[i]``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    rows: list[Sequence]
+    state: Any
+
+
+class Engine:
+    """Serves ``model`` from a worker thread; :meth:`submit` from any thread.
+
+    ``max_batch``: most sequences in one cohort. A cohort's clock begins at the model's
+    context (so any prompt fits before it) and takes no new rows once it has run
+    ``clock_limit`` units; new sequences then open a fresh cohort, and the old one ends
+    when its last sequence does."""
+
+    def __init__(self, model: nn.Module, max_batch: int = 16) -> None:
         self.model = model
         self.units = model.units
         self.device = next(model.parameters()).device
+        self.max_batch = max_batch if capabilities(model).joins_rows else 1
+        self.base = model.config.context
+        self.clock_limit = 64 * model.config.context
         self.pending: deque[Sequence] = deque()
-        self.active: list[Sequence] = []
+        self.cohorts: list[Cohort] = []
         self.wake = threading.Condition()
         self.running = True
         self.thread = threading.Thread(target=self._run, name="untok-engine", daemon=True)
@@ -117,7 +138,7 @@ class Engine:
 
     def busy(self) -> int:
         """Sequences admitted or waiting."""
-        return len(self.active) + len(self.pending)
+        return sum(len(c.rows) for c in self.cohorts) + len(self.pending)
 
     def close(self) -> None:
         with self.wake:
@@ -130,7 +151,7 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self.wake:
-                while self.running and not self.pending and not self.active:
+                while self.running and not self.pending and not self.cohorts:
                     self.wake.wait()
                 if not self.running:
                     return
@@ -138,40 +159,75 @@ class Engine:
                 self.pending.clear()
             with torch.inference_mode():
                 for seq in admitted:
-                    self._guarded(seq, self._admit)
-                for seq in list(self.active):
-                    self._guarded(seq, self._advance)
+                    self._guarded([seq], self._admit, seq)
+                for cohort in list(self.cohorts):
+                    self._guarded(cohort.rows, self._round, cohort)
 
-    def _guarded(self, seq: Sequence, work) -> None:
-        """Run ``work(seq)``; a failure ends that sequence with an error event only."""
+    def _guarded(self, seqs: list[Sequence], work, arg) -> None:
+        """Run ``work(arg)``; a failure ends the sequences involved with an error event
+        and the server goes on."""
         try:
-            if seq.cancelled:
-                self._drop(seq)
-            else:
-                work(seq)
-        except Exception as exc:  # noqa: BLE001 (reported to that client, the server goes on)
-            self._drop(seq)
-            seq.post(Event(seq.index, "error", message=f"generation failed: {exc}"))
+            work(arg)
+        except Exception as exc:  # noqa: BLE001 (reported to those clients)
+            self.cohorts = [c for c in self.cohorts if not set(c.rows) & set(seqs)]
+            for seq in seqs:
+                seq.post(Event(seq.index, "error", message=f"generation failed: {exc}"))
 
-    def _drop(self, seq: Sequence) -> None:
-        if seq in self.active:
-            self.active.remove(seq)
+    def _cohort_with_room(self) -> Cohort | None:
+        if self.max_batch == 1 or not self.cohorts:
+            return None
+        youngest = self.cohorts[-1]
+        if len(youngest.rows) < self.max_batch and \
+                youngest.state.position < self.base + self.clock_limit:
+            return youngest
+        return None
 
     def _admit(self, seq: Sequence) -> None:
         spec, model = seq.spec, self.model
+        if seq.cancelled:
+            return
         seq.generator = torch.Generator(device=self.device)
         seq.generator.manual_seed(spec.seed if spec.seed is not None else torch.seed())
         seq.release = Release(list(spec.stops))
         seq.last = [i for i in spec.prompt if i < self.units.num_content][-2:]
         if spec.max_units == 0:
             return self._end(seq, "length")
-        seq.state = model.new_state(1)
-        scores, seq.state = model.step(seq.state, torch.tensor([spec.prompt],
-                                                                device=self.device))
+        cohort = self._cohort_with_room()
+        if self.max_batch > 1:  # the prompt ends on the cohort's clock
+            start = (cohort.state.position if cohort else self.base) - len(spec.prompt)
+            state = model.new_state(1, position=start)
+        else:
+            state = model.new_state(1)
+        scores, state = model.step(state, torch.tensor([spec.prompt], device=self.device))
         seq.scores = scores[:, -1]
-        self.active.append(seq)
+        if cohort is None:
+            self.cohorts.append(Cohort([seq], state))
+        else:
+            cohort.state = cohort.state.join(state, start)
+            cohort.rows.append(seq)
 
-    def _advance(self, seq: Sequence) -> None:
+    def _round(self, cohort: Cohort) -> None:
+        """One unit for every sequence of ``cohort``, then one batched step."""
+        kept, chosen = [], []
+        for seq in cohort.rows:
+            unit = None if seq.cancelled else self._choose(seq)
+            if unit is not None:
+                kept.append(seq)
+                chosen.append(unit)
+        if not kept:
+            self.cohorts.remove(cohort)
+            return
+        if len(kept) < len(cohort.rows):
+            rows = [i for i, seq in enumerate(cohort.rows) if seq in kept]
+            cohort.state = cohort.state.select(torch.tensor(rows, device=self.device))
+        cohort.rows = kept
+        scores, cohort.state = self.model.step(cohort.state, torch.cat(chosen)[:, None])
+        for i, seq in enumerate(kept):
+            seq.scores = scores[i:i + 1, -1]
+
+    def _choose(self, seq: Sequence) -> torch.Tensor | None:
+        """Sample ``seq``'s next unit and send what it releases: the unit (Long[1]) to
+        feed back, or None when the sequence has ended."""
         spec, units = seq.spec, self.units
         chosen = sample_next(seq.scores, spec.sampler, seq.generator)  # Long[1]
         value = int(chosen)
@@ -190,8 +246,7 @@ class Engine:
             return self._end(seq, "stop", flush=False)
         if seq.produced >= spec.max_units:
             return self._end(seq, "length")
-        scores, seq.state = self.model.step(seq.state, chosen[:, None])
-        seq.scores = scores[:, -1]
+        return chosen
 
     def _send(self, seq: Sequence, data: bytes, units: list) -> None:
         if data or units:
@@ -201,6 +256,5 @@ class Engine:
     def _end(self, seq: Sequence, reason: str, flush: bool = True) -> None:
         if flush:
             self._send(seq, *seq.release.finish())
-        self._drop(seq)
         seq.post(Event(seq.index, "end", finish_reason=reason,
                        completion_units=seq.produced))

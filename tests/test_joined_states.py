@@ -1,0 +1,72 @@
+"""Decoding states that join: sequences begun at different times, batched on one clock,
+decode exactly as each does alone (what untok serve's batching relies on)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from untok.models import build_model
+from untok.models.registry import capabilities, examples
+
+JOINABLE = [(name, config) for name, config in examples()
+            if capabilities(build_model(config)).joins_rows]
+
+
+def test_some_families_join():
+    assert {name.split("-")[0] for name, _ in JOINABLE} >= {"flat"}
+    assert any(config.backbone == "mmfree" for _, config in JOINABLE)
+
+
+@pytest.mark.parametrize("name,config", JOINABLE, ids=[n for n, _ in JOINABLE])
+def test_joined_rows_decode_as_alone(name, config):
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    vocab = min(model.units.num_content, 256)
+    prompts = [torch.randint(0, vocab, (1, n)) for n in (9, 3, 6)]
+    follow = torch.randint(0, vocab, (3, 5))  # the units each row is fed next
+    with torch.inference_mode():
+        alone = []
+        for i, prompt in enumerate(prompts):
+            state = model.new_state(1)
+            scores, state = model.step(state, prompt)
+            rows = [scores[:, -1]]
+            for t in range(follow.shape[1]):
+                scores, state = model.step(state, follow[i:i + 1, t:t + 1])
+                rows.append(scores[:, -1])
+            alone.append(rows)
+        # rows 0 and 1 begin together; row 2 joins after two steps; row 1 leaves after 3
+        clock = config.context
+        state, outputs = None, {0: [], 1: [], 2: []}
+        members = []
+        for i in (0, 1):
+            row = model.new_state(1, position=clock - prompts[i].shape[1])
+            scores, row = model.step(row, prompts[i])
+            outputs[i].append(scores[:, -1])
+            state = row if state is None else state.join(row, clock - prompts[i].shape[1])
+            members.append(i)
+        fed = {0: 0, 1: 0, 2: 0}
+        for t in range(follow.shape[1]):
+            if t == 2:
+                start = state.position - prompts[2].shape[1]
+                row = model.new_state(1, position=start)
+                scores, row = model.step(row, prompts[2])
+                outputs[2].append(scores[:, -1])
+                state = state.join(row, start)
+                members.append(2)
+            if t == 3:
+                state = state.select(torch.tensor([0, 2]))
+                members = [0, 2]
+            ids = torch.stack([follow[i, fed[i]] for i in members])[:, None]
+            scores, state = model.step(state, ids)
+            for j, i in enumerate(members):
+                fed[i] += 1
+                outputs[i].append(scores[j:j + 1, -1])
+    for i, rows in outputs.items():
+        assert len(rows) >= 4
+        for got, want in zip(rows, alone[i], strict=False):
+            for target in (7, 65, 200):
+                targets = torch.tensor([target])
+                with torch.inference_mode():  # some scores run their head lazily
+                    torch.testing.assert_close(got.log_prob(targets), want.log_prob(targets),
+                                               atol=1e-4, rtol=1e-4)
