@@ -175,3 +175,14 @@ def test_tokun_smoke(tmp_path):
         assert {"val_bpb", "bits_per_char", "train_bytes_per_s",
                 "generate_bytes_per_s"} <= set(row)
     assert len(figures["multilingual"]["tokun-lm (tokun-4 encoder, frozen)"]["languages"]) == 25
+
+
+@pytest.mark.slow
+def test_serve_smoke(tmp_path):
+    pytest.importorskip("fastapi")
+    figures = run_bench(tmp_path, "serve.py", "--minutes", "0.05", "--bytes", "16",
+                        "--clients", "1,2")
+    assert [row["clients"] for row in figures["load"]] == [1, 2]
+    for row in figures["load"]:
+        assert {"bytes_per_s", "speedup", "gap_p90_ms", "gap_p90_ratio"} <= set(row)
+    assert len(figures["latency"]) == 2

@@ -21,7 +21,8 @@ import uvicorn  # noqa: E402
 from untok.chat import render, role_id  # noqa: E402
 from untok.config import ModelConfig  # noqa: E402
 from untok.models import build_model  # noqa: E402
-from untok.serve.app import create_app, events  # noqa: E402
+from untok.serve.app import create_app  # noqa: E402
+from untok.serve.responses import events  # noqa: E402
 from untok.serve.text import Release, incomplete_utf8_tail, stop_prefix_tail  # noqa: E402
 from untok.units import ByteUnits  # noqa: E402
 
@@ -139,7 +140,7 @@ def test_events_tick_while_waiting():
         ticks = events(Slow(), asyncio.Queue(), 1)
         return [await anext(ticks), await anext(ticks)]
 
-    assert asyncio.run(first_two()) == [None, None]
+    assert asyncio.run(first_two()) == [[], []]
 
 
 # -- the API through the openai client ---------------------------------------------------

@@ -11,18 +11,15 @@ sends with ``extra_body``. Every error has the OpenAI shape ``{"error": {"messag
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from torch import nn
@@ -30,28 +27,10 @@ from torch import nn
 from untok.chat import render
 from untok.errors import UntokError
 from untok.generate import SamplerConfig
-from untok.serve.engine import Engine, Event, Spec, Unit
+from untok.serve.engine import Engine, Spec
+from untok.serve.responses import ApiError, Chat, Completions, respond
 
 MAX_STOPS = 4
-
-
-class ApiError(Exception):
-    """An error for the client: HTTP ``status`` and the OpenAI error fields."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = \
-            status, message, param, code, kind
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content=error_body(
-            self.message, self.kind, self.param, self.code))
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -166,6 +145,12 @@ class Server:
         return ids
 
 
+def streaming(body: Sampling) -> tuple[bool, bool]:
+    """Whether to stream, and whether the stream ends with a usage chunk."""
+    return body.stream, bool(body.stream and body.stream_options and
+                             body.stream_options.include_usage)
+
+
 def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
                cors_origins: list[str] | tuple[str, ...] = (), max_prompt: int | None = None,
                max_tokens: int = 4096, default_tokens: int = 256,
@@ -229,7 +214,7 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
         server.check_model(body.model)
         specs = [server.spec(body, prompt, body.max_tokens, choice, body.logprobs)
                  for prompt in server.completion_prompts(body) for choice in range(body.n)]
-        return await respond(server, request, specs, body, Completions())
+        return await respond(server, request, specs, Completions(), *streaming(body))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
@@ -239,191 +224,6 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
             else body.max_tokens
         top = (body.top_logprobs or 0) if body.logprobs else None
         specs = [server.spec(body, prompt, limit, choice, top) for choice in range(body.n)]
-        return await respond(server, request, specs, body, Chat())
+        return await respond(server, request, specs, Chat(), *streaming(body))
 
     return app
-
-
-# -- responses ------------------------------------------------------------------------------
-
-def token_text(data: bytes) -> str:
-    """A unit's bytes as a token string (partial UTF-8 as \\x escapes)."""
-    return data.decode("utf-8", errors="backslashreplace")
-
-
-class Completions:
-    """The ``text_completion`` shapes."""
-
-    object, prefix = "text_completion", "cmpl"
-
-    def logprobs(self, units: list[Unit], offset: int) -> dict:
-        offsets, at = [], offset
-        for u in units:
-            offsets.append(at)
-            at += len(token_text(u.data))
-        return {"tokens": [token_text(u.data) for u in units],
-                "token_logprobs": [u.logprob for u in units],
-                "top_logprobs": [{token_text(d): lp for d, lp in u.top} for u in units],
-                "text_offset": offsets}
-
-    def choice(self, index: int, text: str, logprobs: dict | None, finish: str | None) -> dict:
-        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-
-    def first(self, index: int) -> dict | None:
-        return None
-
-    def whole(self, index: int, text: str, logprobs: dict | None, finish: str) -> dict:
-        return self.choice(index, text, logprobs, finish)
-
-    def merge(self, total: dict | None, part: dict) -> dict:
-        if total is None:
-            return part
-        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-            total[key] += part[key]
-        return total
-
-
-class Chat:
-    """The ``chat.completion`` shapes."""
-
-    object, prefix = "chat.completion", "chatcmpl"
-
-    def logprobs(self, units: list[Unit], offset: int) -> dict:
-        return {"content": [{
-            "token": token_text(u.data), "logprob": u.logprob, "bytes": list(u.data),
-            "top_logprobs": [{"token": token_text(d), "logprob": lp, "bytes": list(d)}
-                             for d, lp in u.top]} for u in units]}
-
-    def choice(self, index: int, text: str, logprobs: dict | None, finish: str | None) -> dict:
-        delta = {"content": text} if text else {}
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-
-    def first(self, index: int) -> dict:
-        return {"index": index, "delta": {"role": "assistant", "content": ""},
-                "logprobs": None, "finish_reason": None}
-
-    def whole(self, index: int, text: str, logprobs: dict | None, finish: str) -> dict:
-        return {"index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs, "finish_reason": finish}
-
-    def merge(self, total: dict | None, part: dict) -> dict:
-        if total is None:
-            return part
-        total["content"] += part["content"]
-        return total
-
-
-def prompt_units(seqs: list) -> int:
-    """Units of the request's prompts (without BOS), each counted once however many
-    choices it has."""
-    prompts = {id(s.spec.prompt): s.spec.prompt for s in seqs}
-    return sum(len(p) - 1 for p in prompts.values())
-
-
-def usage(server: Server, prompt: int, completion: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion, "unit": server.units.name}
-
-
-async def respond(server: Server, request: Request, specs: list[Spec], body: Sampling,
-                  shape: Completions | Chat):
-    """Run ``specs`` on the engine and answer as one JSON body or as a stream."""
-    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-    seqs = [server.engine.submit(spec, i, queue, loop) for i, spec in enumerate(specs)]
-    head = {"id": f"{shape.prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-            "model": server.name}
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(stream(server, queue, seqs, head, shape, include_usage),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-    try:
-        return await whole(server, request, queue, seqs, head, shape)
-    finally:
-        for seq in seqs:
-            seq.cancelled = True
-
-
-async def events(server: Server, queue: asyncio.Queue, count: int,
-                 request: Request | None = None) -> AsyncIterator[Event | None]:
-    """The sequences' events until each has ended; ``None`` after ``keepalive`` seconds
-    without one (a keep-alive tick; also when the client of ``request`` went away)."""
-    live = count
-    while live:
-        try:
-            event = await asyncio.wait_for(queue.get(), timeout=server.keepalive)
-        except TimeoutError:
-            if request is not None and await request.is_disconnected():
-                return
-            yield None
-            continue
-        if event.kind != "text":
-            live -= 1
-        yield event
-
-
-async def whole(server: Server, request: Request, queue: asyncio.Queue, seqs: list,
-                head: dict, shape: Completions | Chat) -> JSONResponse:
-    texts, logprobs = [b""] * len(seqs), [None] * len(seqs)
-    finish, counts = [""] * len(seqs), [0] * len(seqs)
-    offsets = [0] * len(seqs)
-    async for event in events(server, queue, len(seqs), request):
-        if event is None:
-            continue
-        i = event.index
-        if event.kind == "error":
-            raise ApiError(500, event.message, kind="server_error")
-        if event.kind == "text":
-            if seqs[i].spec.top_logprobs is not None:
-                logprobs[i] = shape.merge(logprobs[i], shape.logprobs(list(event.units),
-                                                                      offsets[i]))
-            texts[i] += event.data
-            offsets[i] = len(texts[i].decode("utf-8", errors="replace"))
-        else:
-            finish[i], counts[i] = event.finish_reason, event.completion_units
-    choices = [shape.whole(i, texts[i].decode("utf-8", errors="replace"), logprobs[i],
-                           finish[i]) for i in range(len(seqs))]
-    return JSONResponse({**head, "object": shape.object, "choices": choices,
-                         "usage": usage(server, prompt_units(seqs), sum(counts))})
-
-
-def sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-async def stream(server: Server, queue: asyncio.Queue, seqs: list, head: dict,
-                 shape: Completions | Chat, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in the chunk format of the ``openai`` client."""
-    kind = shape.object + (".chunk" if isinstance(shape, Chat) else "")
-    chunk = {**head, "object": kind}
-    offsets, counts = [0] * len(seqs), 0
-    try:
-        for i in range(len(seqs)):
-            first = shape.first(i)
-            if first is not None:
-                yield sse({**chunk, "choices": [first]})
-        async for event in events(server, queue, len(seqs)):
-            if event is None:
-                yield ": keep-alive\n\n"
-                continue
-            i = event.index
-            if event.kind == "error":
-                yield sse(error_body(event.message, "server_error"))
-                return
-            if event.kind == "text":
-                text = event.data.decode("utf-8", errors="replace")
-                logprobs = shape.logprobs(list(event.units), offsets[i]) \
-                    if seqs[i].spec.top_logprobs is not None else None
-                offsets[i] += len(text)
-                yield sse({**chunk, "choices": [shape.choice(i, text, logprobs, None)]})
-            else:
-                counts += event.completion_units
-                yield sse({**chunk, "choices": [shape.choice(i, "", None,
-                                                              event.finish_reason)]})
-        if include_usage:
-            yield sse({**chunk, "choices": [],
-                       "usage": usage(server, prompt_units(seqs), counts)})
-        yield "data: [DONE]\n\n"
-    finally:  # also when the client disconnects: its sequences free their slots
-        for seq in seqs:
-            seq.cancelled = True
