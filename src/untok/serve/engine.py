@@ -15,7 +15,7 @@ however many other requests run beside it. A sequence whose client went away is 
 at the next round.
 
 What a sequence produces reaches the request through ``Event`` s on an ``asyncio.Queue``,
-posted thread-safely onto the server's event loop.
+handed to the server's event loop thread-safely, one callback per round.
 """
 
 import asyncio
@@ -84,8 +84,11 @@ class Sequence:
     produced: int = 0
     last: list[int] = field(default_factory=list)
 
-    def post(self, event: Event) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+def deliver(items: list[tuple[Sequence, Event]]) -> None:
+    """On the event loop: put each event on its sequence's queue."""
+    for seq, event in items:
+        seq.queue.put_nowait(event)
 
 
 def alternatives(scores: Scores, units: Any, k: int) -> tuple[tuple[bytes, float], ...]:
@@ -123,6 +126,7 @@ class Engine:
         self.clock_limit = 64 * model.config.context
         self.pending: deque[Sequence] = deque()
         self.cohorts: list[Cohort] = []
+        self.outbox: list[tuple[Sequence, Event]] = []  # posted once per round
         self.wake = threading.Condition()
         self.running = True
         self.thread = threading.Thread(target=self._run, name="untok-engine", daemon=True)
@@ -160,8 +164,22 @@ class Engine:
             with torch.inference_mode():
                 for seq in admitted:
                     self._guarded([seq], self._admit, seq)
+                self._flush()
                 for cohort in list(self.cohorts):
                     self._guarded(cohort.rows, self._round, cohort)
+                    self._flush()
+
+    def _post(self, seq: Sequence, event: Event) -> None:
+        self.outbox.append((seq, event))
+
+    def _flush(self) -> None:
+        """Hand the outbox to the event loops (one callback each, not one per event)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for seq, event in self.outbox:
+            by_loop.setdefault(seq.loop, []).append((seq, event))
+        self.outbox = []
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(deliver, items)
 
     def _guarded(self, seqs: list[Sequence], work, arg) -> None:
         """Run ``work(arg)``; a failure ends the sequences involved with an error event
@@ -171,7 +189,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 (reported to those clients)
             self.cohorts = [c for c in self.cohorts if not set(c.rows) & set(seqs)]
             for seq in seqs:
-                seq.post(Event(seq.index, "error", message=f"generation failed: {exc}"))
+                self._post(seq, Event(seq.index, "error",
+                                      message=f"generation failed: {exc}"))
 
     def _cohort_with_room(self) -> Cohort | None:
         if self.max_batch == 1 or not self.cohorts:
@@ -250,11 +269,11 @@ class Engine:
 
     def _send(self, seq: Sequence, data: bytes, units: list) -> None:
         if data or units:
-            seq.post(Event(seq.index, "text", data=data,
-                           units=tuple(u for u in units if u is not None)))
+            self._post(seq, Event(seq.index, "text", data=data,
+                                  units=tuple(u for u in units if u is not None)))
 
     def _end(self, seq: Sequence, reason: str, flush: bool = True) -> None:
         if flush:
             self._send(seq, *seq.release.finish())
-        seq.post(Event(seq.index, "end", finish_reason=reason,
-                       completion_units=seq.produced))
+        self._post(seq, Event(seq.index, "end", finish_reason=reason,
+                              completion_units=seq.produced))
