@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the API (repeatable; '*': any)")
     p.add_argument("--max-prompt", type=_positive_int, metavar="N",
-                   help="longest prompt in units with BOS (default: the model's context)")
+                   help="longest prompt in units with BOS (default and most: the model's "
+                   "context)")
     p.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
                    help="largest max_tokens a request may ask for (default 4096)")
     p.add_argument("--compile", action="store_true",

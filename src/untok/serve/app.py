@@ -87,7 +87,8 @@ class Server:
                  max_tokens: int, default_tokens: int, keepalive: float) -> None:
         self.model, self.name, self.units = model, name, model.units
         self.engine = Engine(model)
-        self.max_prompt = max_prompt or model.config.context
+        # a prompt is prefilled in one step, which the decoding caches hold at most
+        self.max_prompt = min(max_prompt or model.config.context, model.config.context)
         self.max_tokens, self.default_tokens = max_tokens, default_tokens
         self.keepalive = keepalive
 
