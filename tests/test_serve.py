@@ -314,3 +314,20 @@ def test_sse_lines_are_exact(served):
         assert line.startswith("data: ")
         chunk = json.loads(line[6:])
         assert chunk["object"] == "text_completion" and chunk["model"] == "tiny"
+
+
+def test_full_cohorts_open_new_ones():
+    """With at most 2 sequences a batch, 5 concurrent requests decode in 3 cohorts and
+    still give what each gives alone."""
+    model = build_model(TINY).eval()
+    running = Running(create_app(model, "tiny", max_batch=2))
+    try:
+        small = running.client()
+        ask = dict(model="tiny", prompt="q", max_tokens=30)
+        with ThreadPoolExecutor(5) as pool:
+            together = list(pool.map(lambda s: small.completions.create(seed=s, **ask)
+                                     .choices[0].text, range(5)))
+        alone = [small.completions.create(seed=s, **ask).choices[0].text for s in range(5)]
+        assert together == alone
+    finally:
+        running.stop()

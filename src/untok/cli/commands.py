@@ -270,7 +270,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         compile_decoding(model)
     name = args.model_name or served_name(args.checkpoint)
     app = create_app(model, name, api_key=args.api_key, cors_origins=args.cors_origin,
-                     max_prompt=args.max_prompt, max_tokens=args.max_tokens)
+                     max_prompt=args.max_prompt, max_tokens=args.max_tokens,
+                     max_batch=args.max_batch)
     print(f"serving {name} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

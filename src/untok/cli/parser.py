@@ -311,8 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "context)")
     p.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
                    help="largest max_tokens a request may ask for (default 4096)")
+    p.add_argument("--max-batch", type=_positive_int, default=16, metavar="N",
+                   help="most requests decoded as one batch (flat models; default 16)")
     p.add_argument("--compile", action="store_true",
-                   help="compile the decoding step first (slow start, faster decoding)")
+                   help="compile the decoding step first (slow start, faster decoding; "
+                        "it compiles again for each batch size it meets)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
 

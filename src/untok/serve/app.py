@@ -84,9 +84,10 @@ class Server:
     """What the endpoints share: the engine, the served name and the limits."""
 
     def __init__(self, model: nn.Module, name: str, max_prompt: int | None,
-                 max_tokens: int, default_tokens: int, keepalive: float) -> None:
+                 max_tokens: int, default_tokens: int, keepalive: float,
+                 max_batch: int) -> None:
         self.model, self.name, self.units = model, name, model.units
-        self.engine = Engine(model)
+        self.engine = Engine(model, max_batch)
         # a prompt is prefilled in one step, which the decoding caches hold at most
         self.max_prompt = min(max_prompt or model.config.context, model.config.context)
         self.max_tokens, self.default_tokens = max_tokens, default_tokens
@@ -155,9 +156,11 @@ def streaming(body: Sampling) -> tuple[bool, bool]:
 def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
                cors_origins: list[str] | tuple[str, ...] = (), max_prompt: int | None = None,
                max_tokens: int = 4096, default_tokens: int = 256,
-               keepalive: float = 10.0) -> FastAPI:
-    """The FastAPI application serving ``model`` as ``name`` (see the module docstring)."""
-    server = Server(model, name, max_prompt, max_tokens, default_tokens, keepalive)
+               keepalive: float = 10.0, max_batch: int = 16) -> FastAPI:
+    """The FastAPI application serving ``model`` as ``name`` (see the module docstring;
+    ``max_batch``: most sequences decoded as one batch)."""
+    server = Server(model, name, max_prompt, max_tokens, default_tokens, keepalive,
+                    max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -73,6 +73,9 @@ class Event:
 
 @dataclass(eq=False)
 class Sequence:
+    """One choice of one request while it decodes: where its events go, whether its
+    client left, and its sampling state."""
+
     spec: Spec
     index: int
     queue: asyncio.Queue
