@@ -24,7 +24,9 @@ def test_plain_file_round_trips_bytes(tmp_path):
     assert _docs(store) == [data]
     assert store.num_bytes == len(data)
     store.verify()
-    assert set(store_paths(tmp_path / "s")) == {"bin", "idx", "names", "meta.json"}
+    files = {ext for ext, path in store_paths(tmp_path / "s").items() if path.is_file()}
+    assert files == {"bin", "idx", "names", "meta.json"}  # NAME.chat only for chat data
+    assert store.codes is None and not store.is_chat
 
 
 def test_folder_recursive_with_glob(tmp_path):

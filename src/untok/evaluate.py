@@ -130,6 +130,8 @@ def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None 
         sizes = np.where(valid[:, 1:], stream.byte_sizes(np.minimum(target_pos, length - 1)), 0)
         text = targets.numpy() < unit.num_content  # not BOS, EOS or PAD
         scored = (target_pos >= first_scored) & text & valid[:, 1:]
+        if stream.masked:  # chat data: only the bytes it trains on
+            scored &= stream.is_target(np.minimum(target_pos, length - 1))
         docs = piece_docs[stream.piece_of(target_pos[scored])] if per_file else \
             np.zeros(int(scored.sum()), dtype=np.int64)
         kept = targets.numpy()[scored]

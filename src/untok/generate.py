@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -96,9 +96,12 @@ def sample_next(scores: Scores, sampler: SamplerConfig,
 @torch.inference_mode()
 def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 256,
              sampler: SamplerConfig | None = None, seed: int | None = None,
-             stop: Iterable[str | bytes] = (), use_cache: bool = True) -> Iterator[bytes]:
+             stop: Iterable[str | bytes] = (), use_cache: bool = True,
+             ids: Sequence[int] | None = None) -> Iterator[bytes]:
     """Yield the bytes of each generated unit after ``prompt``: one byte at a time for a
     byte model, one whole character (1-4 bytes) at a time for a code-point model.
+    ``ids`` (unit ids, ``BOS`` first, e.g. a conversation from :func:`untok.chat.render`)
+    replace ``BOS`` + ``prompt``.
 
     Stops at ``EOS``, before the output would exceed ``max_bytes`` bytes, or once the
     output ends with one of the ``stop`` strings (which is yielded). ``use_cache=False``
@@ -112,18 +115,20 @@ def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 25
     sampler.validate()
     if max_bytes < 0:
         raise ConfigError("--max-bytes must be >= 0")
-    return _generate(model, to_bytes(prompt), max_bytes, sampler, seed,
+    if ids is None:
+        ids = [model.units.bos, *model.units.encode(to_bytes(prompt)).tolist()]
+    return _generate(model, list(ids), max_bytes, sampler, seed,
                      [to_bytes(s) for s in stop if s], use_cache)
 
 
-def _generate(model: nn.Module, prompt: bytes, max_bytes: int, sampler: SamplerConfig,
+def _generate(model: nn.Module, ids: list[int], max_bytes: int, sampler: SamplerConfig,
               seed: int | None, stops: list[bytes], use_cache: bool) -> Iterator[bytes]:
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     context = model.config.context
     unit = model.units
-    history = [unit.bos, *unit.encode(prompt).tolist()][-context:]
+    history = ids[-context:]
     if max_bytes == 0:
         return
     if use_cache:

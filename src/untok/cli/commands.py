@@ -24,11 +24,15 @@ def cmd_data_ingest(args: argparse.Namespace) -> None:
 
     store = ingest(args.sources, args.out, glob=args.glob, fmt=args.format, field=args.field,
                    split=args.split, val_fraction=args.val_fraction, val_bytes=args.val_bytes,
-                   seed=args.seed, progress=not args.quiet, force=args.force)
+                   seed=args.seed, progress=not args.quiet, force=args.force,
+                   chat_loss=args.chat_loss)
     info = describe(store)
     print(f"{store.paths['meta.json'].with_name(store.name)}: {info['documents']:,} documents, "
           f"{info['bytes']:,} bytes (train {info['train_bytes']:,}, val {info['val_bytes']:,}; "
           f"{info['split']['mode']} split)")
+    if info["chat"]:
+        print(f"chat: {info['chat']['markers']:,} role and end markers; "
+              f"{info['chat']['target_share']:.1%} of positions are training targets")
 
 
 def cmd_data_entropies(args: argparse.Namespace) -> None:
@@ -66,6 +70,9 @@ def cmd_data_info(args: argparse.Namespace) -> None:
     print(f"valid UTF-8  {info['valid_utf8_share']:.2%}{sampled}")
     scripts = ", ".join(f"{s['script']} {s['share']:.1%}" for s in info["top_scripts"])
     print(f"scripts      {scripts or '-'}")
+    if info["chat"]:
+        print(f"chat         {info['chat']['markers']:,} markers, "
+              f"{info['chat']['target_share']:.1%} of positions are training targets")
     if args.verify:
         print("checksum     ok")
 
@@ -83,6 +90,9 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
                                  ("parallel", args.parallel),
                                  ("cpu_offload", args.cpu_offload or None)) if v is not None}
     if args.resume:
+        if args.init:
+            raise UntokError("--resume continues a run (a fine-tuning run too); --init "
+                             "starts a new one: pass one of them")
         if args.preset or args.recipe:
             raise UntokError("--resume continues a run with its saved preset and recipe; "
                              "change other settings with --set train.KEY=VALUE")
@@ -90,12 +100,34 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
                                        budget=budget)
         return replace(config, train=runtime), resume
     base = {"data": {"path": args.data}} if args.data else {}
+    if args.init:
+        base = {**base, **_init_base(args)}
     overrides = [*_patching_overrides(args), *args.set]
     config = resolve(preset_name=args.preset, recipe=args.recipe, overrides=overrides,
                      base=base)
     if args.data:  # --data wins over a recipe's data.path
         config = replace(config, data={"path": args.data})
     return replace(config, train={**budget, **runtime}), None
+
+
+def _init_base(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config layer of ``--init CKPT``: the checkpoint's model (its shape cannot change),
+    its run's train settings without the budget, and the absolute path of its weights."""
+    from dataclasses import asdict
+
+    from untok.checkpoint import read_model_config, read_train_state, resolve_checkpoint
+    from untok.config import read_recipe
+
+    if args.preset or (args.recipe and "preset" in read_recipe(args.recipe)):
+        raise UntokError("--init takes the model from its checkpoint; drop --preset (a "
+                         "recipe for fine-tuning sets train.* and data.* only)")
+    checkpoint = resolve_checkpoint(args.init)
+    train: dict[str, Any] = {}
+    if (checkpoint / "train_state.json").is_file():  # the run's settings, not its budget
+        train = read_train_state(checkpoint)["run_config"].get("train", {})
+        train = {k: v for k, v in train.items() if k not in ("steps", "bytes", "minutes")}
+    return {"model": asdict(read_model_config(checkpoint)),
+            "train": {**train, "init": str(checkpoint.resolve())}}
 
 
 def without_nproc(argv: list[str]) -> list[str]:
@@ -210,71 +242,6 @@ def _print_reconstruction(result: dict[str, Any]) -> None:
     print(f"under noise      {noise}")
     for row in result.get("per_file", []):
         print(f"  {row['strict_accuracy']:9.4%}  {row['chars']:>10,}  {row['name']}")
-
-
-def cmd_generate(args: argparse.Namespace) -> None:
-    from untok.generate import SamplerConfig, compile_decoding, generate
-    from untok.hardware import pick_device
-    from untok.models import load
-    from untok.units import StreamDecoder, to_bytes
-
-    if args.prompt is not None and args.prompt_file is not None:
-        raise UntokError("give --prompt or --prompt-file, not both")
-    if args.prompt_file is not None:
-        try:
-            prompt = Path(args.prompt_file).read_bytes()
-        except OSError as exc:
-            raise UntokError(f"cannot read prompt file: {exc}") from None
-    else:
-        prompt = to_bytes(args.prompt or "")
-    temperature = 0.0 if args.greedy else args.temperature
-    sampler = SamplerConfig(sampler=args.sampler, temperature=temperature, top_k=args.top_k,
-                            top_p=args.top_p, low=args.low, high=args.high)
-    sampler.validate()  # every option error before any output
-    model = load(args.checkpoint, pick_device(args.device))
-    if args.compile:
-        compile_decoding(model)
-    stream = generate(model, prompt, max_bytes=args.max_bytes, sampler=sampler,
-                      seed=args.seed, stop=[to_bytes(s) for s in args.stop])
-    decoder = StreamDecoder()
-    out = sys.stdout
-    try:
-        if not args.no_prompt:
-            out.write(decoder.feed(prompt))
-        for byte in stream:
-            out.write(decoder.feed(byte))
-            out.flush()
-    finally:  # an error or interrupt mid-stream starts on a line of its own
-        out.write(decoder.flush() + "\n")
-
-
-def served_name(checkpoint: str) -> str:
-    """A checkpoint's default model id: its run's folder name (runs/books/best -> books)."""
-    path = Path(checkpoint).resolve()
-    return path.parent.name if path.name in ("best", "last") else path.name
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    try:
-        import uvicorn
-
-        from untok.serve.app import create_app
-    except ImportError:
-        raise UntokError("untok serve needs its extra: pip install 'untok[serve]'") from None
-    from untok.generate import compile_decoding
-    from untok.hardware import pick_device
-    from untok.models import load
-
-    model = load(args.checkpoint, pick_device(args.device))
-    if args.compile:
-        compile_decoding(model)
-    name = args.model_name or served_name(args.checkpoint)
-    app = create_app(model, name, api_key=args.api_key, cors_origins=args.cors_origin,
-                     max_prompt=args.max_prompt, max_tokens=args.max_tokens,
-                     max_batch=args.max_batch)
-    print(f"serving {name} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)",
-          file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

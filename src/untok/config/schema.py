@@ -353,6 +353,7 @@ class TrainConfig:
     dist_timeout: float = 300.0  # seconds a collective waits for a rank before failing
     lr_controller: str = "none"  # or "qlearn" (see docs/options.md; settings in train.qlearn)
     qlearn: QLearnConfig = field(default_factory=QLearnConfig)
+    init: str | None = None  # a checkpoint whose weights a new run starts from (fine-tuning)
 
     def validate(self) -> None:
         check(self.lr > 0, "train.lr must be positive")

@@ -42,7 +42,10 @@ def describe(store: ByteStore, sample_bytes: int = SAMPLE_BYTES) -> dict[str, An
         if seen >= sample_bytes:
             break
         start, length = int(store.index[i, 0]), int(min(lengths[i], sample_bytes - seen))
-        data = bytes(store.data[start:start + length])
+        data = store.data[start:start + length]
+        if store.codes is not None:  # markers hold a placeholder byte: leave them out
+            data = data[store.codes[start:start + length] & 0x7F == 0]
+        data = bytes(data)
         seen += len(data)
         chars.update(data.decode("utf-8", errors="untok-count-invalid"))
     valid = seen - _invalid[0]
@@ -59,4 +62,16 @@ def describe(store: ByteStore, sample_bytes: int = SAMPLE_BYTES) -> dict[str, An
             "valid_utf8_share": valid / seen if seen else 1.0, "sampled_bytes": seen,
             "top_scripts": top, "split": store.meta["split"],
             "train_bytes": split["train"], "val_bytes": split["val"],
-            "sources": store.meta.get("sources", [])}
+            "sources": store.meta.get("sources", []), "chat": _chat_summary(store)}
+
+
+def _chat_summary(store: ByteStore) -> dict[str, Any] | None:
+    """Markers and training targets of a store with chat codes (None for plain text)."""
+    if store.codes is None:
+        return None
+    from untok.chat import KIND, TARGET, TEXT
+
+    kinds = np.bincount(store.codes & KIND, minlength=8)
+    targets = int(np.count_nonzero(store.codes & TARGET))
+    return {"markers": int(kinds.sum() - kinds[TEXT]), "target_positions": targets,
+            "target_share": targets / max(store.num_bytes, 1)}

@@ -2,7 +2,10 @@
 documents, and :func:`ingest`, which streams them into a byte store.
 
 Every reader yields ``(name, chunks)`` pairs, ``chunks`` an iterable of ``bytes``: a large
-plain file is read in blocks and never sits in memory whole.
+plain file is read in blocks and never sits in memory whole. A JSONL line that is a
+conversation (``{"messages": [...]}``) or a segment list (``[{"content": ..., "has_loss":
+...}, ...]``) is a document with chat codes, ``(name, [data], codes)`` (see
+:mod:`untok.chat`); the store then keeps the codes in ``NAME.chat``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
+from untok.chat import LOSS_MODES, encode_conversation, encode_segments
 from untok.data.store import SPLIT_RULES, ByteStore, StoreWriter, is_store, store_paths
-from untok.errors import DataError
+from untok.errors import DataError, UntokError
 from untok.files import cache_dir
 
 BLOCK = 1 << 20
 FORMATS = ("auto", "text", "jsonl", "json", "csv", "tsv", "parquet", "hf")
-Document = tuple[str, Iterable[bytes]]
+Document = tuple[str, Iterable[bytes]] | tuple[str, Iterable[bytes], bytes]
 
 
 def _read_blocks(f: BinaryIO) -> Iterator[bytes]:
@@ -54,15 +58,28 @@ def _text_of(record: Any, key: str, where: str) -> bytes:
         str(value).encode("utf-8")
 
 
-def read_jsonl(stream: BinaryIO, name: str, field: str) -> Iterator[Document]:
+def read_jsonl(stream: BinaryIO, name: str, field: str, chat_loss: str = "assistant"
+               ) -> Iterator[Document]:
+    """Documents of a JSONL stream: the ``field`` of each object, or a conversation (an
+    object with ``messages`` and no ``field``) or a segment list, with its chat codes."""
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
+        where = f"{name}:{number}"
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{name}:{number}: invalid JSON ({exc})") from None
-        yield f"{name}:{number}", [_text_of(record, field, f"{name}:{number}")]
+            raise DataError(f"{where}: invalid JSON ({exc})") from None
+        if isinstance(record, list) or (isinstance(record, dict) and field not in record
+                                         and "messages" in record):
+            try:
+                data, codes = encode_segments(record) if isinstance(record, list) else \
+                    encode_conversation(record["messages"], chat_loss)
+            except UntokError as exc:
+                raise DataError(f"{where}: {exc}") from None
+            yield where, [data], codes
+        else:
+            yield where, [_text_of(record, field, where)]
 
 
 def read_json(stream: BinaryIO, name: str, field: str) -> Iterator[Document]:
@@ -136,7 +153,8 @@ def detect_format(path: Path) -> str:
             ".tsv": "tsv", ".parquet": "parquet"}.get(suffix, "text")
 
 
-def read_source(path: Path, fmt: str, field: str) -> Iterator[Document]:
+def read_source(path: Path, fmt: str, field: str, chat_loss: str = "assistant"
+                ) -> Iterator[Document]:
     """Documents of one file (or saved HF dataset) in format ``fmt``."""
     if fmt == "auto":
         fmt = detect_format(path)
@@ -148,14 +166,15 @@ def read_source(path: Path, fmt: str, field: str) -> Iterator[Document]:
         yield from read_hf_dataset(path, field)
     else:
         with open(path, "rb") as f:
-            yield from read_stream(f, str(path), fmt, field)
+            yield from read_stream(f, str(path), fmt, field, chat_loss)
 
 
-def read_stream(stream: BinaryIO, name: str, fmt: str, field: str) -> Iterator[Document]:
+def read_stream(stream: BinaryIO, name: str, fmt: str, field: str,
+                chat_loss: str = "assistant") -> Iterator[Document]:
     if fmt in ("auto", "text"):
         yield name, _read_blocks(stream)
     elif fmt == "jsonl":
-        yield from read_jsonl(stream, name, field)
+        yield from read_jsonl(stream, name, field, chat_loss)
     elif fmt == "json":
         yield from read_json(stream, name, field)
     elif fmt in ("csv", "tsv"):
@@ -206,16 +225,19 @@ def expand_sources(sources: Iterable[str], glob: str | None) -> list[str | Path]
 def ingest(sources: Iterable[str], out: str | Path, *, glob: str | None = None,
            fmt: str = "auto", field: str = "text", split: str = "auto",
            val_fraction: float = 0.1, val_bytes: int | None = None, seed: int = 0,
-           progress: bool = True, stdin: BinaryIO | None = None, force: bool = False
-           ) -> ByteStore:
+           progress: bool = True, stdin: BinaryIO | None = None, force: bool = False,
+           chat_loss: str = "assistant") -> ByteStore:
     """Stream ``sources`` into the byte store ``out`` and return it opened.
 
-    ``field`` names the JSON field or CSV/Parquet/dataset column holding the text. An
-    existing store named ``out`` is replaced only with ``force``; the folder ``out`` goes
-    into must exist.
+    ``field`` names the JSON field or CSV/Parquet/dataset column holding the text; JSONL
+    conversations and segment lists keep their loss mask (``chat_loss``: which bytes of a
+    conversation are targets, ``assistant`` or ``all``). An existing store named ``out``
+    is replaced only with ``force``; the folder ``out`` goes into must exist.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+    if chat_loss not in LOSS_MODES:
+        raise DataError(f"unknown chat loss '{chat_loss}'; use one of {', '.join(LOSS_MODES)}")
     out = Path(out)
     if is_store(out) and not force:
         raise DataError(f"a byte store named {out} already exists; pass --force to replace "
@@ -232,17 +254,18 @@ def ingest(sources: Iterable[str], out: str | Path, *, glob: str | None = None,
         for source in files:
             if source == "-":
                 stream = stdin or sys.stdin.buffer
-                documents = read_stream(stream, "<stdin>", fmt, field)
+                documents = read_stream(stream, "<stdin>", fmt, field, chat_loss)
             else:
-                documents = read_source(source, fmt, field)
-            for name, chunks in documents:
-                size = writer.add(name, chunks)
+                documents = read_source(source, fmt, field, chat_loss)
+            for name, chunks, *codes in documents:
+                size = writer.add(name, chunks, *codes)
                 bar.update(size)
         bar.close()
         if writer.num_bytes == 0:
             raise DataError(f"no text found in {', '.join(sources)}: the corpus is empty")
         writer.commit({"sources": [str(s) for s in sources],
-                       "options": {"glob": glob, "format": fmt, "field": field}},
+                       "options": {"glob": glob, "format": fmt, "field": field,
+                                   "chat_loss": chat_loss}},
                       mode=split, val_fraction=val_fraction, val_bytes=val_bytes, seed=seed)
     return ByteStore(out)
 

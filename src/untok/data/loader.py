@@ -11,6 +11,10 @@ of the memory-mapped store on the fly, so a corpus larger than RAM costs no memo
 Training draws windows at random positions from a seeded generator whose state is part of
 the checkpoint (exact resume). ``BOS`` is never a target (it is given, not predicted).
 
+A store with chat codes (:mod:`untok.chat`) puts its role markers into the stream as
+their ids, and says which positions are training targets (:meth:`UnitStream.is_target`):
+the sampler turns the others into ``PAD`` and evaluation skips them.
+
 Units that are not bytes (code points, or any family's own units) read an
 :class:`EncodedStream` instead: the same layout in the ids of ``units``, encoded once when
 the split is opened (4 bytes of memory per id).
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from untok.chat import KIND, TARGET, TEXT, encode_coded, marker_ids
 from untok.data.store import ByteStore, Segments
 from untok.errors import DataError
 from untok.units import BOS, EOS, ByteUnits, Units
@@ -44,17 +49,42 @@ class UnitStream:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Ids (int64) at the given stream positions, any shape."""
-        flat = positions.reshape(-1)
+    @property
+    def masked(self) -> bool:
+        """Whether some text positions are not training targets (a store with chat codes)."""
+        return self.store.codes is not None
+
+    def _locate(self, flat: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(piece, offset in it (-1: its BOS, length: its EOS), inside it, index into the
+        store's bytes (0 outside)) of each flat stream position."""
         piece = self.piece_of(flat)
         offset = flat - self.offsets[piece] - 1  # -1: the BOS slot
-        length = self.segments.lengths[piece]
-        inside = (offset >= 0) & (offset < length)
+        inside = (offset >= 0) & (offset < self.segments.lengths[piece])
         where = np.where(inside, self.segments.starts[piece] + offset, 0)
+        return piece, offset, inside, where
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Ids (int64) at the given stream positions, any shape."""
+        piece, offset, inside, where = self._locate(positions.reshape(-1))
         ids = np.where(inside, self.store.data[where] if len(self.store.data) else 0,
                        np.where(offset < 0, BOS, EOS)).astype(np.int64)
+        if self.masked and len(self.store.codes):
+            kinds = np.where(inside, self.store.codes[where] & KIND, TEXT)
+            ids = np.where(kinds != TEXT, marker_ids(kinds, self.units), ids)
         return ids.reshape(positions.shape)
+
+    def is_target(self, positions: np.ndarray) -> np.ndarray:
+        """Bool, same shape: whether the id at each position is a training target. ``BOS``
+        never is; in a chat store a byte or marker is when its code says so, and the
+        ``EOS`` that ends a document when the document's last byte is target text."""
+        piece, offset, inside, where = self._locate(positions.reshape(-1))
+        if not self.masked:
+            return (offset >= 0).reshape(positions.shape)
+        last = self.segments.starts[piece] + self.segments.lengths[piece] - 1
+        code = self.store.codes[np.where(inside, where, np.maximum(last, 0))]
+        at_eos = ~inside & (offset >= 0)
+        target = np.where(inside, (code & TARGET) > 0, at_eos & (code == TEXT | TARGET))
+        return target.reshape(positions.shape)
 
     def byte_sizes(self, positions: np.ndarray) -> np.ndarray:
         """UTF-8 bytes of text the id at each stream position stands for (0 for specials)."""
@@ -80,19 +110,24 @@ class EncodedStream(UnitStream):
         self.units = unit = units
         self.segments = store.segments(split)
         self.num_bytes = self.segments.num_bytes
-        parts, sizes, counts = [], [], []
+        parts, sizes, counts, flags = [], [], [], []
         data = store.data
         for start, length, ends in zip(self.segments.starts, self.segments.lengths,
                                        self.segments.ends_doc, strict=True):
-            chars = unit.encode(bytes(data[start:start + length]))
+            text = bytes(data[start:start + length])
+            if self.masked:
+                chars, chosen = encode_coded(text, store.codes[start:start + length], unit)
+                last = bool(len(chars)) and bool(chosen[-1]) and chars[-1] < unit.num_content
+                flags.extend([[False], chosen] + ([[last]] if ends else []))
+            else:
+                chars = unit.encode(text)
             piece = [np.array([unit.bos]), chars] + ([np.array([unit.eos])] if ends else [])
             parts.extend(piece)
             sizes.append(sum(len(p) for p in piece))
             counts.append(unit.byte_lengths(np.concatenate(piece)))
-        self.ids = np.concatenate(parts).astype(np.int32) if parts else \
-            np.zeros(0, dtype=np.int32)
-        self.sizes = np.concatenate(counts).astype(np.int32) if counts else \
-            np.zeros(0, dtype=np.int32)
+        self.ids = _joined(parts, np.int32)
+        self.sizes = _joined(counts, np.int32)
+        self.target_flags = _joined(flags, bool) if self.masked else None
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
@@ -100,6 +135,15 @@ class EncodedStream(UnitStream):
 
     def byte_sizes(self, positions: np.ndarray) -> np.ndarray:
         return self.sizes[positions].astype(np.int64)
+
+    def is_target(self, positions: np.ndarray) -> np.ndarray:
+        if self.target_flags is None:
+            return self.ids[positions] != self.units.bos
+        return self.target_flags[positions]
+
+
+def _joined(parts: list, dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
 
 def open_stream(store: ByteStore, split: str, units: Units = UnitStream.units) -> UnitStream:
@@ -150,7 +194,11 @@ class TrainSampler:
         ids = torch.from_numpy(self.stream.gather(positions))
         if self.side is not None:
             self.side_batch = torch.from_numpy(self.side[positions[:, :-1]].astype(np.float32))
-        return ids[:, :-1], targets_of(ids[:, 1:], self.stream.units)
+        targets = targets_of(ids[:, 1:], self.stream.units)
+        if self.stream.masked:  # chat data: only the positions its mask names are learnt
+            chosen = torch.from_numpy(self.stream.is_target(positions[:, 1:]))
+            targets = targets.masked_fill(~chosen, self.stream.units.pad)
+        return ids[:, :-1], targets
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self.rng.bit_generator.state}

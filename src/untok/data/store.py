@@ -1,11 +1,14 @@
 """The byte store: a corpus on disk, read through memory maps.
 
-A store named ``NAME`` is four files side by side::
+A store named ``NAME`` is four files side by side (five for chat data)::
 
     NAME.bin        raw bytes of every document, back to back (no separators)
     NAME.idx        uint64 (start, length) per document
     NAME.names      one line per document: where it came from (file path, record number)
     NAME.meta.json  counts, sources, ingest options, split rule, SHA-256 of NAME.bin
+    NAME.chat       only in a store with conversations ("chat": true in the meta file):
+                    one uint8 code per byte of NAME.bin, role markers and the loss mask
+                    (see untok.chat); a plain document in such a store is all targets
 
 ``NAME.meta.json`` is written last and renamed into place, so a store whose meta file
 exists is complete. Opening checks sizes against the meta file; ``verify()`` re-hashes.
@@ -45,7 +48,7 @@ def store_paths(prefix: str | Path) -> dict[str, Path]:
     prefix = Path(prefix)
     base = prefix.with_name(prefix.name.removesuffix(".meta.json"))
     return {ext: base.with_name(base.name + "." + ext)
-            for ext in ("bin", "idx", "names", "meta.json")}
+            for ext in ("bin", "idx", "names", "chat", "meta.json")}
 
 
 def is_store(path: str | Path) -> bool:
@@ -167,10 +170,18 @@ class ByteStore:
         self._check_sizes()
         self.index = self._map(self.paths["idx"], np.uint64).reshape(-1, 2)
         self.data = self._map(self.paths["bin"], np.uint8)
+        # Uint8[num_bytes]: chat codes (marker kind | TARGET bit), or None for plain text
+        self.codes = self._map(self.paths["chat"], np.uint8) if self.is_chat else None
         self._segments: dict[str, Segments] = {}
 
+    @property
+    def is_chat(self) -> bool:
+        """Whether the store holds chat codes (markers and a loss mask) beside its bytes."""
+        return bool(self.meta.get("chat"))
+
     def _check_sizes(self) -> None:
-        for ext, expected in (("bin", self.num_bytes), ("idx", 16 * self.num_docs)):
+        sizes = [("bin", self.num_bytes), ("idx", 16 * self.num_docs)]
+        for ext, expected in sizes + ([("chat", self.num_bytes)] if self.is_chat else []):
             path = self.paths[ext]
             if not path.is_file():
                 raise DataError(f"byte store file {path} is missing; re-run 'untok data ingest'")
@@ -274,27 +285,49 @@ class StoreWriter:
         self._bin = open(self._tmp["bin"], "wb")
         self._idx = open(self._tmp["idx"], "wb")
         self._names = open(self._tmp["names"], "w", encoding="utf-8")
+        self._chat: Any = None  # opened by the first document with chat codes
         self._digest = hashlib.sha256()
         self.num_bytes = 0
         self.num_docs = 0
 
-    def add(self, name: str, chunks: Any) -> int:
-        """Append one document given as an iterable of byte chunks; returns its length."""
+    def add(self, name: str, chunks: Any, codes: bytes | None = None) -> int:
+        """Append one document given as an iterable of byte chunks, with its chat codes
+        (one per byte, see :mod:`untok.chat`) when it is a conversation; returns its
+        length."""
         start = self.num_bytes
         for chunk in chunks:
             self._bin.write(chunk)
             self._digest.update(chunk)
             self.num_bytes += len(chunk)
         length = self.num_bytes - start
+        if codes is not None and len(codes) != length:
+            raise ValueError(f"{len(codes)} chat codes for a document of {length} bytes")
+        if codes is not None and self._chat is None:  # earlier plain documents: all targets
+            self._chat = open(self._tmp["chat"], "wb")
+            self._write_targets(start)
+        if self._chat is not None and codes is not None:
+            self._chat.write(codes)
+        elif self._chat is not None:
+            self._write_targets(length)
         self._idx.write(np.array([start, length], dtype=np.uint64).tobytes())
         self._names.write(name.replace("\n", " ") + "\n")
         self.num_docs += 1
         return length
 
+    def _write_targets(self, count: int) -> None:
+        """``count`` codes of plain text that is a training target."""
+        from untok.chat import TARGET, TEXT
+
+        for done in range(0, count, 1 << 20):
+            self._chat.write(bytes([TEXT | TARGET]) * min(1 << 20, count - done))
+
+    def _files(self) -> list[Any]:
+        return [self._bin, self._idx, self._names] + ([self._chat] if self._chat else [])
+
     def commit(self, meta: dict[str, Any], **split_options: Any) -> dict[str, Any]:
         """Close the files, choose the split, write the meta file and rename everything
         into place. ``split_options`` go to :func:`choose_split`. Returns the meta."""
-        for f in (self._bin, self._idx, self._names):
+        for f in self._files():
             f.flush()
             os.fsync(f.fileno())
             f.close()
@@ -303,14 +336,18 @@ class StoreWriter:
         full_meta = {"format": "untok-bytestore", "version": FORMAT_VERSION,
                      "documents": self.num_docs, "bytes": self.num_bytes,
                      "sha256": self._digest.hexdigest(), "split": split, **meta}
+        if self._chat is not None:
+            full_meta["chat"] = True
         self._tmp["meta.json"].write_text(json.dumps(full_meta, indent=2) + "\n")
         self.paths["meta.json"].unlink(missing_ok=True)  # an old store stops looking valid
-        for ext in ("bin", "idx", "names", "meta.json"):  # meta last: it marks completion
+        self.paths["chat"].unlink(missing_ok=True)
+        exts = ("bin", "idx", "names") + (("chat",) if self._chat else ()) + ("meta.json",)
+        for ext in exts:  # meta last: it marks completion
             os.replace(self._tmp[ext], self.paths[ext])
         return full_meta
 
     def abort(self) -> None:
-        for f in (self._bin, self._idx, self._names):
+        for f in self._files():
             f.close()
         for p in self._tmp.values():
             p.unlink(missing_ok=True)

@@ -144,6 +144,8 @@ class Trainer(Budget):
         self.eval_estimate: float | None = None  # ... before one has run
         if resume is not None:
             self._restore_weights(resume)  # into the plain module, before any sharding
+        elif t.init is not None:  # fine-tuning: the weights only; a new optimizer and schedule
+            load_weights(self.model, resolve_checkpoint(t.init), self.device)
         if t.compile:  # compiles __call__ in place: loss() and eval go through it too,
             self.model.compile()  # and the state dict keeps its plain names
         # model.loss as a module, wrapped for DDP or FSDP2 where it runs under torchrun
