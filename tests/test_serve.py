@@ -4,11 +4,9 @@ against a real uvicorn server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,8 +14,7 @@ import pytest
 
 openai = pytest.importorskip("openai", reason="the openai client is in the [dev] extra")
 pytest.importorskip("fastapi", reason="untok serve needs the [serve] extra")
-import uvicorn  # noqa: E402
-
+from live_server import Running  # noqa: E402
 from untok.chat import render, role_id  # noqa: E402
 from untok.config import ModelConfig  # noqa: E402
 from untok.models import build_model  # noqa: E402
@@ -27,45 +24,6 @@ from untok.serve.text import Release, incomplete_utf8_tail, stop_prefix_tail  # 
 from untok.units import ByteUnits  # noqa: E402
 
 TINY = ModelConfig(dim=32, num_layers=2, num_heads=2, context=64)
-
-
-class Running:
-    """A uvicorn server for ``app`` on a free port, in a thread."""
-
-    def __init__(self, app) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def http(self, method: str, path: str, body: bytes | None = None,
-             headers: dict | None = None) -> http.client.HTTPResponse:
-        """A raw request (the response is open: read it, then close it)."""
-        connection = http.client.HTTPConnection(self.url[7:], timeout=30)
-        connection.request(method, path, body=body, headers=headers or {})
-        return connection.getresponse()
-
-    def get_json(self, path: str) -> dict:
-        response = self.http("GET", path)
-        try:
-            return json.loads(response.read())
-        finally:
-            response.close()
-
-    def client(self, key: str = "unused") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0,
-                             timeout=60)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +289,48 @@ def test_full_cohorts_open_new_ones():
         assert together == alone
     finally:
         running.stop()
+
+
+def test_score_endpoint(served):
+    text = "to be, or not to be: héllo"
+    response = served.http("POST", "/v1/untok/score", json.dumps(
+        {"model": "tiny", "text": text, "top_logprobs": 3}).encode(),
+        {"Content-Type": "application/json"})
+    result = json.loads(response.read())
+    assert response.status == 200
+    units = result["units"]
+    assert bytes(b for u in units for b in u["bytes"]) == text.encode()
+    assert [u["offset"] for u in units] == list(range(len(text.encode())))
+    assert all(len(u["top"]) == 3 and u["bits"] > 0 and u["entropy"] > 0 for u in units)
+    assert result["bits_per_byte"] == pytest.approx(
+        sum(u["bits"] for u in units) / len(text.encode()))
+    assert result["patch_starts"] is None  # a flat model has no patches
+    for body, status in [({"model": "other", "text": "x"}, 404),
+                         ({"model": "tiny", "text": "x" * 70000}, 400)]:
+        response = served.http("POST", "/v1/untok/score", json.dumps(body).encode(),
+                               {"Content-Type": "application/json"})
+        assert response.status == status and "error" in json.loads(response.read())
+
+
+def test_score_endpoint_draws_blt_patches():
+    from untok.config import resolve
+
+    config = resolve(preset_name="blt-tiny", overrides=["model.patching.kind=fixed"]).model
+    running = Running(create_app(build_model(config).eval(), "blt"))
+    try:
+        response = running.http("POST", "/v1/untok/score", json.dumps(
+            {"model": "blt", "text": "abcdefghij"}).encode(), {"Content-Type": "application/json"})
+        result = json.loads(response.read())
+        size = config.patching.patch_size
+        # fixed patches of the stream BOS + text: the first holds BOS and size - 1 bytes
+        assert result["patch_starts"] == [0, *range(size - 1, 10, size)]
+        assert running.get_json("/v1/models")["data"][0]["patches"] is True
+    finally:
+        running.stop()
+
+
+def test_playground_page_is_served_with_no_outside_resources(served):
+    response = served.http("GET", "/")
+    page = response.read().decode()
+    assert response.status == 200 and "untok playground" in page
+    assert "http://" not in page and "https://" not in page  # no CDN: everything is here

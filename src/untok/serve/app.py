@@ -1,6 +1,7 @@
 """The OpenAI-compatible API: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``
 and ``/health``, in the request and response shapes the official ``openai`` client sends
-and parses (docs/serve.md).
+and parses (docs/serve.md); untok's own ``/v1/untok/score`` (per-byte surprise of a text)
+and the browser playground at ``/``.
 
 Tokens are the model's units: bytes for byte models, so ``max_tokens`` counts bytes and
 ``usage`` reports them (with ``"unit": "byte"``). untok's own sampler settings (``top_k``,
@@ -11,15 +12,17 @@ sends with ``extra_body``. Every error has the OpenAI shape ``{"error": {"messag
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from torch import nn
@@ -27,8 +30,10 @@ from torch import nn
 from untok.chat import render
 from untok.errors import UntokError
 from untok.generate import SamplerConfig
+from untok.models import capabilities
 from untok.serve.engine import Engine, Spec
 from untok.serve.responses import ApiError, Chat, Completions, respond
+from untok.serve.score import MAX_SCORED_BYTES, score_text
 
 MAX_STOPS = 4
 
@@ -69,6 +74,12 @@ class Message(BaseModel):
 
     role: str
     content: str | list[dict[str, Any]] = ""
+
+
+class ScoreRequest(BaseModel):
+    model: str
+    text: str = Field(max_length=MAX_SCORED_BYTES)
+    top_logprobs: int = Field(5, ge=0, le=20)
 
 
 class ChatRequest(Sampling):
@@ -201,6 +212,10 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
         return ApiError(exc.status_code, str(exc.detail), kind="invalid_request_error",
                         code=None).response()
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> str:
+        return resources.files("untok.serve").joinpath("static/playground.html").read_text()
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": server.name, "sequences": server.engine.busy()}
@@ -211,7 +226,7 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
         return {"object": "list", "data": [{
             "id": server.name, "object": "model", "created": int(time.time()),
             "owned_by": "untok", "family": c.family, "unit": model.units.name,
-            "context": c.context}]}
+            "context": c.context, "patches": capabilities(model).patches}]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -229,5 +244,15 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
         top = (body.top_logprobs or 0) if body.logprobs else None
         specs = [server.spec(body, prompt, limit, choice, top) for choice in range(body.n)]
         return await respond(server, request, specs, Chat(), *streaming(body))
+
+    @app.post("/v1/untok/score")
+    async def score(body: ScoreRequest) -> dict:
+        server.check_model(body.model)
+        data = body.text.encode("utf-8", errors="surrogatepass")
+        if len(data) > MAX_SCORED_BYTES:
+            raise ApiError(400, f"the text is {len(data)} bytes; score at most "
+                           f"{MAX_SCORED_BYTES} at a time", "text")
+        # off the event loop (and beside the engine's thread: the model is only read)
+        return await asyncio.to_thread(score_text, model, data, body.top_logprobs)
 
     return app

@@ -54,7 +54,8 @@ class Completions:
         return {"tokens": [token_text(u.data) for u in units],
                 "token_logprobs": [u.logprob for u in units],
                 "top_logprobs": [{token_text(d): lp for d, lp in u.top} for u in units],
-                "text_offset": offsets}
+                "text_offset": offsets,
+                "bytes": [list(u.data) for u in units]}  # untok's: the exact bytes
 
     def choice(self, index: int, text: str, logprobs: dict | None, finish: str | None) -> dict:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
@@ -68,7 +69,7 @@ class Completions:
     def merge(self, total: dict | None, part: dict) -> dict:
         if total is None:
             return part
-        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset", "bytes"):
             total[key] += part[key]
         return total
 
