@@ -23,7 +23,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-core
 	$(BIN)/untok demo --minutes $(MINUTES) --force
 
-test: $(VENV)/.installed-dev,data,bench,serve,browser
+test: $(VENV)/.installed-dev,data,bench,serve,browser,track
 	$(BIN)/python -m pytest tests
 
 lint: $(VENV)/.installed-dev,data,serve

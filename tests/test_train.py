@@ -190,3 +190,34 @@ def test_compiled_training_saves_plain_weights(text_file, tmp_path):
     model = load(tmp_path / "compiled" / "last")
     assert not any("_orig_mod" in k for k in weights(tmp_path / "compiled" / "last"))
     assert model.num_params() > 0
+
+
+def test_tensorboard_tracking_and_eval_samples(tmp_path, text_file):
+    pytest.importorskip("tensorboard", reason="--log tensorboard needs the [track] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from untok.cli import main
+
+    code = main(["train", "--preset", "tiny", "--data", str(text_file), "--steps", "20",
+                 "--out", str(tmp_path / "run"), "--quiet", "--log", "tensorboard"])
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    samples = [r for r in records if r.get("event") == "sample"]
+    assert [s["step"] for s in samples] == [10, 20]  # one per evaluation (tiny: every 10)
+    assert samples[0]["prompt"] and isinstance(samples[0]["text"], str)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"),
+                              size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss_bpb")]
+    assert steps == [r["step"] for r in records if "loss_bpb" in r]
+    val = events.Scalars("val/bpb")
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert [(e.step, round(e.value, 4)) for e in val] == \
+        [(r["step"], round(r["val_bpb"], 4)) for r in evals]
+    assert {"train/lr", "train/mfu", "train/units_per_s"} <= set(events.Tags()["scalars"])
+    assert "sample/text_summary" in events.Tags()["tensors"]
+
+
+def test_unknown_tracker_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.tracker"):
+        resolve(preset_name="tiny", overrides=["train.tracker=mlflow"])

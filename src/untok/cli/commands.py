@@ -88,7 +88,8 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     runtime = {k: v for k, v in (("device", args.device), ("precision", args.precision),
                                  ("compile", args.compile or None),
                                  ("parallel", args.parallel),
-                                 ("cpu_offload", args.cpu_offload or None)) if v is not None}
+                                 ("cpu_offload", args.cpu_offload or None),
+                                 ("tracker", args.log)) if v is not None}
     if args.resume:
         if args.init:
             raise UntokError("--resume continues a run (a fine-tuning run too); --init "

@@ -113,6 +113,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--log", choices=("tensorboard", "wandb"),
+                   help="also send metrics to TensorBoard (OUT/tensorboard; extra [track]) "
+                   "or Weights & Biases (pip install wandb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=_positive_int,
                    help="train with N processes: relaunches this command through torchrun "

@@ -354,11 +354,16 @@ class TrainConfig:
     lr_controller: str = "none"  # or "qlearn" (see docs/options.md; settings in train.qlearn)
     qlearn: QLearnConfig = field(default_factory=QLearnConfig)
     init: str | None = None  # a checkpoint whose weights a new run starts from (fine-tuning)
+    tracker: str = "none"  # or "tensorboard" / "wandb": metrics mirrored (train/tracking.py)
+    sample_bytes: int = 64  # bytes generated from a val prompt at each evaluation; 0 = none
 
     def validate(self) -> None:
         check(self.lr > 0, "train.lr must be positive")
         check(self.lr_controller in LR_CONTROLLERS,
                f"train.lr_controller must be one of {LR_CONTROLLERS}")
+        check(self.tracker in ("none", "tensorboard", "wandb"),
+              "train.tracker must be none, tensorboard or wandb")
+        check(self.sample_bytes >= 0, "train.sample_bytes must be >= 0")
         self.qlearn.validate()
         check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]")
         check(self.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}")

@@ -56,6 +56,7 @@ from untok.train.distributed import (
 from untok.train.lr_control import QLearnController
 from untok.train.optim import lr_at, make_optimizer
 from untok.train.resume import check_resumable
+from untok.train.tracking import eval_sample, open_tracker
 from untok.version import __version__
 
 Callback = Callable[["Trainer"], None]
@@ -131,6 +132,7 @@ class Trainer(Budget):
         self.peak = matmul_peak(self.device) * self.world.world_size  # every rank computes
         self._check_step_cost()
         self.controller = QLearnController(t) if t.lr_controller == "qlearn" else None
+        self.tracker = open_tracker(t.tracker, self.out) if self.world.is_main else None
         self.step = 0
         self.units_seen = 0
         self.best_val_bpb: float | None = None
@@ -248,6 +250,8 @@ class Trainer(Budget):
             return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(finite(record)) + "\n")
+        if self.tracker is not None:
+            self.tracker.write(finite(record))
 
     def train_step(self, lr: float) -> tuple[float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; (loss in nats, grad norm)."""
@@ -387,6 +391,8 @@ class Trainer(Budget):
         seconds = time.perf_counter() - started
         self.log({"event": "end", "step": self.step, "reason": reason, "seconds": seconds,
                   "best_val_bpb": self.best_val_bpb})
+        if self.tracker is not None:
+            self.tracker.close()
         return TrainResult(self.out, self.step, self.units_seen, self.best_val_bpb,
                            self.last_val_bpb, reason, seconds, self.stop_signal,
                            self.model.units.name, self.val_metric)
@@ -409,6 +415,9 @@ class Trainer(Budget):
                   "eval_seconds": evaluated})
         self.say(f"step {self.step}: val {self.val_metric.replace('_', ' ')} {bpb:.4f}"
                  f"{' (best)' if improved else f' (best {self.best_val_bpb:.4f})'}")
+        if self.world.is_main and self.parallel == "none" and \
+                (sample := eval_sample(self.model, self.store, t.sample_bytes)):
+            self.log({"event": "sample", "step": self.step, **sample})
         if improved:
             self.save("best", elapsed)
         self.save("last", elapsed)
