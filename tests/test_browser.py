@@ -59,6 +59,7 @@ def page(browser):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.js_errors = errors  # a test that provokes an error response removes its report
     yield page
     page.close()
     assert errors == [], errors  # the page ran without a JavaScript error
@@ -165,5 +166,41 @@ def test_blt_patch_boundaries(page, tmp_path):
         starts = page.locator("#output span.patch").evaluate_all(
             "spans => spans.map(s => s.textContent)")
         assert starts == ["a", "d", "h", "l", "p"]  # fixed(4) patches after BOS
+    finally:
+        running.stop()
+
+
+def test_console_start_watch_stop_open(page, tmp_path, text_file):
+    pytest.importorskip("fastapi", reason="untok serve needs the [serve] extra")
+    from live_server import Running
+    from untok.serve.app import create_app
+
+    (tmp_path / "runs").mkdir()
+    running = Running(create_app(None, "", runs=tmp_path / "runs"))
+    try:
+        page.goto(running.url + "/console")
+        page.fill("#f-name", "books")
+        page.fill("#f-preset", "no-such-preset")
+        page.fill("#f-data", str(text_file))
+        page.click("#f-start")
+        page.wait_for_function("document.getElementById('form-error').textContent !== ''")
+        assert "unknown preset" in page.inner_text("#form-error")
+        page.js_errors[:] = [e for e in page.js_errors if "status of 400" not in e]
+        page.fill("#f-preset", "tiny")
+        page.fill("#f-steps", "100000")
+        page.fill("#f-set", "train.eval_every=25\ntrain.log_every=5\ntrain.lr=3e-3")
+        page.click("#f-start")
+        page.wait_for_function("+(document.getElementById('c-bpb').dataset.points || 0) > 12",
+                               timeout=120_000)  # the chart gains points as the run trains
+        page.wait_for_function("document.querySelectorAll('#samples div').length > 0",
+                               timeout=120_000)
+        page.screenshot(path=str(screenshot_path(tmp_path, "console.png")))
+        page.click("#stop")
+        page.wait_for_function("document.querySelector('tr.run .status').textContent "
+                               "=== 'stopped'", timeout=120_000)
+        assert (tmp_path / "runs" / "books" / "last" / "model.safetensors").is_file()
+        page.click("#open")
+        page.wait_for_url(running.url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('books')")
     finally:
         running.stop()

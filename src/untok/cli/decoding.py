@@ -114,13 +114,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from untok.hardware import pick_device
     from untok.models import load
 
-    model = load(args.checkpoint, pick_device(args.device))
-    if args.compile:
+    if args.checkpoint is None and args.runs is None:
+        raise UntokError("give a checkpoint to serve, or --runs DIR for the training console")
+    device = pick_device(args.device)
+    model = load(args.checkpoint, device).eval() if args.checkpoint else None
+    if model is not None and args.compile:
         compile_decoding(model)
-    name = args.model_name or served_name(args.checkpoint)
+    name = args.model_name or (served_name(args.checkpoint) if args.checkpoint else "")
     app = create_app(model, name, api_key=args.api_key, cors_origins=args.cors_origin,
                      max_prompt=args.max_prompt, max_tokens=args.max_tokens,
-                     max_batch=args.max_batch)
-    print(f"serving {name} on http://{args.host}:{args.port}/v1 (Ctrl-C stops)",
+                     max_batch=args.max_batch, runs=args.runs, device=device)
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {name or 'no model yet'} on {where}/v1, playground {where}/"
+          f"{f', console {where}/console' if args.runs else ''} (Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -317,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a checkpoint "
                        "(extra [serve])")
-    p.add_argument("checkpoint", help="checkpoint directory (or run directory)")
+    p.add_argument("checkpoint", nargs="?",
+                   help="checkpoint directory (or run directory); optional with --runs")
+    p.add_argument("--runs", metavar="DIR", help="the training console at /console over "
+                   "the runs in DIR: charts, samples, start / stop / resume, open in the "
+                   "playground")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_positive_int, default=8000)

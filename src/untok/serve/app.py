@@ -17,8 +17,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,9 +30,11 @@ from starlette.exceptions import HTTPException
 from torch import nn
 
 from untok.chat import render
+from untok.config import PRESETS
 from untok.errors import UntokError
 from untok.generate import SamplerConfig
-from untok.models import capabilities
+from untok.models import capabilities, load
+from untok.serve.console import RunForm, Runs
 from untok.serve.engine import Engine, Spec
 from untok.serve.responses import ApiError, Chat, Completions, respond
 from untok.serve.score import MAX_SCORED_BYTES, score_text
@@ -92,19 +96,37 @@ class ChatRequest(Sampling):
 # -- the application --------------------------------------------------------------------------
 
 class Server:
-    """What the endpoints share: the engine, the served name and the limits."""
+    """What the endpoints share: the served model and its engine, the served name and the
+    limits. The model can change while serving (the console opens a run's checkpoint), and
+    a console-only server starts with none."""
 
-    def __init__(self, model: nn.Module, name: str, max_prompt: int | None,
+    def __init__(self, model: nn.Module | None, name: str, max_prompt: int | None,
                  max_tokens: int, default_tokens: int, keepalive: float,
-                 max_batch: int) -> None:
-        self.model, self.name, self.units = model, name, model.units
-        self.engine = Engine(model, max_batch)
-        # a prompt is prefilled in one step, which the decoding caches hold at most
-        self.max_prompt = min(max_prompt or model.config.context, model.config.context)
+                 max_batch: int, device: torch.device | str = "cpu") -> None:
+        self.asked_prompt, self.max_batch = max_prompt, max_batch
+        self.device = next(model.parameters()).device if model is not None else device
         self.max_tokens, self.default_tokens = max_tokens, default_tokens
         self.keepalive = keepalive
+        self.model: nn.Module | None = None
+        self.engine: Engine | None = None
+        if model is not None:
+            self.serve(model, name)
+
+    def serve(self, model: nn.Module, name: str) -> None:
+        """Serve ``model`` as ``name`` from now on (requests under way on the model before
+        end)."""
+        previous = self.engine
+        self.model, self.name, self.units = model, name, model.units
+        self.engine = Engine(model, self.max_batch)
+        # a prompt is prefilled in one step, which the decoding caches hold at most
+        self.max_prompt = min(self.asked_prompt or model.config.context, model.config.context)
+        if previous is not None:
+            previous.close()
 
     def check_model(self, name: str) -> None:
+        if self.model is None:
+            raise ApiError(503, "no model is being served: open a run's checkpoint in the "
+                           "training console (/console)", "model", "model_not_loaded")
         if name != self.name:
             raise ApiError(404, f"the model '{name}' does not exist; this server serves "
                            f"'{self.name}' (GET /v1/models)", "model", "model_not_found")
@@ -164,19 +186,29 @@ def streaming(body: Sampling) -> tuple[bool, bool]:
                              body.stream_options.include_usage)
 
 
-def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
+def create_app(model: nn.Module | None, name: str, *, api_key: str | None = None,
                cors_origins: list[str] | tuple[str, ...] = (), max_prompt: int | None = None,
                max_tokens: int = 4096, default_tokens: int = 256,
-               keepalive: float = 10.0, max_batch: int = 16) -> FastAPI:
+               keepalive: float = 10.0, max_batch: int = 16,
+               runs: str | Path | None = None, device: torch.device | str = "cpu"
+               ) -> FastAPI:
     """The FastAPI application serving ``model`` as ``name`` (see the module docstring;
-    ``max_batch``: most sequences decoded as one batch)."""
+    ``max_batch``: most sequences decoded as one batch; ``runs``: a folder of training runs
+    for the console at ``/console``, which makes ``model`` optional; ``device``: where the
+    console loads the checkpoints it opens when no model is given)."""
     server = Server(model, name, max_prompt, max_tokens, default_tokens, keepalive,
-                    max_batch)
+                    max_batch, device)
+    console = Runs(runs) if runs is not None else None
+    if model is None and console is None:
+        raise UntokError("nothing to serve: give a checkpoint, or --runs DIR for the console")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        server.engine.close()
+        if server.engine is not None:
+            server.engine.close()
+        if console is not None:
+            await asyncio.to_thread(console.close)
 
     app = FastAPI(title="untok", lifespan=lifespan)
     app.state.server = server
@@ -214,19 +246,21 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> str:
-        return resources.files("untok.serve").joinpath("static/playground.html").read_text()
+        return page("playground.html")
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": server.name, "sequences": server.engine.busy()}
+        return {"status": "ok", "model": server.model and server.name,
+                "sequences": server.engine.busy() if server.engine else 0}
 
     @app.get("/v1/models")
     async def models() -> dict:
-        c = model.config
-        return {"object": "list", "data": [{
+        served = server.model
+        data = [] if served is None else [{
             "id": server.name, "object": "model", "created": int(time.time()),
-            "owned_by": "untok", "family": c.family, "unit": model.units.name,
-            "context": c.context, "patches": capabilities(model).patches}]}
+            "owned_by": "untok", "family": served.config.family, "unit": served.units.name,
+            "context": served.config.context, "patches": capabilities(served).patches}]
+        return {"object": "list", "data": data, "console": console is not None}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -253,6 +287,74 @@ def create_app(model: nn.Module, name: str, *, api_key: str | None = None,
             raise ApiError(400, f"the text is {len(data)} bytes; score at most "
                            f"{MAX_SCORED_BYTES} at a time", "text")
         # off the event loop (and beside the engine's thread: the model is only read)
-        return await asyncio.to_thread(score_text, model, data, body.top_logprobs)
+        return await asyncio.to_thread(score_text, server.model, data, body.top_logprobs)
 
+    if console is not None:
+        add_console(app, server, console)
     return app
+
+
+def page(name: str) -> str:
+    """One of the package's HTML pages (``serve/static``)."""
+    return resources.files("untok.serve").joinpath(f"static/{name}").read_text()
+
+
+class RunRequest(BaseModel):
+    name: str
+    data: str
+    preset: str | None = None
+    recipe: str | None = None
+    steps: int | None = Field(None, gt=0)
+    minutes: float | None = Field(None, gt=0)
+    overrides: list[str] = []
+
+
+class ResumeRequest(BaseModel):
+    steps: int | None = Field(None, gt=0)
+    minutes: float | None = Field(None, gt=0)
+
+
+def add_console(app: FastAPI, server: Server, runs: Runs) -> None:
+    """The training console: its page at ``/console`` and its API under ``/console/api``
+    (every error a one-line message in the OpenAI error shape)."""
+
+    async def call(work, *args):
+        try:
+            return await asyncio.to_thread(work, *args)
+        except UntokError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
+    async def console_page() -> str:
+        return page("console.html")
+
+    @app.get("/console/api/runs")
+    async def list_runs() -> dict:
+        return {"root": str(runs.root), "runs": await call(runs.list),
+                "serving": server.model and server.name, "presets": sorted(PRESETS)}
+
+    @app.get("/console/api/runs/{name}/metrics")
+    async def metrics(name: str, after: int = 0) -> dict:
+        return {"records": await call(runs.records, name, after)}
+
+    @app.post("/console/api/runs")
+    async def start(body: RunRequest) -> dict:
+        return await call(runs.start, RunForm(**body.model_dump()))
+
+    @app.post("/console/api/runs/{name}/stop")
+    async def stop(name: str) -> dict:
+        return await call(runs.stop, name)
+
+    @app.post("/console/api/runs/{name}/resume")
+    async def resume(name: str, body: ResumeRequest) -> dict:
+        return await call(runs.resume, name, body.steps, body.minutes)
+
+    @app.post("/console/api/runs/{name}/open")
+    async def open_run(name: str) -> dict:
+        def load_best():
+            checkpoint = runs.folder(name) / "best"
+            if not checkpoint.is_dir():
+                raise UntokError(f"run '{name}' has no best checkpoint yet")
+            server.serve(load(checkpoint, server.device).eval(), name)
+            return {"model": name}
+        return await call(load_best)
