@@ -337,6 +337,12 @@ def store_prefix(path: Path) -> Path:
     return path
 
 
+def data_exists(path: str) -> bool:
+    """Whether ``path`` still names data: the built-in corpus, a file, folder or store."""
+    found = store_prefix(Path(path).expanduser())
+    return path == BUILTIN or found.exists() or is_store(found)
+
+
 def _refuse_run_folder(path: Path) -> None:
     """A training run or checkpoint directory is not text to ingest."""
     if not path.is_dir():

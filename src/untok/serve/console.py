@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from untok.config import PRESETS, resolve
+from untok.data.ingest import data_exists
 from untok.errors import UntokError
-from untok.train.resume import data_exists
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MARKS = ("metrics.jsonl", "console.json")  # the files that make a folder a run

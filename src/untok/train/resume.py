@@ -9,15 +9,9 @@ from typing import Any
 from untok.checkpoint import read_train_state, resolve_checkpoint
 from untok.config import RunConfig, from_dict, replace, resolve
 from untok.config.loading import migrate_v1
-from untok.data.ingest import BUILTIN, store_prefix
-from untok.data.store import ByteStore, is_store
+from untok.data.ingest import data_exists
+from untok.data.store import ByteStore
 from untok.errors import CheckpointError, UntokError
-
-
-def data_exists(path: str) -> bool:
-    """Whether ``path`` still names data: the built-in corpus, a file, folder or store."""
-    found = store_prefix(Path(path).expanduser())
-    return path == BUILTIN or found.exists() or is_store(found)
 
 
 def resume_config(checkpoint: str | Path, *, data: str | None = None,
