@@ -24,7 +24,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from torch import nn
@@ -248,6 +248,10 @@ def create_app(model: nn.Module | None, name: str, *, api_key: str | None = None
     async def playground() -> str:
         return page("playground.html")
 
+    @app.get("/static/untok.css", include_in_schema=False)
+    async def stylesheet() -> Response:
+        return Response(page("untok.css"), media_type="text/css")
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": server.model and server.name,
@@ -295,7 +299,7 @@ def create_app(model: nn.Module | None, name: str, *, api_key: str | None = None
 
 
 def page(name: str) -> str:
-    """One of the package's HTML pages (``serve/static``)."""
+    """One of the package's pages or stylesheets (``serve/static``)."""
     return resources.files("untok.serve").joinpath(f"static/{name}").read_text()
 
 
