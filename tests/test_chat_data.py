@@ -208,6 +208,8 @@ def test_fine_tuned_model_answers_held_out_prompts(capsys, tmp_path, monkeypatch
     replies = [generate_text(model, ids=render([{"role": "user", "content": w}], model.units),
                              max_bytes=8, sampler=greedy) for w in held_out]
     right = sum(r == w.upper().encode() for r, w in zip(replies, held_out, strict=True))
+    with capsys.disabled():  # the figure in docs/serve.md (shown with -s)
+        print(f"\n{right} of 100 held-out prompts answered")
     assert right >= 20, f"{right} of 100 held-out prompts answered"
     # the terminal chat: a reply per user line, each to a fresh conversation after /reset
     capsys.readouterr()
