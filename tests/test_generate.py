@@ -46,6 +46,22 @@ def test_top_k_restricts_the_support():
     assert set(picks.tolist()) == {EOS, 255, 254}  # BOS (256) is never a candidate
 
 
+@pytest.mark.parametrize("sampler", [SamplerConfig(), SamplerConfig(top_k=5),
+                                     SamplerConfig(sampler="adaptive", low=1.0, high=4.0)])
+def test_one_generator_per_row_draws_what_each_row_draws_alone(sampler):
+    """A server batches independent requests: row i with generator i must pick what it
+    would pick alone (torch.multinomial with that generator), whatever the other rows."""
+    logits = torch.randn(6, 264) * 3
+    for trial in range(20):
+        seeds = [100 * trial + i for i in range(6)]
+        batched = sample_next(Logits(logits, BYTES), sampler,
+                              [torch.Generator().manual_seed(s) for s in seeds])
+        alone = [int(sample_next(Logits(logits[i:i + 1], BYTES), sampler,
+                                 torch.Generator().manual_seed(s)))
+                 for i, s in enumerate(seeds)]
+        assert batched.tolist() == alone
+
+
 def test_top_p_keeps_the_nucleus():
     logits = torch.full((3000, 264), -1e9)
     logits[:, 10], logits[:, 11], logits[:, 12] = 2.0, 1.0, -1.0

@@ -61,16 +61,33 @@ def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, -torch.inf)
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def draw(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One index per row of ``probs`` Float[N, K] drawn in proportion to it: Long[N].
+
+    ``generator`` may be one per row (a batch of independent requests): each row then
+    draws exactly what ``torch.multinomial`` would draw for it alone with its generator
+    (the same exponential race: the argmax of p / E, E ~ Exp(1) per option)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    race = torch.cat([torch.empty_like(probs[:1]).exponential_(1, generator=g)
+                      for g in generator])
+    return (probs / race).argmax(-1)
+
+
 def pick(logits: torch.Tensor, sampler: SamplerConfig,
-         generator: torch.Generator | None = None) -> torch.Tensor:
-    """Choose one index per row of logits Float[N, K] (excluded options at -inf): Long[N]."""
+         generator: Generators = None) -> torch.Tensor:
+    """Choose one index per row of logits Float[N, K] (excluded options at -inf): Long[N].
+    ``generator``: one for the batch, one per row, or None (the global one)."""
     logits = logits.float()
     if sampler.sampler == "adaptive":
         entropy = entropy_bits(logits)
         scaled = logits / sampler.temperature
         middle = _top_k(scaled, sampler.top_k or 10)
         scaled = torch.where((entropy < sampler.high)[:, None], middle, scaled)
-        sampled = torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+        sampled = draw(scaled.softmax(-1), generator)
         return torch.where(entropy < sampler.low, logits.argmax(-1), sampled)
     if sampler.temperature == 0:
         return logits.argmax(-1)
@@ -83,13 +100,13 @@ def pick(logits: torch.Tensor, sampler: SamplerConfig,
         # drop a unit when the units ranked before it already reach top_p
         drop = probs.cumsum(-1) - probs >= sampler.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -torch.inf))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    return draw(logits.softmax(-1), generator)
 
 
 def sample_next(scores: Scores, sampler: SamplerConfig,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: Generators = None) -> torch.Tensor:
     """Pick the next unit from a model's scores at one position (shape (B,)): text units
-    and EOS only. Returns Long[B]."""
+    and EOS only. Returns Long[B]. ``generator`` may be one per row (see :func:`draw`)."""
     return scores.choose(lambda logits: pick(logits, sampler, generator))
 
 

@@ -124,6 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(model, name, api_key=args.api_key, cors_origins=args.cors_origin,
                      max_prompt=args.max_prompt, max_tokens=args.max_tokens,
                      max_batch=args.max_batch, runs=args.runs, device=device)
+    # the decoding thread and the event loop share the GIL: hand it over every 0.5 ms
+    # rather than every 5 ms, so that streams are written while a batch decodes
+    # (16 streams: +15-25% bytes/s measured, bench/serve.py)
+    sys.setswitchinterval(0.0005)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {name or 'no model yet'} on {where}/v1, playground {where}/"
           f"{f', console {where}/console' if args.runs else ''} (Ctrl-C stops)",

@@ -11,8 +11,9 @@ placed on the cohort's clock so that its prompt ends where the others are, and j
 the batch (:meth:`untok.models.flat.FlatState.join`); a finished one is selected out.
 Other families decode each sequence as a cohort of one. Each sequence samples with its
 own ``torch.Generator`` (seeded from the request), so a seed gives the same output
-however many other requests run beside it. A sequence whose client went away is dropped
-at the next round.
+however many other requests run beside it; the rows of a cohort that share sampler
+settings are still drawn in one batched call (:func:`untok.generate.draw`). A sequence
+whose client went away is dropped at the next round.
 
 What a sequence produces reaches the request through ``Event`` s on an ``asyncio.Queue``,
 handed to the server's event loop thread-safely, one callback per round.
@@ -81,7 +82,8 @@ class Sequence:
     queue: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
-    scores: Scores | None = None  # of its next unit, shape (1,)
+    scores: Scores | None = None  # of its first unit (from its prompt), shape (1,)
+    row: int = 0  # its row in its cohort's last step (where its next unit's scores are)
     generator: torch.Generator | None = None
     release: Release | None = None
     produced: int = 0
@@ -110,6 +112,7 @@ class Cohort:
 
     rows: list[Sequence]
     state: Any
+    scores: Scores | None = None  # the last step's, shape (B,)
 
 
 class Engine:
@@ -230,12 +233,12 @@ class Engine:
 
     def _round(self, cohort: Cohort) -> None:
         """One unit for every sequence of ``cohort``, then one batched step."""
+        live = [seq for seq in cohort.rows if not seq.cancelled]
         kept, chosen = [], []
-        for seq in cohort.rows:
-            unit = None if seq.cancelled else self._choose(seq)
-            if unit is not None:
+        for seq, value in zip(live, self._sample(cohort, live), strict=True):
+            if self._accept(seq, value, cohort):
                 kept.append(seq)
-                chosen.append(unit)
+                chosen.append(value)
         if not kept:
             self.cohorts.remove(cohort)
             return
@@ -243,32 +246,56 @@ class Engine:
             rows = [i for i, seq in enumerate(cohort.rows) if seq in kept]
             cohort.state = cohort.state.select(torch.tensor(rows, device=self.device))
         cohort.rows = kept
-        scores, cohort.state = self.model.step(cohort.state, torch.cat(chosen)[:, None])
+        scores, cohort.state = self.model.step(
+            cohort.state, torch.tensor(chosen, device=self.device)[:, None])
+        cohort.scores = scores[:, -1]
         for i, seq in enumerate(kept):
-            seq.scores = scores[i:i + 1, -1]
+            seq.scores, seq.row = None, i
 
-    def _choose(self, seq: Sequence) -> torch.Tensor | None:
-        """Sample ``seq``'s next unit and send what it releases: the unit (Long[1]) to
-        feed back, or None when the sequence has ended."""
+    def _sample(self, cohort: Cohort, seqs: list[Sequence]) -> list[int]:
+        """The next unit of each of ``seqs``: one batched draw per sampler setting over the
+        cohort's last step (each row with its own generator), alone for a sequence just
+        admitted (its scores come from its prompt)."""
+        values = [0] * len(seqs)
+        groups: dict[SamplerConfig, list[int]] = {}
+        for j, seq in enumerate(seqs):
+            if seq.scores is not None:
+                values[j] = int(sample_next(seq.scores, seq.spec.sampler, [seq.generator]))
+            else:
+                groups.setdefault(seq.spec.sampler, []).append(j)
+        for sampler, members in groups.items():
+            rows = torch.tensor([seqs[j].row for j in members], device=self.device)
+            picked = sample_next(cohort.scores[rows], sampler,
+                                 [seqs[j].generator for j in members])
+            for j, value in zip(members, picked.tolist(), strict=True):
+                values[j] = value
+        return values
+
+    def _accept(self, seq: Sequence, value: int, cohort: Cohort) -> bool:
+        """Send what ``value``, ``seq``'s next unit, releases; False when ``seq`` ends."""
         spec, units = seq.spec, self.units
-        chosen = sample_next(seq.scores, spec.sampler, seq.generator)  # Long[1]
-        value = int(chosen)
         if value >= units.num_content:  # EOS: the model ends its output
-            return self._end(seq, "stop")
+            self._end(seq, "stop")
+            return False
         # the bytes the unit adds after the last ones (a word may bring the space before it)
         piece = units.decode(seq.last + [value])[len(units.decode(seq.last)):]
         seq.last = (seq.last + [value])[-2:]
         unit = None
         if spec.top_logprobs is not None:
-            unit = Unit(piece, float(seq.scores.log_prob(chosen)[0]),
-                        alternatives(seq.scores, units, spec.top_logprobs))
+            scores = seq.scores if seq.scores is not None else \
+                cohort.scores[seq.row:seq.row + 1]
+            chosen = torch.tensor([value], device=self.device)
+            unit = Unit(piece, float(scores.log_prob(chosen)[0]),
+                        alternatives(scores, units, spec.top_logprobs))
         seq.produced += 1
         self._send(seq, *seq.release.push(piece, unit))
         if seq.release.stopped:
-            return self._end(seq, "stop", flush=False)
+            self._end(seq, "stop", flush=False)
+            return False
         if seq.produced >= spec.max_units:
-            return self._end(seq, "length")
-        return chosen
+            self._end(seq, "length")
+            return False
+        return True
 
     def _send(self, seq: Sequence, data: bytes, units: list) -> None:
         if data or units:
