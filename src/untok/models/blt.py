@@ -38,7 +38,7 @@ from untok.models.registry import (
     register,
     shape_summary,
 )
-from untok.nn.attention import KVCache, Rope, local_causal_mask
+from untok.nn.attention import KVCache, LocalWindow, Rope
 from untok.nn.blocks import TransformerBlock
 from untok.nn.embeddings import (
     ByteEmbedding,
@@ -229,7 +229,7 @@ class BLT(nn.Module):
         patch_ids = starts.long().cumsum(1) - 1  # (B, T): the patch of every byte
         num_patches = int(patch_ids.max()) + 1
         cos, sin = self.local_rope.first(T, ids.device)
-        window = local_causal_mask(T, local.window, ids.device)
+        window = LocalWindow(local.window)
         h = self.encoder(embed_with_ngrams(self.embed, self.ngrams, ids), window)  # (B, T, D)
         g = self._global(self.pool(h, patch_ids, num_patches))  # (B, P, G)
         memory = torch.cat([self.start.expand(B, 1, -1), g], dim=1)  # (B, 1 + P, G)

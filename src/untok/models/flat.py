@@ -24,7 +24,7 @@ from untok.config import ModelConfig
 from untok.config.schema import check
 from untok.models.base import init_residuals, init_standard, next_unit_loss
 from untok.models.registry import Capabilities, Family, register, shape_summary
-from untok.nn.attention import KVCache, Rope, local_causal_mask
+from untok.nn.attention import KVCache, LocalWindow, Rope
 from untok.nn.bitlinear import BitLinear
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
 from untok.nn.embeddings import (
@@ -127,7 +127,7 @@ class FlatLM(nn.Module):
             self.spread.fill_(1.0)
         init_residuals(self.blocks, self.config.num_layers)
 
-    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _hidden(self, ids: torch.Tensor, mask: LocalWindow | None = None) -> torch.Tensor:
         """Final hidden states Float[B, T, D] (after the last norm) of a whole sequence."""
         return self.norm(self.blocks(embed_with_ngrams(self.embed, self.ngrams, ids), mask))
 
@@ -208,7 +208,7 @@ class FlatLM(nn.Module):
         function :func:`untok.generate.compile_decoding` compiles."""
         return self._cached(*args)
 
-    def _mask(self, ids: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor | None:
+    def _mask(self, ids: torch.Tensor, segments: torch.Tensor | None) -> LocalWindow | None:
         """Attention mask of a whole sequence: past the context each unit sees the last
         ``context`` units (as decoding with the KV cache does); with ``segments``
         (non-decreasing) a unit sees only its own segment. None when plain causal."""
@@ -216,7 +216,7 @@ class FlatLM(nn.Module):
         if not isinstance(self.blocks, TransformerStack) or \
                 (segments is None and self.config.context >= T):
             return None
-        return local_causal_mask(T, self.config.context, ids.device, segments)
+        return LocalWindow(self.config.context, segments)
 
     def forward(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> Scores:
         """Scores of the next unit at every position of ``ids`` Long[B, T]."""

@@ -152,16 +152,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | LocalWindow | None = None) -> torch.Tensor:
         """``cos``/``sin``: Float[T, d/2] RoPE angles of the T units; with a ``cache``,
         ``positions`` (Long[T]) are their absolute positions. Without one, attention is
-        causal, or follows ``mask`` (Bool[B or 1, 1, T, T], True = may attend)."""
+        causal, or follows ``mask`` (Bool[B or 1, 1, T, T], True = may attend, or a
+        :class:`LocalWindow`)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
-        if cache is None:
+        if isinstance(mask, LocalWindow):
+            y = mask.attend(q, k, v, dropout)
+        elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                is_causal=mask is None)
         else:
@@ -174,13 +177,78 @@ def local_causal_mask(length: int, window: int, device: torch.device,
                       segments: torch.Tensor | None = None) -> torch.Tensor:
     """Bool[B or 1, 1, T, T]: unit t sees units s with t - window < s <= t (the sliding
     window a KV cache of ``window`` units gives), and only its own segment when
-    ``segments`` (Long[B, T], non-decreasing ids) is given."""
+    ``segments`` (Long[B, T], non-decreasing ids) is given. The dense reference of
+    :class:`LocalWindow`."""
     t = torch.arange(length, device=device)
     distance = t[:, None] - t[None, :]
     mask = ((distance >= 0) & (distance < window))[None, None]
     if segments is not None:
         mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
     return mask
+
+
+@dataclass(frozen=True)
+class LocalWindow:
+    """Sliding-window causal attention, passed where a mask goes: unit t attends to units
+    s with t - size < s <= t, only within its own segment when ``segments`` (Long[B, T],
+    non-decreasing ids) is given; the same units :func:`local_causal_mask` allows.
+
+    :meth:`attend` computes it blockwise: queries in blocks of ``block`` units (at least
+    ``size``) attend to their own block and the one before, one fused SDPA call over all
+    blocks with a fixed (block, 2 block) band mask, so the work grows as T x 2 block
+    rather than T x T and no [T, T] mask is built."""
+
+    size: int
+    segments: torch.Tensor | None = None  # Long[B, T]
+
+    @property
+    def block(self) -> int:
+        return max(self.size, 64)
+
+    def dense(self, length: int, device: torch.device) -> torch.Tensor:
+        return local_causal_mask(length, self.size, device, self.segments)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               dropout: float = 0.0) -> torch.Tensor:
+        """q, k (B, H, T, d), v (B, H, T, e) -> (B, H, T, e)."""
+        B, H, t, _ = q.shape
+        w = self.block
+        if self.segments is None and t <= self.size:  # the window never clips
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        if t <= w:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense(t, q.device),
+                                                  dropout_p=dropout)
+        n = -(-t // w)
+
+        def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, c) -> (B * n, H, w, c)
+            x = F.pad(x, (0, 0, 0, n * w - t)).unflatten(2, (n, w))
+            return x.transpose(1, 2).reshape(B * n, H, w, x.shape[-1])
+
+        def with_previous(x: torch.Tensor) -> torch.Tensor:  # (B * n, H, 2w, c)
+            x = x.unflatten(0, (B, n))
+            return torch.cat([F.pad(x, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1], x], 3).flatten(0, 1)
+
+        y = F.scaled_dot_product_attention(blocks(q), with_previous(blocks(k)),
+                                           with_previous(blocks(v)),
+                                           attn_mask=self._band(B, n, q.device),
+                                           dropout_p=dropout)  # (B * n, H, w, e)
+        return y.unflatten(0, (B, n)).transpose(1, 2).flatten(2, 3)[:, :, :t]
+
+    def _band(self, B: int, n: int, device: torch.device) -> torch.Tensor:
+        """Bool[B * n, 1, w, 2w]: query a of block i may see key b of blocks (i-1, i)."""
+        w = self.block
+        a = torch.arange(w, device=device)[:, None]
+        b = torch.arange(2 * w, device=device)[None, :]
+        distance = a + w - b
+        band = ((distance >= 0) & (distance < self.size)).expand(n, w, 2 * w).clone()
+        band[0, :, :w] = False  # block 0 has no block before it
+        if self.segments is None:
+            return band[None].expand(B, n, w, 2 * w).reshape(B * n, 1, w, 2 * w)
+        segments = F.pad(self.segments, (0, n * w - self.segments.shape[1]),
+                         value=-1).unflatten(1, (n, w))  # (B, n, w): padding: never seen
+        keys = torch.cat([F.pad(segments, (0, 0, 1, 0), value=-2)[:, :-1], segments], 2)
+        same = segments[..., :, None] == keys[..., None, :]  # (B, n, w, 2w)
+        return (band & same).reshape(B * n, 1, w, 2 * w)
 
 
 def lambda_init_of(layer: int) -> float:
@@ -227,7 +295,7 @@ class DifferentialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | LocalWindow | None = None) -> torch.Tensor:
         """As :meth:`CausalSelfAttention.forward`."""
         B, T, D = x.shape
         H, d = self.num_heads, self.head_dim
@@ -239,13 +307,15 @@ class DifferentialAttention(nn.Module):
         if cache is not None:
             k, v, mask = cache.append(k, v, positions)  # (B, H, slots, 2d), (T, slots)
             dropout = 0.0
-        causal = mask is None
         q1, q2 = q.chunk(2, dim=-1)
         k1, k2 = k.chunk(2, dim=-1)
-        y1 = F.scaled_dot_product_attention(q1, k1, v, attn_mask=mask, dropout_p=dropout,
-                                            is_causal=causal)
-        y2 = F.scaled_dot_product_attention(q2, k2, v, attn_mask=mask, dropout_p=dropout,
-                                            is_causal=causal)
+        if isinstance(mask, LocalWindow):
+            y1, y2 = mask.attend(q1, k1, v, dropout), mask.attend(q2, k2, v, dropout)
+        else:
+            y1 = F.scaled_dot_product_attention(q1, k1, v, attn_mask=mask, dropout_p=dropout,
+                                                is_causal=mask is None)
+            y2 = F.scaled_dot_product_attention(q2, k2, v, attn_mask=mask, dropout_p=dropout,
+                                                is_causal=mask is None)
         y = y1 - self.lambda_full().to(y1.dtype) * y2  # (B, H, T, 2d)
         y = self.head_norm(y) * (1.0 - self.lambda_init)
         return self.out(y.transpose(1, 2).reshape(B, T, D))

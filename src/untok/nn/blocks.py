@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from untok.nn.attention import CausalSelfAttention, DifferentialAttention, KVCache
+from untok.nn.attention import CausalSelfAttention, DifferentialAttention, KVCache, LocalWindow
 
 
 class SwiGLU(nn.Module):
@@ -38,7 +38,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | LocalWindow | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, positions, mask))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 

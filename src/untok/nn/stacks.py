@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from untok.nn.attention import KVCache, Rope
+from untok.nn.attention import KVCache, LocalWindow, Rope
 from untok.nn.blocks import TransformerBlock
 from untok.nn.mlgru import MMFreeBlock, forget_lower_bound
 
@@ -37,8 +37,10 @@ class TransformerStack(nn.ModuleList):
         self.rope = rope
         self.capacity = capacity
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Float[B, T, D] at positions 0 .. T-1 (``mask``: Bool[.., T, T] or None)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | LocalWindow | None = None
+                ) -> torch.Tensor:
+        """Float[B, T, D] at positions 0 .. T-1 (``mask``: Bool[.., T, T], a
+        :class:`~untok.nn.attention.LocalWindow` or None: causal)."""
         cos, sin = self.rope.first(x.shape[1], x.device)
         for block in self:
             x = block(x, cos, sin, mask=mask)
@@ -87,7 +89,8 @@ class MMFreeStack(nn.ModuleList):
         super().__init__(blocks)
         self.dim = dim
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | LocalWindow | None = None
+                ) -> torch.Tensor:
         """Float[B, T, D] (a recurrence is causal by construction: ``mask`` is unused)."""
         for block in self:
             x, _ = block(x)
