@@ -315,16 +315,25 @@ def test_precomputed_entropies_feed_training(capsys, tmp_path, store):
     assert open_entropies(store, dataclasses.replace(config.patching, newline_reset=True)) \
         is None
 
-    out = tmp_path / "run"
-    assert main(["train", "--data", str(store.paths["bin"].with_suffix("")), "--preset",
-                 "blt-tiny", "--patching", "entropy", "--entropy-model", str(ent),
-                 "--steps", "2", "--out", str(out), "--quiet"]) == 0
-    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert start["event"] == "start" and start["precomputed_entropies"] is True
-    entropy_paths(store)["meta"].unlink()  # without the files it still trains
-    assert main(["train", "--data", str(store.paths["bin"].with_suffix("")), "--preset",
-                 "blt-tiny", "--patching", "entropy", "--entropy-model", str(ent),
-                 "--steps", "1", "--out", str(tmp_path / "run2"), "--quiet"]) == 0
+    def train(out: str, *extra: str) -> dict:
+        assert main(["train", "--data", str(store.paths["bin"].with_suffix("")), "--preset",
+                     "blt-tiny", "--patching", "entropy", "--entropy-model", str(ent),
+                     "--steps", "1", "--out", str(tmp_path / out), "--quiet", *extra]) == 0
+        start = json.loads((tmp_path / out / "metrics.jsonl").read_text().splitlines()[0])
+        assert start["event"] == "start"
+        return start
+
+    paths = entropy_paths(store)
+    written = paths["train"].stat().st_mtime_ns
+    assert train("run")["precomputed_entropies"] is True
+    assert paths["train"].stat().st_mtime_ns == written  # a matching cache is reused
+    paths["meta"].unlink()
+    assert train("run2", "--set", "train.entropy_cache=false")["precomputed_entropies"] \
+        is False  # without the files it still trains, running the entropy model
+    assert not paths["meta"].exists()
+    assert train("run3")["precomputed_entropies"] is True  # by default: computed once
+    np.testing.assert_allclose(open_entropies(store, config.patching)["val"],
+                               expected.numpy(), atol=2e-2)
 
 
 def test_entropy_model_must_be_a_flat_transformer(tmp_path):

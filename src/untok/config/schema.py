@@ -356,6 +356,9 @@ class TrainConfig:
     init: str | None = None  # a checkpoint whose weights a new run starts from (fine-tuning)
     tracker: str = "none"  # or "tensorboard" / "wandb": metrics mirrored (train/tracking.py)
     sample_bytes: int = 64  # bytes generated from a val prompt at each evaluation; 0 = none
+    # entropy patching: score the store once with the entropy model (untok data entropies)
+    # when its cache is missing or was made by another model, and read patches from it
+    entropy_cache: bool = True
 
     def validate(self) -> None:
         check(self.lr > 0, "train.lr must be positive")

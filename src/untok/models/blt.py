@@ -15,6 +15,8 @@ decoder step, plus one pooling and one global step when it closes a patch.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from torch import nn
 
 from untok.checkpoint import read_model_config, resolve_checkpoint
 from untok.config import ModelConfig
-from untok.config.schema import check
+from untok.config.schema import PatchingConfig, check
 from untok.data.loader import TrainSampler, UnitStream
+from untok.data.store import ByteStore
 from untok.errors import ConfigError
 from untok.files import sha256_file
 from untok.models.base import init_residuals, init_standard, next_unit_loss
@@ -342,9 +345,11 @@ class BLT(nn.Module):
 
 def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
     """Entropy patching: record the entropy model's shape and weights hash from its
-    checkpoint; given training data and no thresholds, fit the global threshold so that
-    patches average ``patching.target_len`` bytes on the first 16 windows of the train
-    split (deterministic: a resumed run fits the same one)."""
+    checkpoint; given training data, score the store once with the entropy model where no
+    matching cache exists (``untok data entropies``; unless ``data.write_cache`` is off),
+    and with no thresholds fit the global one so that patches average
+    ``patching.target_len`` bytes on the first 16 windows of the train split
+    (deterministic: a resumed run fits the same one)."""
     patching = config.patching
     if patching.kind != "entropy":
         return config
@@ -353,6 +358,8 @@ def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
         patching = dataclasses.replace(patching, entropy_model=str(path),
                                        entropy_shape=read_model_config(path),
                                        entropy_sha256=sha256_file(path / "model.safetensors"))
+    if data is not None and data.write_cache:
+        ensure_entropies(data.store, patching, data.progress)
     if data is not None and patching.threshold is None and patching.relative is None:
         sampler = TrainSampler(UnitStream(data.store, "train"), config.context, 16, seed=0)
         sample = sampler.next_batch()[0].to(data.device)
@@ -363,6 +370,22 @@ def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
     config = dataclasses.replace(config, patching=patching)
     config.validate()
     return config
+
+
+def ensure_entropies(store: ByteStore, patching: PatchingConfig, progress: bool) -> None:
+    """Compute ``store``'s entropy cache with the entropy model of ``patching`` unless one
+    made by the same weights and settings is there (then it is reused)."""
+    from untok.data.entropies import compute_entropies, open_entropies
+
+    if open_entropies(store, patching) is not None:
+        return
+    began = time.perf_counter()
+    meta = compute_entropies(store, patching.entropy_model,
+                             newline_reset=patching.newline_reset, progress=progress)
+    if progress:
+        print(f"entropies of {sum(meta['units'].values()):,} units computed once in "
+              f"{time.perf_counter() - began:.0f} s (reused while the entropy model is "
+              "the same)", file=sys.stderr)
 
 
 def check_entropy_shape(shape: ModelConfig, where: object = "the entropy model") -> None:

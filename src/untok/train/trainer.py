@@ -114,8 +114,9 @@ class Trainer(Budget):
             config.data.path)})
         # the family's prepare hook completes the model config from the train split (e.g.
         # BLT fits its entropy threshold); the run config keeps what was asked for
-        model_config = prepare(config.model, TrainingData(self.store, self.device,
-                                                          self.progress))
+        with main_first(self.world):  # rank 0 writes any cache (e.g. entropies) first
+            model_config = prepare(config.model, TrainingData(
+                self.store, self.device, self.progress, t.entropy_cache))
         torch.manual_seed(t.seed)
         self.model = build_model(model_config, self.device)
         self.train_stream = open_stream(self.store, "train", self.model.units)
