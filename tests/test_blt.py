@@ -1,5 +1,5 @@
-"""BLT beyond the protocol suite (tests/test_protocol.py runs its space, fixed and mmfree
-examples): every patcher, entropy patching with a real entropy model, patch boundaries."""
+"""BLT beyond the protocol suite (tests/test_protocol.py runs its space, fixed, learned and
+mmfree examples): every patcher, entropy patching with a real entropy model, patch boundaries."""
 
 import dataclasses
 import math
@@ -14,7 +14,7 @@ from untok.models import ByteLM, build_model, load
 from untok.units import BOS, VOCAB_SIZE
 
 TINY_ENTROPY = ModelConfig(dim=32, num_layers=1, num_heads=2, context=64)
-PATCHERS = ["fixed", "space", "entropy", "entropy-relative", "entropy-newline"]
+PATCHERS = ["fixed", "space", "entropy", "entropy-relative", "entropy-newline", "learned"]
 
 
 THRESHOLDS: dict[str, float] = {}
@@ -44,7 +44,8 @@ def blt_config(kind: str, entropy_ckpt: str, **patching) -> ModelConfig:
                "entropy-relative": {"kind": "entropy", "relative": THRESHOLDS["relative"],
                                     "max_len": 5},
                "entropy-newline": {"kind": "entropy", "threshold": THRESHOLDS["global"],
-                                   "max_len": 6, "newline_reset": True}}[kind]
+                                   "max_len": 6, "newline_reset": True},
+               "learned": {"kind": "learned", "target_len": 3, "max_len": 6}}[kind]
     if options["kind"] == "entropy":
         options["entropy_model"] = entropy_ckpt
     return dataclasses.replace(base, patching=PatchingConfig(**{**options, **patching}))
@@ -129,7 +130,8 @@ def test_patcher_step_equals_forward(entropy_ckpt):
         ids = sample_ids(1, 44, seed=5)
         starts, entropies = patcher(ids)
         state = patcher.new_state(1, ids.device)
-        stepped = [patcher.step(state, ids[:, i]) for i in range(ids.shape[1])]
+        probs = patcher.boundary_probs(ids) if kind == "learned" else torch.zeros(ids.shape)
+        stepped = [patcher.step(state, ids[:, i], probs[:, i]) for i in range(ids.shape[1])]
         assert torch.equal(torch.stack([s for s, _ in stepped], 1), starts), kind
         if entropies is not None:
             torch.testing.assert_close(torch.stack([e for _, e in stepped[1:]], 1),

@@ -43,9 +43,15 @@ def load_patcher(path: str | Path, *, kind: str | None = None,
     if config.kind == "entropy" and entropy_model is None:
         raise UntokError(f"{path} was trained with {trained_with} patching and holds no "
                          "entropy model; pass a byte model checkpoint for entropy patching")
+    if config.kind == "learned" and trained_with != "learned":
+        raise UntokError(f"{path} was trained with {trained_with} patching: learned patches "
+                         "come from the router of a BLT trained with --patching learned")
     if target_len is not None and config.kind == "entropy":
         config = dataclasses.replace(config, threshold=None, relative=None)
-    return Patcher(config, entropy_model)
+    patcher = Patcher(config, entropy_model)
+    if config.kind == "learned":
+        patcher.boundary_probs = model.boundary_probs
+    return patcher
 
 
 def describe_patches(patcher: Patcher, data: bytes) -> dict:
@@ -61,7 +67,8 @@ def describe_patches(patcher: Patcher, data: bytes) -> dict:
             fitted = fit_threshold(entropy[:, 1:], config.target_len, config.max_len)
             patcher = Patcher(dataclasses.replace(config, threshold=round(fitted, 4)),
                               patcher.entropy_model)
-    starts = patcher.starts(ids[None], entropy)[0, 1:]  # the BOS patch is not shown
+    probs = patcher.boundary_probs(ids[None]) if patcher.config.kind == "learned" else None
+    starts = patcher.starts(ids[None], entropy, probs)[0, 1:]  # the BOS patch is not shown
     starts[0] = True
     lengths = patch_lengths(starts)
     report = {"patching": {k: v for k, v in dataclasses.asdict(patcher.config).items()
@@ -74,6 +81,8 @@ def describe_patches(patcher: Patcher, data: bytes) -> dict:
               "patches_per_kb": 1000 * len(lengths) / len(data),
               "cut_characters": int(sum(0x80 <= data[i] < 0xC0 for i in
                                         np.flatnonzero(starts.numpy())))}
+    if probs is not None:
+        report["boundary_probs"] = [round(v, 4) for v in probs[0, 1:].tolist()]
     if entropy is not None:
         values = entropy[0, 1:].numpy().astype(np.float64)
         report["entropies"] = [round(v, 4) for v in values.tolist()]
@@ -93,9 +102,11 @@ def readable(piece: bytes) -> str:
 
 
 def format_patches(report: dict, data: bytes, limit: int = 200) -> str:
-    """Patches one per line (with per-byte entropies), then the statistics."""
+    """Patches one per line (with per-byte entropies or boundary probabilities), then the
+    statistics."""
     bounds = [*report["starts"], len(data)]
     entropies = report.get("entropies")
+    probs = report.get("boundary_probs")
     lines = []
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         if i == limit:
@@ -104,6 +115,8 @@ def format_patches(report: dict, data: bytes, limit: int = 200) -> str:
         line = f"{a:>7}  {readable(data[a:b]):<24}"
         if entropies is not None:
             line += "  H " + " ".join(f"{h:.2f}" for h in entropies[a:b])
+        elif probs is not None:
+            line += "  p " + " ".join(f"{p:.2f}" for p in probs[a:b])
         lines.append(line)
     p = report["patching"]
     lines += ["", f"patching: {p['kind']}" + "".join(

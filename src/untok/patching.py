@@ -11,6 +11,7 @@ wherever ``max_len`` units have passed since the last start. Position 0 always s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,9 @@ class Patcher(nn.Module):
         if config.kind == "entropy" and entropy_model is None:
             raise ConfigError("entropy patching needs an entropy model (--entropy-model)")
         self.entropy_model = entropy_model if config.kind == "entropy" else None
+        # learned patching: ids Long[B, T] -> boundary probabilities Float[B, T], set by
+        # the BLT whose router decides (patches of a whole text for reports)
+        self.boundary_probs: Callable[[torch.Tensor], torch.Tensor] | None = None
         if self.entropy_model is not None:
             self.entropy_model.requires_grad_(False)
 
@@ -127,13 +131,19 @@ class Patcher(nn.Module):
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Long[B, T] -> (starts Bool[B, T], entropies Float[B, T] or None)."""
+        if self.config.kind == "learned":
+            return self.starts(ids, probs=self.boundary_probs(ids)), None
         entropy = self.entropies(ids) if self.config.kind == "entropy" else None
         return self.starts(ids, entropy), entropy
 
-    def starts(self, ids: torch.Tensor, entropy: torch.Tensor | None = None) -> torch.Tensor:
-        """Bool[B, T] patch starts of ``ids`` (entropy patching: given its entropies)."""
+    def starts(self, ids: torch.Tensor, entropy: torch.Tensor | None = None,
+               probs: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool[B, T] patch starts of ``ids`` (entropy patching: given its entropies;
+        learned: given the router's boundary probabilities Float[B, T])."""
         kind = self.config.kind
-        if kind == "fixed":
+        if kind == "learned":
+            candidates = probs > 0.5
+        elif kind == "fixed":
             candidates = torch.zeros_like(ids, dtype=torch.bool)
         elif kind == "space":
             word = _WORD.to(ids.device)[ids]
@@ -155,14 +165,17 @@ class Patcher(nn.Module):
                             entropy=zeros, last_entropy=zeros.clone())
 
     @torch.no_grad()
-    def step(self, state: PatcherState, ids: torch.Tensor) -> tuple[torch.Tensor,
-                                                                     torch.Tensor | None]:
-        """Feed Long[B] units; return whether each starts a patch (Bool[B]) and, for
-        entropy patching, the entropy it was predicted with."""
+    def step(self, state: PatcherState, ids: torch.Tensor, prob: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed Long[B] units (learned patching: with their boundary probabilities
+        Float[B]); return whether each starts a patch (Bool[B]) and, for entropy patching,
+        the entropy it was predicted with."""
         kind = self.config.kind
         entropy = None
         if state.fed == 0:
             candidate = torch.ones_like(ids, dtype=torch.bool)
+        elif kind == "learned":
+            candidate = prob > 0.5
         elif kind == "fixed":
             candidate = torch.zeros_like(ids, dtype=torch.bool)
         elif kind == "space":

@@ -124,7 +124,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="under torchrun: ddp (default) or fsdp (parameters sharded per block)")
     p.add_argument("--cpu-offload", action="store_true",
                    help="with --parallel fsdp: keep parameters and optimizer state on the CPU")
-    p.add_argument("--patching", choices=("entropy", "space", "fixed"),
+    p.add_argument("--patching", choices=("entropy", "space", "fixed", "learned"),
                    help="BLT presets: how bytes are cut into patches")
     p.add_argument("--patch-size", type=_positive_int,
                    help="bytes per patch for --patching fixed (default 4)")
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="text to cut")
     p.add_argument("--file", help="file to cut (raw bytes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--patching", choices=("entropy", "space", "fixed"),
+    p.add_argument("--patching", choices=("entropy", "space", "fixed", "learned"),
                    help="override the patcher (default: the BLT's own, or entropy)")
     p.add_argument("--threshold", type=float, help="global entropy threshold (bits)")
     p.add_argument("--relative", type=float, help="approximately monotonic threshold (bits)")

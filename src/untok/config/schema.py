@@ -45,7 +45,7 @@ class EmbeddingConfig:
         check(self.buckets > 0, "model.embedding.buckets must be positive")
 
 
-PATCHERS = ("fixed", "space", "entropy")
+PATCHERS = ("fixed", "space", "entropy", "learned")
 BACKBONES = ("transformer", "mmfree")
 UNITS = ("byte", "codepoint")
 ATTENTIONS = ("standard", "differential")
@@ -69,6 +69,10 @@ class PatchingConfig:
     ``target_len`` bytes per patch on a sample of the train split. ``entropy_shape`` and
     ``entropy_sha256`` are filled in from the ``entropy_model`` checkpoint when the model
     is built; the weights are copied into the BLT's own checkpoint.
+
+    ``learned``: a router on the byte encoder's states decides (see
+    :mod:`untok.nn.routing`), trained end to end; a ratio loss of weight ``ratio_weight``
+    keeps patches near ``target_len`` bytes on average.
     """
 
     kind: str = "space"
@@ -77,6 +81,7 @@ class PatchingConfig:
     threshold: float | None = None
     relative: float | None = None
     target_len: float = 4.0
+    ratio_weight: float = 0.03  # learned
     newline_reset: bool = False
     entropy_model: str = ""
     entropy_sha256: str = ""
@@ -87,6 +92,12 @@ class PatchingConfig:
         check(self.patch_size >= 1, "model.patching.patch_size must be >= 1")
         check(self.max_len >= 1, "model.patching.max_len must be >= 1")
         check(self.target_len >= 1, "model.patching.target_len must be >= 1")
+        check(self.ratio_weight >= 0, "model.patching.ratio_weight must be >= 0")
+        if self.kind == "learned":
+            check(1 < self.target_len < self.max_len, "learned patching needs 1 < "
+                  "model.patching.target_len < model.patching.max_len")
+            check(not self.newline_reset, "model.patching.newline_reset applies to "
+                  "entropy patching only")
         if self.kind == "entropy":
             check(bool(self.entropy_model) or self.entropy_shape is not None,
                    "entropy patching needs an entropy model: pass --entropy-model CKPT "

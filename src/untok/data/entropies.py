@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +105,18 @@ def open_entropies(store: ByteStore, patching: PatchingConfig) -> dict[str, np.n
             return None
         arrays[split] = np.memmap(paths[split], dtype=np.float16, mode="r")[:units]
     return arrays
+
+
+def ensure_entropies(store: ByteStore, patching: PatchingConfig, progress: bool) -> None:
+    """Entropy patching: compute ``store``'s entropy cache with the entropy model of
+    ``patching`` unless one made by the same weights and settings is there (then it is
+    reused). What training runs before its first step (``train.entropy_cache``)."""
+    if patching.kind != "entropy" or open_entropies(store, patching) is not None:
+        return
+    began = time.perf_counter()
+    meta = compute_entropies(store, patching.entropy_model,
+                             newline_reset=patching.newline_reset, progress=progress)
+    if progress:
+        print(f"entropies of {sum(meta['units'].values()):,} units computed once in "
+              f"{time.perf_counter() - began:.0f} s (reused while the entropy model is "
+              "the same)", file=sys.stderr)

@@ -15,20 +15,16 @@ decoder step, plus one pooling and one global step when it closes a patch.
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from untok.checkpoint import read_model_config, resolve_checkpoint
 from untok.config import ModelConfig
-from untok.config.schema import PatchingConfig, check
+from untok.config.schema import check
 from untok.data.loader import TrainSampler, UnitStream
-from untok.data.store import ByteStore
 from untok.errors import ConfigError
 from untok.files import sha256_file
 from untok.models.base import init_residuals, init_standard, next_unit_loss
@@ -50,64 +46,19 @@ from untok.nn.embeddings import (
     make_ngrams,
     update_past,
 )
+from untok.nn.patch_pooling import CrossAttention, PatchPooling
+from untok.nn.routing import (
+    BoundaryRouter,
+    confidence,
+    patch_weights,
+    ratio_loss,
+    smooth_one,
+    smooth_patches,
+)
 from untok.nn.stacks import TransformerStack, make_stack
 from untok.patching import Patcher, PatcherState, fit_threshold
 from untok.scores import Logits
 from untok.units import VOCAB_SIZE, ByteUnits, Units
-
-
-class CrossAttention(nn.Module):
-    """Queries from ``dim`` states attend to a memory of ``memory_dim`` states."""
-
-    def __init__(self, dim: int, memory_dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.norm = nn.RMSNorm(dim)
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(memory_dim, 2 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-
-    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float[B, S, memory_dim] -> keys, values (B, H, S, d)."""
-        B, S, _ = memory.shape
-        k, v = self.kv(memory).view(B, S, 2, self.num_heads, -1).unbind(2)
-        return k.transpose(1, 2), v.transpose(1, 2)
-
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x + attention(norm(x), k, v)``; ``mask`` Bool[B or 1, 1, T, S]."""
-        B, T, D = x.shape
-        q = self.q(self.norm(x)).view(B, T, self.num_heads, -1).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return x + self.out(y.transpose(1, 2).reshape(B, T, D))
-
-
-class PatchPooling(nn.Module):
-    """k query slots per patch, initialised by max-pooling the patch's byte states, that
-    cross-attend to those bytes only; the slots, concatenated, project to the global
-    width."""
-
-    def __init__(self, dim: int, num_heads: int, slots: int, global_dim: int) -> None:
-        super().__init__()
-        self.slots = slots
-        self.slot_embed = nn.Parameter(torch.zeros(slots, dim))
-        self.attn = CrossAttention(dim, dim, num_heads)
-        self.proj = nn.Linear(slots * dim, global_dim, bias=False)
-
-    def forward(self, h: torch.Tensor, patch_ids: torch.Tensor, num_patches: int
-                ) -> torch.Tensor:
-        """Byte states Float[B, T, D] and their patch index Long[B, T] -> Float[B, P, G]."""
-        B, T, D = h.shape
-        index = patch_ids[..., None].expand(B, T, D)
-        pooled = h.new_zeros(B, num_patches, D).scatter_reduce(
-            1, index, h, reduce="amax", include_self=False)  # (B, P, D)
-        queries = (pooled[:, :, None] + self.slot_embed).flatten(1, 2)  # (B, P*k, D)
-        slot_patch = torch.arange(num_patches, device=h.device).repeat_interleave(self.slots)
-        mask = slot_patch[None, :, None] == patch_ids[:, None, :]  # (B, P*k, T)
-        mask[:, :, 0] |= ~mask.any(-1)  # patches past the end: any key, never read
-        k, v = self.attn.keys_values(h)
-        slots = self.attn(queries, k, v, mask[:, None])
-        return self.proj(slots.view(B, num_patches, self.slots * D))
 
 
 class DecoderLayer(nn.Module):
@@ -133,6 +84,11 @@ class BLTState:
     open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
     position: int = 0
     patches: int = 0  # completed patches
+    # learned patching: the last encoder state (1, 1, D), the boundary probability of the
+    # open patch's first byte (1,), the last smoothed global output (1, 1, G)
+    last_state: torch.Tensor | None = None
+    open_weight: torch.Tensor | None = None
+    smoothed: torch.Tensor | None = None
 
 
 class BLT(nn.Module):
@@ -151,6 +107,10 @@ class BLT(nn.Module):
                                   "with untok.models.build_model")
             entropy_model = FlatLM(c.patching.entropy_shape)
         self.patcher = Patcher(c.patching, entropy_model)
+        self.router = BoundaryRouter(local.dim) if c.patching.kind == "learned" else None
+        if self.router is not None:  # what `untok patches` and the playground ask
+            self.patcher.boundary_probs = self.boundary_probs
+        self.nll_loss = self.router is None  # learned: the loss adds the ratio loss
         self.embed = ByteEmbedding(c.vocab_size, local.dim)
         self.ngrams = make_ngrams(local.dim, c.embedding.ngrams, c.embedding.buckets)
         self.local_rope = Rope(local.dim // local.num_heads, c.rope_base, 2 * c.context)
@@ -189,6 +149,8 @@ class BLT(nn.Module):
         init_residuals(self.encoder, c.local.encoder_layers)
         init_residuals(self.blocks, c.num_layers)
         init_residuals([d.block for d in self.decoder], c.local.decoder_layers)
+        if self.router is not None:
+            self.router.reset_parameters()
         if self.patcher.entropy_model is not None:
             self._load_entropy_model()
 
@@ -217,38 +179,60 @@ class BLT(nn.Module):
 
     def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> Logits:
         """Scores of the next byte at every position of ``ids`` Long[B, T]."""
-        return Logits(self._logits(ids, entropies), self.units)
+        return Logits(self._run(ids, entropies)[0], self.units)
 
-    def _logits(self, ids: torch.Tensor, entropies: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """Logits Float[B, T, V]; ``entropies`` (Float[B, T]) are precomputed ones for
-        entropy patching (see :mod:`untok.data.entropies`), else the patcher runs here."""
+    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Encoder states Float[B, T, D]."""
+        window = LocalWindow(self.config.local.window)
+        return self.encoder(embed_with_ngrams(self.embed, self.ngrams, ids), window)
+
+    @torch.no_grad()
+    def boundary_probs(self, ids: torch.Tensor) -> torch.Tensor:
+        """Learned patching: the router's boundary probabilities Float[B, T]."""
+        return self.router(self._encode(ids))
+
+    def _run(self, ids: torch.Tensor, entropies: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits Float[B, T, V] and, for learned patching, the ratio loss. ``entropies``
+        (Float[B, T]) are precomputed ones for entropy patching (see
+        :mod:`untok.data.entropies`), else the patcher runs here."""
         B, T = ids.shape
-        local = self.config.local
-        if entropies is not None:
+        h = self._encode(ids)  # (B, T, D)
+        probs = self.router(h) if self.router is not None else None
+        if probs is not None:
+            starts = self.patcher.starts(ids, probs=probs)
+        elif entropies is not None:
             starts = self.patcher.starts(ids, entropies)
         else:
             starts, _ = self.patcher(ids)
         patch_ids = starts.long().cumsum(1) - 1  # (B, T): the patch of every byte
         num_patches = int(patch_ids.max()) + 1
-        cos, sin = self.local_rope.first(T, ids.device)
-        window = LocalWindow(local.window)
-        h = self.encoder(embed_with_ngrams(self.embed, self.ngrams, ids), window)  # (B, T, D)
         g = self._global(self.pool(h, patch_ids, num_patches))  # (B, P, G)
+        scale = ratio = None
+        if probs is not None:
+            g = smooth_patches(g, patch_weights(probs, starts, num_patches))
+            scale = confidence(probs)
+            ratio = ratio_loss(probs, starts, self.config.patching.target_len)
         memory = torch.cat([self.start.expand(B, 1, -1), g], dim=1)  # (B, 1 + P, G)
         # byte t reads the start vector and patches 0 .. patch(t) - 1
         sees = torch.arange(num_patches + 1, device=ids.device)[None, None, :] <= \
             patch_ids[:, :, None]
+        cos, sin = self.local_rope.first(T, ids.device)
+        window = LocalWindow(self.config.local.window)
         x = h
         for layer in self.decoder:
             k, v = layer.cross.keys_values(memory)
-            x = layer.cross(x, k, v, sees[:, None])
+            x = layer.cross(x, k, v, sees[:, None], scale)
             x = layer.block(x, cos, sin, mask=window)
-        return self.head(self.norm(x))
+        return self.head(self.norm(x)), ratio
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
              entropies: torch.Tensor | None = None) -> torch.Tensor:
-        return next_unit_loss(self._logits(ids, entropies), targets, mask)
+        logits, ratio = self._run(ids, entropies)
+        loss = next_unit_loss(logits, targets, mask)
+        if ratio is not None:
+            loss = loss + self.config.patching.ratio_weight * ratio
+        return loss
 
     # -- one byte at a time --------------------------------------------------------------------
 
@@ -277,15 +261,21 @@ class BLT(nn.Module):
         return Logits(torch.stack(logits, dim=1), self.units), state
 
     def _step_one(self, state: BLTState, byte: torch.Tensor) -> torch.Tensor:
-        start, _ = self.patcher.step(state.patcher, byte)
-        if bool(start[0]) and state.open_patch:
-            self._close_patch(state)
         t = torch.tensor([state.position], device=byte.device)
         cos, sin = self.local_rope.tables(state.position + 1, byte.device)
         cos, sin = cos[t], sin[t]
         h = embed_with_ngrams(self.embed, self.ngrams, byte[:, None], state.past)  # (1, 1, D)
         state.past = update_past(state.past, byte[:, None])
         h = self.encoder.step(h, state.encoder, t)
+        prob = None
+        if self.router is not None:
+            previous = None if state.last_state is None else state.last_state[:, 0]
+            prob, state.last_state = self.router.step(h[:, 0], previous), h
+        start, _ = self.patcher.step(state.patcher, byte, prob)
+        if bool(start[0]):
+            if state.open_patch:
+                self._close_patch(state)
+            state.open_weight = prob
         state.open_patch.append(h)
         x = h
         for layer, cache, (k, v) in zip(self.decoder, state.decoder, state.patch_keys,
@@ -302,6 +292,8 @@ class BLT(nn.Module):
         vector = self.pool(h, patch_ids, 1)  # (1, 1, G)
         position = torch.tensor([state.patches], device=h.device)
         g = self._global(vector, state.global_caches, position)
+        if self.router is not None:
+            g = state.smoothed = smooth_one(g, state.open_weight, state.smoothed)
         keep = self.config.context  # the decoder reads at most this many patches
         for i, layer in enumerate(self.decoder):
             k, v = layer.cross.keys_values(g)
@@ -332,7 +324,8 @@ class BLT(nn.Module):
             return sum(m.weight.numel() for mod in modules for m in mod.modules()
                        if isinstance(m, nn.Linear))
 
-        per_byte = 6 * matmul([self.encoder, self.decoder, self.head])
+        routed = [self.router] if self.router is not None else []
+        per_byte = 6 * matmul([self.encoder, self.decoder, self.head, *routed])
         per_patch = 6 * matmul([self.blocks, self.pool])
         attention = 6 * (local.encoder_layers + 2 * local.decoder_layers) * local.window * \
             local.dim
@@ -345,11 +338,9 @@ class BLT(nn.Module):
 
 def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
     """Entropy patching: record the entropy model's shape and weights hash from its
-    checkpoint; given training data, score the store once with the entropy model where no
-    matching cache exists (``untok data entropies``; unless ``data.write_cache`` is off),
-    and with no thresholds fit the global one so that patches average
-    ``patching.target_len`` bytes on the first 16 windows of the train split
-    (deterministic: a resumed run fits the same one)."""
+    checkpoint; given training data and no thresholds, fit the global threshold so that
+    patches average ``patching.target_len`` bytes on the first 16 windows of the train
+    split (deterministic: a resumed run fits the same one)."""
     patching = config.patching
     if patching.kind != "entropy":
         return config
@@ -358,8 +349,6 @@ def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
         patching = dataclasses.replace(patching, entropy_model=str(path),
                                        entropy_shape=read_model_config(path),
                                        entropy_sha256=sha256_file(path / "model.safetensors"))
-    if data is not None and data.write_cache:
-        ensure_entropies(data.store, patching, data.progress)
     if data is not None and patching.threshold is None and patching.relative is None:
         sampler = TrainSampler(UnitStream(data.store, "train"), config.context, 16, seed=0)
         sample = sampler.next_batch()[0].to(data.device)
@@ -370,22 +359,6 @@ def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:
     config = dataclasses.replace(config, patching=patching)
     config.validate()
     return config
-
-
-def ensure_entropies(store: ByteStore, patching: PatchingConfig, progress: bool) -> None:
-    """Compute ``store``'s entropy cache with the entropy model of ``patching`` unless one
-    made by the same weights and settings is there (then it is reused)."""
-    from untok.data.entropies import compute_entropies, open_entropies
-
-    if open_entropies(store, patching) is not None:
-        return
-    began = time.perf_counter()
-    meta = compute_entropies(store, patching.entropy_model,
-                             newline_reset=patching.newline_reset, progress=progress)
-    if progress:
-        print(f"entropies of {sum(meta['units'].values()):,} units computed once in "
-              f"{time.perf_counter() - began:.0f} s (reused while the entropy model is "
-              "the same)", file=sys.stderr)
 
 
 def check_entropy_shape(shape: ModelConfig, where: object = "the entropy model") -> None:
@@ -433,5 +406,6 @@ register(Family(
     examples={
         "space": TINY,
         "fixed": {**TINY, "patching": {"kind": "fixed", "patch_size": 3}},
+        "learned": {**TINY, "patching": {"kind": "learned", "target_len": 3, "max_len": 8}},
         "mmfree": {**TINY, "backbone": "mmfree", "head": "linear"},
     }))

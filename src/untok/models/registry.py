@@ -60,7 +60,6 @@ class TrainingData:
     store: ByteStore
     device: torch.device
     progress: bool = False  # show a progress bar for long preparations
-    write_cache: bool = True  # may write derived data beside the store (train.entropy_cache)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from untok.checkpoint import (
     save_checkpoint,
 )
 from untok.config import RunConfig, replace
-from untok.data.entropies import open_entropies
+from untok.data.entropies import ensure_entropies, open_entropies
 from untok.data.ingest import absolute_data_path, open_data
 from untok.data.loader import TrainSampler, open_stream
 from untok.errors import CheckpointError, ConfigError, UntokError
@@ -114,9 +114,11 @@ class Trainer(Budget):
             config.data.path)})
         # the family's prepare hook completes the model config from the train split (e.g.
         # BLT fits its entropy threshold); the run config keeps what was asked for
-        with main_first(self.world):  # rank 0 writes any cache (e.g. entropies) first
-            model_config = prepare(config.model, TrainingData(
-                self.store, self.device, self.progress, t.entropy_cache))
+        with main_first(self.world):  # rank 0 writes the entropy cache, if any, first
+            model_config = prepare(config.model, TrainingData(self.store, self.device,
+                                                              self.progress))
+            if t.entropy_cache:
+                ensure_entropies(self.store, model_config.patching, self.progress)
         torch.manual_seed(t.seed)
         self.model = build_model(model_config, self.device)
         self.train_stream = open_stream(self.store, "train", self.model.units)
