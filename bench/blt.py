@@ -2,10 +2,10 @@
 
 Trains an entropy model (preset ``entropy-small``; its minutes are reported, and not
 counted in BLT's budget, as the BLT paper does), then each contender for the same budget:
-flat (``recipes/enwik8-small.toml``), BLT with entropy, space and fixed(4) patching
-(preset ``blt-small``). Reports val bpb on the whole 200,000-byte val split, training
-bytes/s, mean patch length on val, and generation bytes/s at batch 1 (512 bytes, greedy,
-medians of 3).
+flat (``recipes/enwik8-small.toml``), BLT with entropy, space, fixed(4) and learned
+patching (preset ``blt-small``; learned: target 4 bytes per patch). Reports val bpb on
+the whole 200,000-byte val split, training bytes/s, mean patch length on val, and
+generation bytes/s at batch 1 (512 bytes, greedy, medians of 3).
 
     python bench/blt.py --budget-minutes 10
 """
@@ -35,6 +35,7 @@ CONTENDERS = {
     "blt-space": {"preset": "blt-small", "set": ["model.patching.kind='space'"]},
     "blt-fixed4": {"preset": "blt-small", "set": ["model.patching.kind='fixed'",
                                                   "model.patching.patch_size=4"]},
+    "blt-learned": {"preset": "blt-small", "set": ["model.patching.kind='learned'"]},
 }
 
 

@@ -1,6 +1,7 @@
 """Sliding-window attention: the dense masked SDPA call against the blockwise one
 (:class:`untok.nn.attention.LocalWindow`), forward + backward, at the shapes untok's local
-layers use, then one whole ``blt-small`` training step (space patching) with each.
+layers use, then one whole ``blt-small`` training step (space patching) with each, at
+sequence lengths of 512, 1024 and 2048 bytes.
 
 Medians of ``--repeats``, the two variants interleaved so that the machine's swings hit
 both alike.
@@ -26,6 +27,7 @@ from untok.nn.attention import LocalWindow, local_causal_mask
 SHAPES = [(16, 4, 512, 32, 128), (16, 4, 2048, 32, 128), (8, 6, 2048, 64, 512)]
 NAMES = ["blt-small local (and entropy-small)", "blt-small local, 2 KB sequences",
          "blt-base local"]
+STEP_BYTES, STEP_LENGTHS = 8192, (512, 1024, 2048)
 
 
 def dense(q, k, v, size):
@@ -55,20 +57,22 @@ class DenseWindow(LocalWindow):
                                               dropout_p=dropout)
 
 
-def training_step(window_class, repeats: int) -> list[float]:
+def training_step(window_class, length: int, repeats: int) -> list[float]:
+    """Seconds of one blt-small training step on 8,192 bytes cut into ``length``-byte
+    sequences, with ``window_class`` in its local layers."""
     blt_module.LocalWindow = window_class
     try:
         torch.manual_seed(0)
-        model = build_model(resolve(preset_name="blt-small",
-                                    overrides=["model.patching.kind='space'"]).model)
+        model = build_model(resolve(preset_name="blt-small", overrides=[
+            "model.patching.kind='space'", f"model.context={length}"]).model)
         optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-        ids = torch.randint(0, 256, (16, 513))
+        ids = torch.randint(0, 256, (STEP_BYTES // length, length + 1))
 
         def step():
             model.loss(ids[:, :-1], ids[:, 1:]).backward()
             optimizer.step()
             optimizer.zero_grad()
-        return median_seconds(step, repeats, warmup=2)
+        return median_seconds(step, repeats, warmup=1)
     finally:
         blt_module.LocalWindow = LocalWindow
 
@@ -85,12 +89,15 @@ def main() -> None:
                 times[label] += median_seconds(forward_backward(fn, shape), 1)
         rows.append({"name": name, "shape": shape,
                      **{f"{k}_ms": 1e3 * median(v) for k, v in times.items()}})
-    steps = {"dense": [], "blockwise": []}
-    for _ in range(max(args.repeats // 2, 1)):
-        steps["dense"] += training_step(DenseWindow, 2)
-        steps["blockwise"] += training_step(LocalWindow, 2)
-    figures = {"attention": rows,
-               "blt_small_step_ms": {k: 1e3 * median(v) for k, v in steps.items()}}
+    steps = []
+    for length in STEP_LENGTHS:
+        times = {"dense": [], "blockwise": []}
+        for _ in range(max(args.repeats // 3, 1)):
+            times["dense"] += training_step(DenseWindow, length, 2)
+            times["blockwise"] += training_step(LocalWindow, length, 2)
+        steps.append({"length": length, **{f"{k}_ms": 1e3 * median(v)
+                                           for k, v in times.items()}})
+    figures = {"attention": rows, "blt_small_steps": steps}
     table = render(figures)
     print(table)
     print("wrote", write_result("local_attention", figures, table))
@@ -105,10 +112,12 @@ def render(f: dict) -> str:
         B, H, T, d, w = r["shape"]
         lines.append(f"| {r['name']} | {B} x {H} x {T} x {d}, {w} | {r['dense_ms']:.1f} | "
                      f"{r['blockwise_ms']:.1f} | {r['dense_ms'] / r['blockwise_ms']:.2f}x |")
-    s = f["blt_small_step_ms"]
-    lines += ["", f"Whole `blt-small` training step (batch 16 x 512 bytes, space patching, "
-              f"AdamW): dense {s['dense']:.0f} ms, blockwise {s['blockwise']:.0f} ms "
-              f"({s['dense'] / s['blockwise']:.2f}x)."]
+    lines += ["", "Whole `blt-small` training step (8,192 bytes per batch, space patching, "
+              "AdamW):", "", "| sequence length | dense ms | blockwise ms | speedup |",
+              "|---|---|---|---|"]
+    for r in f["blt_small_steps"]:
+        lines.append(f"| {r['length']} | {r['dense_ms']:.0f} | {r['blockwise_ms']:.0f} | "
+                     f"{r['dense_ms'] / r['blockwise_ms']:.2f}x |")
     return "\n".join(lines)
 
 
