@@ -69,7 +69,7 @@ def mean_patch_len(model: torch.nn.Module, store) -> float | None:
     return starts.numel() / int(starts.sum())
 
 
-def run(name: str, spec: dict, minutes: float, entropy_model: Path, out: Path,
+def run(name: str, spec: dict, minutes: float, entropy_model: Path | None, out: Path,
         gen_bytes: int, eval_bytes: int | None) -> dict:
     overrides = [*spec.get("set", []), *data_overrides(minutes)]
     if name == "blt-entropy":
@@ -104,14 +104,18 @@ def main() -> None:
                         "(default: the whole val split)")
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS),
                         default=list(CONTENDERS))
+    parser.add_argument("--result", default="blt",
+                        help="results file name under bench/results (default blt)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        entropy_model = Path(args.entropy_model) if args.entropy_model else \
-            train_entropy_model(args.entropy_minutes, out / "entropy")
-        entropy_bpb = evaluate(load(entropy_model), open_data(
-            require(SHARED / "enwik8-4M"), val_bytes=VAL_BYTES, progress=False), "val",
-            max_bytes=65536)["bpb"]
+        entropy_model, entropy_bpb = None, None
+        if "blt-entropy" in args.only:
+            entropy_model = Path(args.entropy_model) if args.entropy_model else \
+                train_entropy_model(args.entropy_minutes, out / "entropy")
+            entropy_bpb = evaluate(load(entropy_model), open_data(
+                require(SHARED / "enwik8-4M"), val_bytes=VAL_BYTES, progress=False), "val",
+                max_bytes=65536)["bpb"]
         rows = {name: run(name, CONTENDERS[name], args.budget_minutes, entropy_model, out,
                           args.generate_bytes, args.eval_bytes) for name in args.only}
     flat = rows.get("flat")
@@ -124,16 +128,17 @@ def main() -> None:
         table.append(f"| {name} | {r['params'] / 1e6:.1f}M | {r['val_bpb']:.3f} | "
                      f"{r['train_bytes_per_s']:,.0f} | {patch} | "
                      f"{r['generate_bytes_per_s']:,.0f} | {versus} |")
-    table.append(f"\n{args.budget_minutes:g} minutes of training each; entropy model "
-                 f"(`entropy-small`, {args.entropy_minutes:g} min, not counted) at "
-                 f"{entropy_bpb:.3f} val bpb. Generation: batch 1, greedy, "
-                 f"{args.generate_bytes} bytes, eager.")
+    entropy = "" if entropy_bpb is None else \
+        f"; entropy model (`entropy-small`, {args.entropy_minutes:g} min, not counted) at " \
+        f"{entropy_bpb:.3f} val bpb"
+    table.append(f"\n{args.budget_minutes:g} minutes of training each{entropy}. Generation: "
+                 f"batch 1, greedy, {args.generate_bytes} bytes, eager.")
     text = "\n".join(table)
     print(text)
     figures = {"budget_minutes": args.budget_minutes, "entropy_minutes": args.entropy_minutes,
                "entropy_model_val_bpb": entropy_bpb, "contenders": rows,
                "mean_patch_len_note": "on 8 val windows"}
-    print(f"wrote {write_result('blt', figures, text)}")
+    print(f"wrote {write_result(args.result, figures, text)}")
 
 
 if __name__ == "__main__":

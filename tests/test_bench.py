@@ -65,7 +65,8 @@ def test_quality_smoke(tmp_path):
 def test_blt_smoke(tmp_path):
     figures = run_bench(tmp_path, "blt.py", "--budget-minutes", "0.05", "--entropy-minutes",
                         "0.05", "--eval-bytes", "2048", "--generate-bytes", "8")
-    assert set(figures["contenders"]) == {"flat", "blt-entropy", "blt-space", "blt-fixed4"}
+    assert set(figures["contenders"]) == {"flat", "blt-entropy", "blt-space", "blt-fixed4",
+                                          "blt-learned"}
     for name, row in figures["contenders"].items():
         assert {"val_bpb", "train_bytes_per_s", "mean_patch_len", "generate_bytes_per_s",
                 "params"} <= set(row), name
