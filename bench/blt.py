@@ -1,7 +1,8 @@
 """BLT against the flat byte transformer at equal wall-clock, on enwik8-4M.
 
-Trains an entropy model (preset ``entropy-small``; its minutes are reported, and not
-counted in BLT's budget, as the BLT paper does), then each contender for the same budget:
+Trains an entropy model when BLT-entropy runs (preset ``entropy-small``; its minutes are
+reported, and not counted in BLT's budget, as the BLT paper does), then each contender for
+the same budget:
 flat (``recipes/enwik8-small.toml``), BLT with entropy, space, fixed(4) and learned
 patching (preset ``blt-small``; learned: target 4 bytes per patch). Reports val bpb on
 the whole 200,000-byte val split, training bytes/s, mean patch length on val, and

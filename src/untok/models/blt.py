@@ -6,6 +6,10 @@
           -> local decoder (each byte cross-attends to the global outputs of the patches
              completed before its own patch, then windowed self-attention) -> byte head
 
+Patch starts come from a rule (:mod:`untok.patching`) or, with learned patching, from a
+router on the encoder's states (:mod:`untok.nn.routing`), whose global outputs then reach
+the decoder through a moving average over patches.
+
 Causality: patch starts depend on bytes <= t (see :mod:`untok.patching`); the byte at t
 reads only patches that ended before t's patch began, so no global state it reads contains
 t or later. Generation keeps a cache at every level: a new byte costs one encoder and one
