@@ -37,6 +37,7 @@ CONTENDERS = {
     "blt-fixed4": {"preset": "blt-small", "set": ["model.patching.kind='fixed'",
                                                   "model.patching.patch_size=4"]},
     "blt-learned": {"preset": "blt-small", "set": ["model.patching.kind='learned'"]},
+    "bpe": {},  # BPE-4096 + the flat model's shape, as in bench/quality.py
 }
 
 
@@ -85,11 +86,29 @@ def run(name: str, spec: dict, minutes: float, entropy_model: Path | None, out: 
            "train_bytes": result.units_seen, "train_seconds": result.seconds,
            "train_bytes_per_s": result.units_seen / result.seconds,
            "params": model.num_params(), "mean_patch_len": mean_patch_len(model, store),
-           "generate_bytes_per_s": generation_rate(model, gen_bytes)}
+           "generate_bytes_per_s": generation_rate(model, gen_bytes),
+           "flops_per_byte": model.flops_per_byte()}
     if hasattr(model, "patcher"):
         row["patching"] = {k: getattr(model.config.patching, k) for k in
                            ("kind", "patch_size", "max_len", "threshold", "relative")}
     print(name, row, flush=True)
+    return row
+
+
+def run_bpe_row(minutes: float) -> dict:
+    """The BPE baseline of bench/quality.py, in this table's columns (training FLOPs per
+    byte: the model's per token over the val split's bytes per token)."""
+    from quality import run_bpe, split_bytes
+
+    train_part, val = split_bytes()
+    row, _ = run_bpe(train_part, val, minutes)
+    t = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml").train
+    shape = resolve(recipe=ROOT / "recipes" / "enwik8-small.toml").model
+    tokens = row["steps"] * t.batch_size * shape.context
+    row.update(train_bytes_per_s=tokens * row["bytes_per_token"] / (60 * minutes),
+               mean_patch_len=row["bytes_per_token"], generate_bytes_per_s=None,
+               flops_per_byte=row["flops_per_token"] / row["bytes_per_token"])
+    print("bpe", row, flush=True)
     return row
 
 
@@ -117,18 +136,21 @@ def main() -> None:
             entropy_bpb = evaluate(load(entropy_model), open_data(
                 require(SHARED / "enwik8-4M"), val_bytes=VAL_BYTES, progress=False), "val",
                 max_bytes=65536)["bpb"]
-        rows = {name: run(name, CONTENDERS[name], args.budget_minutes, entropy_model, out,
-                          args.generate_bytes, args.eval_bytes) for name in args.only}
+        rows = {name: run_bpe_row(args.budget_minutes) if name == "bpe" else
+                run(name, CONTENDERS[name], args.budget_minutes, entropy_model, out,
+                    args.generate_bytes, args.eval_bytes) for name in args.only}
     flat = rows.get("flat")
-    table = ["| contender | params | val bpb | train bytes/s | mean patch | generate bytes/s |"
-             " vs flat |", "|---|---|---|---|---|---|---|"]
+    table = ["| contender | params | val bpb | train bytes/s | mean patch (bytes) | train "
+             "FLOPs/byte | generate bytes/s | vs flat |", "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         patch = f"{r['mean_patch_len']:.2f}" if r["mean_patch_len"] else "1"
-        versus = f"{r['generate_bytes_per_s'] / flat['generate_bytes_per_s']:.2f}x" \
-            if flat else "-"
+        generated = r["generate_bytes_per_s"]
+        versus = f"{generated / flat['generate_bytes_per_s']:.2f}x" \
+            if flat and generated else "-"
         table.append(f"| {name} | {r['params'] / 1e6:.1f}M | {r['val_bpb']:.3f} | "
                      f"{r['train_bytes_per_s']:,.0f} | {patch} | "
-                     f"{r['generate_bytes_per_s']:,.0f} | {versus} |")
+                     f"{r['flops_per_byte'] / 1e6:.1f}M | "
+                     f"{f'{generated:,.0f}' if generated else '-'} | {versus} |")
     entropy = "" if entropy_bpb is None else \
         f"; entropy model (`entropy-small`, {args.entropy_minutes:g} min, not counted) at " \
         f"{entropy_bpb:.3f} val bpb"

@@ -137,7 +137,7 @@ def run_bpe(train_part: bytes, val: bytes, minutes: float
             "val_bytes": len(val), "val_tokens": int(len(val_ids)),
             "bytes_per_token": len(val) / len(val_ids), "steps": step,
             "params": model.num_params(), "tokenizer_seconds": tokenize_seconds,
-            "vocab": BPE_VOCAB}, curve
+            "vocab": BPE_VOCAB, "flops_per_token": model.flops_per_byte()}, curve
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], lines: dict[str, float]) -> Path:
