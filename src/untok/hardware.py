@@ -6,6 +6,7 @@ import contextlib
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,10 +36,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None = plain fp32).
 
     ``auto`` picks bf16 on CUDA devices that support it and fp32 elsewhere (CPU bf16
-    autocast is usually slower than fp32 on CPUs without AMX).
+    autocast is usually slower than fp32 on CPUs without AMX). ``fp16`` is for GPUs without
+    bf16 (V100, T4); it needs the loss scaling of :func:`grad_scaler`.
     """
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
@@ -48,6 +52,30 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """Dynamic loss scaling, enabled for fp16 only: its 5-bit exponent flushes small
+    gradients to zero unless the loss is scaled up first. bf16 has fp32's exponent range
+    and needs none; a disabled scaler passes every call through unchanged."""
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Process-wide CUDA settings for speed: TF32 tensor cores for fp32 matmuls and
+    convolutions (10-bit mantissa products, fp32 accumulation: what fp32 training on Ampere
+    and later GPUs uses in practice). Nothing changes on other devices."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a CPU tensor bound for CUDA goes through pinned memory, so
+    the copy is asynchronous and overlaps the GPU's work on the previous step."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -105,3 +133,44 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> flo
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(table, indent=1))
     return fresh
+
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s. The
+# first pattern found in torch.cuda.get_device_name() wins, so specific names come first.
+DATASHEET_BF16_PEAKS = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989.4e12), ("H100", 989.4e12),
+    ("GH200", 989.4e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12),
+    ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
+)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """An MFU denominator and where it comes from."""
+
+    flops: float  # per second
+    source: str  # e.g. "datasheet NVIDIA H200 bf16 dense" or "measured cpu fp32 matmul"
+
+
+def datasheet_peak(name: str) -> float | None:
+    """The bf16 dense peak of the GPU called ``name``, or None if it is not in the table."""
+    for pattern, flops in DATASHEET_BF16_PEAKS:
+        if pattern in name:
+            return flops
+    return None
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype | None) -> Peak:
+    """What MFU is measured against: the datasheet bf16/fp16 dense peak of a known GPU
+    (what published MFU figures use), else this machine's best measured matmul rate in the
+    dtype the work runs in (fp32 when ``dtype`` is None)."""
+    half = dtype in (torch.bfloat16, torch.float16)
+    if device.type == "cuda" and half:
+        name = torch.cuda.get_device_name(device)
+        flops = datasheet_peak(name)
+        if flops is not None:
+            return Peak(flops, f"datasheet {name} {'bf16' if dtype is torch.bfloat16 else 'fp16'}"
+                               " dense")
+    dtype = dtype or torch.float32
+    label = str(dtype).removeprefix("torch.")
+    return Peak(matmul_peak(device, dtype), f"measured {device.type} {label} matmul")

@@ -21,6 +21,7 @@ from untok.cli.commands import (
     cmd_words,
 )
 from untok.cli.decoding import cmd_chat, cmd_generate, cmd_serve
+from untok.config import PRECISIONS
 
 EPILOG = """examples:
   untok demo
@@ -111,7 +112,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "checkpoint's model and weights (new optimizer and schedule)")
     _add_force(p, "replace an existing run in --out")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"))
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="autocast dtype: auto (bf16 on CUDA, else fp32), bf16, fp16 (with loss "
+                   "scaling, for GPUs without bf16) or fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--log", choices=("tensorboard", "wandb"),
                    help="also send metrics to TensorBoard (OUT/tensorboard; extra [track]) "

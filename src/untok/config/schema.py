@@ -324,7 +324,7 @@ class QLearnConfig:
             check(value is None or value > 0, f"train.qlearn.{name} must be positive")
         if self.lr_min is not None and self.lr_max is not None:
             check(self.lr_min <= self.lr_max, "train.qlearn.lr_min must be <= lr_max")
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 PARALLEL = ("auto", "ddp", "fsdp")
 
 

@@ -204,7 +204,12 @@ class TFreeLM(nn.Module):
     def word_logits(self, logits: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
         """Float[N, v + 1] head logits and Long[N, E] context words -> Float[N, D + E + 1]:
         the scaled scores of the dictionary, of the context words (-inf where none) and
-        the escape (last)."""
+        the escape (last). In fp32 under any autocast: each score sums ~m x 3 w
+        probabilities, and the sparse kernels have no bf16 version."""
+        with torch.autocast(logits.device.type, enabled=False):
+            return self._word_logits(logits, extras)
+
+    def _word_logits(self, logits: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(logits[:, :-1].float())
         total = p.sum(-1)
         pattern, per_outside = self.dictionary(p.device)

@@ -103,8 +103,8 @@ class KVCache:
         if k.shape[2] > capacity:
             raise ValueError(f"cannot add {k.shape[2]} units to a KV cache of {capacity}")
         slots = positions % capacity
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))  # (autocast: bf16 into the cache)
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
         self.positions.index_copy_(0, slots, positions)
         used = capacity
         if not self.static:  # until the ring wraps, slots [0, length) hold every unit

@@ -28,7 +28,8 @@ class Budget:
         fastest = flops / self.peak  # seconds per step at 100% of the measured peak
         what = f"one training step ({flops:.2e} FLOPs: batch {t.batch_size} x " \
                f"{t.grad_accum} x context {c.context:,}) needs at least {fastest:,.0f} s " \
-               f"on this machine (its measured peak is {self.peak / 1e9:,.0f} GFLOP/s)"
+               f"on this machine (its peak is {self.peak / 1e9:,.0f} GFLOP/s, " \
+               f"{self.peak_source.source})"
         if t.minutes is not None and fastest > 60 * t.minutes:
             raise ConfigError(f"{what}, more than the whole {t.minutes:g}-minute budget; "
                               "lower model.context, model.dim or train.batch_size, or raise "

@@ -36,7 +36,15 @@ from untok.data.ingest import absolute_data_path, open_data
 from untok.data.loader import TrainSampler, open_stream
 from untok.errors import CheckpointError, ConfigError, UntokError
 from untok.evaluate import LN2, evaluate_stream
-from untok.hardware import autocast, autocast_dtype, matmul_peak, pick_device
+from untok.hardware import (
+    autocast,
+    autocast_dtype,
+    configure_backends,
+    grad_scaler,
+    peak_flops,
+    pick_device,
+    to_device,
+)
 from untok.models.registry import TrainingData, build_model, capabilities, prepare
 from untok.train.budget import Budget, budget_message
 from untok.train.distributed import (
@@ -105,7 +113,9 @@ class Trainer(Budget):
         self.device = device_for(self.world, device)
         self.parallel = resolve_parallel(t.parallel, self.world)
         self.progress = progress and self.world.is_main
+        configure_backends(self.device)
         self.dtype = autocast_dtype(t.precision, self.device)
+        self.scaler = grad_scaler(self.device, self.dtype)  # fp16 only: a no-op otherwise
         with main_first(self.world):  # one rank ingests a text file into the cache
             self.store = open_data(config.data.path, val_fraction=config.data.val_fraction,
                                    val_bytes=config.data.val_bytes, progress=self.progress)
@@ -132,7 +142,8 @@ class Trainer(Budget):
                                     seed=t.seed, side=self.entropies and self.entropies["train"],
                                     rank=self.world.rank, world_size=self.world.world_size)
         self.units_per_step = t.batch_size * t.grad_accum * config.model.context
-        self.peak = matmul_peak(self.device) * self.world.world_size  # every rank computes
+        self.peak_source = peak_flops(self.device, self.dtype)
+        self.peak = self.peak_source.flops * self.world.world_size  # every rank computes
         self._check_step_cost()
         self.controller = QLearnController(t) if t.lr_controller == "qlearn" else None
         self.tracker = open_tracker(t.tracker, self.out) if self.world.is_main else None
@@ -178,6 +189,8 @@ class Trainer(Budget):
                  "parallel": self.parallel, "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
         return state
 
     def _restore_weights(self, path: str | Path) -> None:
@@ -194,6 +207,8 @@ class Trainer(Budget):
         torch.set_rng_state(opt["torch_rng"])
         if "cuda_rng" in opt and self.device.type == "cuda":
             torch.cuda.set_rng_state(opt["cuda_rng"], self.device)
+        if "grad_scaler" in opt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(opt["grad_scaler"])
         self.sampler.load_state_dict(state["sampler"])
         if self.controller is not None and state.get("lr_controller"):
             try:
@@ -266,18 +281,19 @@ class Trainer(Budget):
         total = torch.zeros((), device=self.device)
         for micro in range(t.grad_accum):
             inputs, targets = self.sampler.next_batch()
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
             extra = {} if self.sampler.side_batch is None else \
-                {"entropies": self.sampler.side_batch.to(self.device)}  # precomputed
+                {"entropies": to_device(self.sampler.side_batch, self.device)}  # precomputed
             with no_sync(self.loss_module, skip=micro < t.grad_accum - 1):
                 with autocast(self.device, self.dtype):
                     loss = self.loss_module(inputs, targets, **extra) / t.grad_accum
-                loss.backward()
+                self.scaler.scale(loss).backward()
             total += loss.detach()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         total = mean_over_ranks(total, self.world)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.units_seen += self.units_per_step
@@ -343,6 +359,7 @@ class Trainer(Budget):
         bar = self._progress_bar()
         self.log({"event": "start", "step": self.step, "params": self.model.num_params(),
                   "device": str(self.device), "matmul_peak_flops": self.peak,
+                  "peak_source": self.peak_source.source,
                   "precomputed_entropies": self.entropies is not None,
                   "config": self.config.to_dict()})
         started = self.clock_start
