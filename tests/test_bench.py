@@ -188,3 +188,23 @@ def test_serve_smoke(tmp_path):
     for row in figures["load"]:
         assert {"bytes_per_s", "speedup", "gap_p90_ms", "gap_p90_ratio"} <= set(row)
     assert len(figures["latency"]) == 2
+
+
+@pytest.mark.slow
+def test_gpu_smoke(tmp_path):
+    """The device check's script, end to end on the CPU, so that the GPU run is one
+    command that has already worked."""
+    figures = run_bench(tmp_path, "gpu.py", "--smoke")
+    assert figures["peak"]["flops"] > 0 and figures["peak"]["source"]
+    for row in ("large", "base"):
+        train = figures["train"][row]
+        for name in ("untok", "untok-compiled", "gpt2", "gpt2-compiled"):
+            assert {"bytes_per_s", "mfu", "warmup_seconds", "runs"} <= set(train[name])
+        assert train["ratio-eager"] > 0 and train["ratio-compiled"] > 0
+    for row in ("blt-small", "mmfree-small"):
+        assert figures["others"][row]["untok"]["bytes_per_s"] > 0
+    for kind in ("eager", "compiled"):
+        assert figures["generate"][f"batch-ratio-{kind}"] > 0
+    assert figures["compress"]["compress_kb_per_s"] > 0
+    assert figures["compress"]["decompress_kb_per_s"] > 0
+    assert not figures["skipped"]

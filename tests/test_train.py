@@ -183,9 +183,15 @@ def test_time_budget_schedule_continues_on_resume(text_file, tmp_path):
 @pytest.mark.slow
 def test_compiled_training_saves_plain_weights(text_file, tmp_path):
     """torch.compile is applied by the trainer; checkpoints stay loadable uncompiled."""
+    from torch._dynamo.utils import counters
+
     config = tiny_config(text_file, "train.steps=2", "train.compile=true")
     plain = train(tiny_config(text_file, "train.steps=2"), tmp_path / "plain", progress=False)
-    compiled = train(config, tmp_path / "compiled", progress=False)
+    counters.clear()
+    compiled_frames = []  # after the first step, before any evaluation ran
+    compiled = train(config, tmp_path / "compiled", progress=False, callbacks=[
+        lambda trainer: compiled_frames.append(counters["stats"]["unique_graphs"])])
+    assert compiled_frames[0] >= 1, "the training step itself must go through torch.compile"
     assert compiled.last_val_bpb == pytest.approx(plain.last_val_bpb, abs=1e-3)
     model = load(tmp_path / "compiled" / "last")
     assert not any("_orig_mod" in k for k in weights(tmp_path / "compiled" / "last"))

@@ -162,10 +162,10 @@ class Trainer(Budget):
             self._restore_weights(resume)  # into the plain module, before any sharding
         elif t.init is not None:  # fine-tuning: the weights only; a new optimizer and schedule
             load_weights(self.model, resolve_checkpoint(t.init), self.device)
-        if t.compile:  # compiles __call__ in place: loss() and eval go through it too,
-            self.model.compile()  # and the state dict keeps its plain names
         # model.loss as a module, wrapped for DDP or FSDP2 where it runs under torchrun
         self.loss_module = wrap(self.model, self.parallel, self.device, t.cpu_offload)
+        if t.compile:  # the training step (loss forward, hence its backward), compiled in
+            self.loss_module.compile()  # place: the state dict keeps its plain names
         self.optimizer = make_optimizer(self.model, t, self.device)
         if resume is not None:
             self._restore_state(resume)
