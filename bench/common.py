@@ -22,7 +22,8 @@ from untok.hardware import cpu_name
 ROOT = Path(__file__).resolve().parents[1]
 # tests point this elsewhere so that smoke runs never overwrite the published results
 RESULTS = Path(os.environ.get("UNTOK_BENCH_RESULTS", ROOT / "bench" / "results"))
-SHARED = ROOT.parent / "shared" / "data"
+# UNTOK_SHARED_DATA: the corpora elsewhere (e.g. carried to a GPU machine)
+SHARED = Path(os.environ.get("UNTOK_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 
 def machine() -> dict[str, Any]:

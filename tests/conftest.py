@@ -10,7 +10,9 @@ from untok.config import ModelConfig
 from untok.data.ingest import ingest
 from untok.models import build_model
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# UNTOK_SHARED_DATA: the corpora elsewhere (e.g. carried to a GPU machine)
+SHARED = Path(os.environ.get("UNTOK_SHARED_DATA")
+              or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 SHAKESPEARE = SHARED / "tinyshakespeare.txt"
 
 TINY = ModelConfig(dim=32, num_layers=2, num_heads=2, context=32)
