@@ -4,8 +4,6 @@ classic compressors."""
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import lzma
 import resource
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from untok.compression_io import classic_sizes
 from untok.config import ModelConfig, resolve
 from untok.models import build_model
 from untok.units import PAD
@@ -97,18 +96,13 @@ def compressors(train_part: bytes, val: bytes) -> dict[str, float]:
     def xz(data: bytes) -> int:
         return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
 
-    def zstd(data: bytes, long: bool = False) -> int:
-        params = zstandard.ZstdCompressionParameters.from_level(
-            19, enable_ldm=long, window_log=27 if long else 0)
+    def zstd_long(data: bytes) -> int:
+        params = zstandard.ZstdCompressionParameters.from_level(19, enable_ldm=True,
+                                                                window_log=27)
         return len(zstandard.ZstdCompressor(compression_params=params).compress(data))
 
     n = 8 / len(val)
-    return {
-        "gzip -9": len(gzip.compress(val, 9)) * n,
-        "bzip2 -9": len(bz2.compress(val, 9)) * n,
-        "xz -9e": xz(val) * n,
-        "zstd -19": zstd(val) * n,
-        "xz -9e given train": (xz(train_part + val) - xz(train_part)) * n,
-        "zstd -19 --long given train": (zstd(train_part + val, True)
-                                    - zstd(train_part, True)) * n,
-    }
+    return {**{name: size * n for name, size in classic_sizes(val).items()},
+            "xz -9e given train": (xz(train_part + val) - xz(train_part)) * n,
+            "zstd -19 --long given train": (zstd_long(train_part + val)
+                                            - zstd_long(train_part)) * n}

@@ -253,6 +253,22 @@ def test_cli_file_roundtrip(capsys, checkpoint: Path, sample: bytes, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "notes.txt.utk"]
 
 
+def test_cli_compare_prints_the_classic_compressors(capsys, checkpoint: Path, sample: bytes,
+                                                    tmp_path: Path) -> None:
+    import lzma
+
+    source = tmp_path / "notes.txt"
+    source.write_bytes(sample[:3000])
+    code = main(["compress", str(source), "-m", str(checkpoint), "--compare", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0
+    sizes = {line.split()[0]: line.split()[-2:] for line in out.splitlines()[1:]}
+    assert {"untok", "gzip", "bzip2", "xz", "zstd"} <= set(sizes)
+    assert int(sizes["untok"][0].replace(",", "")) == (tmp_path / "notes.txt.utk").stat().st_size
+    xz = len(lzma.compress(sample[:3000], preset=9 | lzma.PRESET_EXTREME))
+    assert sizes["xz"] == [f"{xz:,}", f"{8 * xz / 3000:.3f}"]
+
+
 def test_cli_stdin_stdout(checkpoint: Path, sample: bytes) -> None:
     """Through real pipes: `untok compress - | untok decompress -`."""
     def run(*args: str, stdin: bytes) -> subprocess.CompletedProcess:

@@ -4,6 +4,9 @@ without ever leaving a half-written output."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import sys
 import tempfile
@@ -60,12 +63,29 @@ def default_output(source: str, decompressing: bool) -> str:
     return source[:-len(SUFFIX)]
 
 
+def classic_sizes(data: bytes) -> dict[str, int | None]:
+    """Compressed sizes of ``data`` under gzip -9, bzip2 -9, xz -9e and zstd -19 (None when
+    the ``zstandard`` package is not installed): what ``untok compress --compare`` prints."""
+    sizes: dict[str, int | None] = {
+        "gzip -9": len(gzip.compress(data, 9, mtime=0)),
+        "bzip2 -9": len(bz2.compress(data, 9)),
+        "xz -9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)),
+        "zstd -19": None}
+    try:
+        import zstandard
+    except ImportError:
+        return sizes
+    sizes["zstd -19"] = len(zstandard.ZstdCompressor(level=19).compress(data))
+    return sizes
+
+
 def compress_file(source: str, checkpoint: str, output: str | None = None, *,
                   chunk_size: int = 16384, batch_size: int = 16, adapt_lr: float = 0.0,
                   adapt_every: int = 32, device: str = "auto", overwrite: bool = False,
-                  progress: bool = True) -> dict[str, float]:
+                  progress: bool = True, compare: bool = False) -> dict:
     """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
-    returns sizes, bits per byte and speed."""
+    returns sizes, bits per byte and speed (and with ``compare`` the sizes of
+    :func:`classic_sizes` under ``"compare"``)."""
     output = output or default_output(source, decompressing=False)
     if output != "-" and Path(output).exists() and not overwrite:
         raise UntokError(f"{output} already exists; pass --force to overwrite it")
@@ -76,9 +96,12 @@ def compress_file(source: str, checkpoint: str, output: str | None = None, *,
                     adapt_lr=adapt_lr, adapt_every=adapt_every, progress=progress)
     seconds = time.perf_counter() - start
     _write_output(output, blob, overwrite)
-    return {"bytes": len(data), "compressed_bytes": len(blob),
-            "bpb": 8 * len(blob) / max(len(data), 1), "seconds": seconds,
-            "kb_per_second": len(data) / 1024 / seconds}
+    stats = {"bytes": len(data), "compressed_bytes": len(blob),
+             "bpb": 8 * len(blob) / max(len(data), 1), "seconds": seconds,
+             "kb_per_second": len(data) / 1024 / seconds}
+    if compare:
+        stats["compare"] = classic_sizes(data)
+    return stats
 
 
 def decompress_file(source: str, checkpoint: str, output: str | None = None, *,

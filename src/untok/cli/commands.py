@@ -352,12 +352,25 @@ def cmd_compress(args: argparse.Namespace) -> None:
     stats = compress_file(args.file, args.model, args.out, chunk_size=args.chunk_size,
                           batch_size=args.batch_size, adapt_lr=args.adapt_lr,
                           adapt_every=args.adapt_every, device=args.device,
-                          overwrite=args.force, progress=not args.quiet)
+                          overwrite=args.force, progress=not args.quiet, compare=args.compare)
     if not args.quiet:
         rate = f"{stats['bpb']:.3f} bits per byte, {stats['kb_per_second']:.1f} KB/s" \
             if stats["bytes"] else "an empty input (the file holds the header only)"
         print(f"{args.file}: {stats['bytes']:,} -> {stats['compressed_bytes']:,} bytes, "
               f"{rate}", file=sys.stderr)
+    if args.compare:  # on stdout: it is what was asked for
+        print(comparison_table(stats))
+
+
+def comparison_table(stats: dict) -> str:
+    """untok's size next to the classic compressors' for ``untok compress --compare``."""
+    n = max(stats["bytes"], 1)
+    rows = [("untok", stats["compressed_bytes"]), *stats["compare"].items()]
+    lines = [f"{'compressor':<10} {'bytes':>12} {'bits/byte':>9}"]
+    for name, size in rows:
+        lines.append(f"{name:<10} {'-':>12} {'-':>9}  (pip install zstandard)" if size is None
+                     else f"{name:<10} {size:>12,} {8 * size / n:>9.3f}")
+    return "\n".join(lines)
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:

@@ -155,6 +155,8 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt-every", type=_positive_int, default=32,
                    help="bytes per row between adaptation steps (default 32)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compare", action="store_true", help="also print the file's size under "
+                   "gzip -9, bzip2 -9, xz -9e and zstd -19 (zstd: pip install zstandard)")
     _add_force(p, "overwrite the output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_compress)
