@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,12 @@ from untok.compression import (
     CHUNK,
     CRC,
     HEADER,
+    HEADERS,
     PRECISION,
     CompressionError,
     compress,
     decompress,
+    parse_header,
     quantize,
     weights_sha256,
 )
@@ -155,6 +158,33 @@ def test_adaptation_roundtrip_learns_and_leaves_the_model_alone(trained, sample:
     assert decompress(adapted, trained) == text
     with pytest.raises(CompressionError, match="adaptation"):
         compress(sample, trained, adapt_lr=-1.0)
+
+
+@pytest.mark.slow
+def test_compiled_step_roundtrip_is_recorded_and_adapts(trained, sample: bytes) -> None:
+    """The compiled static-shape step codes 7 chunks in batches of 4 (the last padded to
+    the compiled shape), alone and with adaptation; the decoder compiles it too."""
+    text = sample[:2100]
+    blob = roundtrip(text, trained, chunk_size=300, batch_size=4, compiled=True)
+    assert parse_header(blob).compiled and not parse_header(compress(text, trained)).compiled
+    static = len(blob)
+    adapted = roundtrip(text, trained, chunk_size=300, batch_size=4, compiled=True,
+                        adapt_lr=3e-3, adapt_every=16)
+    assert len(adapted) < static
+
+
+def test_version_1_files_still_decode(trained, sample: bytes) -> None:
+    """A version-1 header (no flags byte) is read as an eager, uncompiled file."""
+    blob = compress(sample[:1200], trained, chunk_size=500, batch_size=2)
+    fields = list(HEADER.unpack_from(blob))
+    assert fields[1] == 2 and fields[-1] == 0
+    head = HEADERS[1].pack(fields[0], 1, *fields[2:-1])
+    old = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
+    assert parse_header(old).version == 1 and decompress(old, trained) == sample[:1200]
+    future = bytearray(blob)
+    future[8] = 9
+    with pytest.raises(CompressionError, match="format version 9 is not supported"):
+        decompress(bytes(future), trained)
 
 
 @pytest.mark.parametrize("family", ["mmfree", "blt"])

@@ -31,17 +31,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from untok.errors import UntokError
+from untok.generate import compile_decoding
 from untok.models.registry import capabilities, require
+from untok.shipped import default_model
 from untok.units import BOS, NUM_BYTES, PAD
 
 SUFFIX = ".utk"
 MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the flags byte (a compiled step); version 1 files still decode
 PRECISION = 24  # frequencies are integers summing to 2**PRECISION
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
-# chunks per batch, threads, adaptation learning rate and interval; then the CRC-32 of these
-HEADER = struct.Struct("<8sHBB32sQ32sIHHfH")
+# chunks per batch, threads, adaptation learning rate and interval, flags; then the CRC-32
+HEADER = struct.Struct("<8sHBB32sQ32sIHHfHB")
+HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: HEADER}  # by format version
+COMPILED = 1  # flags: the step was torch.compile'd (static shapes); the decoder compiles too
 CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
 CODED, STORED = 0, 1  # a chunk the model would expand is stored as it is
 CRC = struct.Struct("<I")
@@ -61,6 +65,8 @@ class Header:
     threads: int
     device: str
     adaptation: Adaptation
+    compiled: bool = False  # the one-unit step ran compiled (compile_decoding)
+    version: int = FORMAT_VERSION
 
     @property
     def num_chunks(self) -> int:
@@ -150,34 +156,56 @@ class Adaptation:
     every: int = 32
 
 
-def _run_batch(model: nn.Module, rows: list[_Row], lengths: list[int], bar: tqdm,
-               adaptation: Adaptation) -> None:
-    """Step ``model`` over ``len(rows)`` chunks side by side, each from a fresh state and a
-    BOS, asking every unfinished row for its next byte. Finished rows are fed byte 0, so that
-    every step has the same shape on both sides."""
-    device = next(model.parameters()).device
-    state = model.new_state(len(rows))
-    units = torch.full((len(rows), 1), BOS, device=device)
-    next_units = [0] * len(rows)
-    learner = _Learner(model, adaptation, len(rows), max(lengths)) if adaptation.lr else None
-    for t in range(max(lengths)):
-        scores, state = (learner.model if learner else model).step(state, units)
-        freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
-        live = [row for row, length in enumerate(lengths) if t < length]
-        for row in live:
-            next_units[row] = rows[row].pick(freqs[row:row + 1])
-        units = torch.tensor(next_units, device=device)[:, None]
-        bar.update(len(live))
-        if learner:
-            learner.observe(t, units[:, 0], live)
+class _Stepper:
+    """The model that codes, the same on both sides: ``model`` itself, or a copy of it
+    when the step is compiled or adapts. An adapting copy is reset to ``model``'s weights at
+    the start of every batch, in place, so a compiled step is compiled once per file."""
+
+    def __init__(self, model: nn.Module, header: Header) -> None:
+        self.source, self.header = model, header
+        copied = header.compiled or header.adaptation.lr
+        self.model = copy.deepcopy(model) if copied else model
+        if header.compiled:
+            compile_decoding(self.model)
+
+    def learner(self, rows: int, steps: int) -> _Learner | None:
+        if not self.header.adaptation.lr:
+            return None
+        self.model.load_state_dict(self.source.state_dict())  # (copies into the same tensors)
+        return _Learner(self.model, self.header.adaptation, rows, steps)
+
+    def run(self, rows: list[_Row], lengths: list[int], bar: tqdm) -> None:
+        """Step over ``len(rows)`` chunks side by side, each from a fresh state and a BOS,
+        asking every unfinished row for its next byte. Finished rows are fed byte 0, so
+        every step has the same shape on both sides; a compiled step always gets
+        ``batch_size`` rows (a short last batch is padded with empty ones)."""
+        if self.header.compiled and len(rows) < self.header.batch_size:
+            padding = self.header.batch_size - len(rows)
+            rows, lengths = [*rows, *[_Row()] * padding], [*lengths, *[0] * padding]
+        model, steps = self.model, max(lengths)
+        device = next(model.parameters()).device
+        state = model.new_state(len(rows))
+        units = torch.full((len(rows), 1), BOS, device=device)
+        next_units = [0] * len(rows)
+        learner = self.learner(len(rows), steps)
+        for t in range(steps):
+            scores, state = model.step(state, units)
+            freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
+            live = [row for row, length in enumerate(lengths) if t < length]
+            for row in live:
+                next_units[row] = rows[row].pick(freqs[row:row + 1])
+            units = torch.tensor(next_units, device=device)[:, None]
+            bar.update(len(live))
+            if learner:
+                learner.observe(t, units[:, 0], live)
 
 
 class _Learner:
-    """A copy of the model that takes an Adam step on every ``every`` new bytes of a batch
-    (targets of finished rows are PAD: not learned)."""
+    """Adam steps on ``model`` (a copy: see :class:`_Stepper`) over every ``every`` new
+    bytes of a batch (targets of finished rows are PAD: not learned)."""
 
     def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):
-        self.model = copy.deepcopy(model)
+        self.model = model
         self.every = adaptation.every
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad], lr=adaptation.lr)
@@ -221,18 +249,38 @@ def _check_byte_model(model: nn.Module) -> None:
             "distribution; use a byte model (model.unit = 'byte')", CompressionError)
 
 
+@dataclass(frozen=True)
+class CodingOptions:
+    """How :func:`compress` codes by default (``untok compress`` with no options)."""
+
+    chunk_size: int = 16384
+    batch_size: int = 16
+    adapt_lr: float = 0.0
+    adapt_every: int = 32
+    compiled: bool = False
+
+
+DEFAULTS = CodingOptions()
+
+
 @torch.no_grad()
-def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_size: int = 16,
-             adapt_lr: float = 0.0, adapt_every: int = 32, progress: bool = False) -> bytes:
-    """Compress ``data`` with ``model``'s next-byte distribution; :func:`decompress` with the
-    same weights (on the same kind of device) gives ``data`` back exactly.
+def compress(data: bytes, model: nn.Module | None = None, *,
+             chunk_size: int = DEFAULTS.chunk_size, batch_size: int = DEFAULTS.batch_size,
+             adapt_lr: float = DEFAULTS.adapt_lr, adapt_every: int = DEFAULTS.adapt_every,
+             compiled: bool = DEFAULTS.compiled, progress: bool = False) -> bytes:
+    """Compress ``data`` with ``model``'s next-byte distribution (None: the shipped default
+    model); :func:`decompress` with the same weights (on the same kind of device) gives
+    ``data`` back exactly.
 
     The data is cut into chunks of ``chunk_size`` bytes, each coded from a fresh model state
     (so it decodes on its own); ``batch_size`` chunks are coded side by side. A chunk that
     the model would expand is stored as it is. With ``adapt_lr > 0`` a copy of the model
     learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
-    damaged chunk then spoils the rest of its batch too.
+    damaged chunk then spoils the rest of its batch too. ``compiled`` codes through the
+    ``torch.compile``'d one-unit step (faster once compiled; recorded, and the decoder
+    compiles the same step) where the family has one.
     """
+    model = default_model() if model is None else model
     _check_byte_model(model)
     if not 1 <= chunk_size < 2**32:
         raise CompressionError(f"chunk size must be between 1 and 2**32 - 1, got {chunk_size}")
@@ -244,18 +292,21 @@ def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_si
     adapt_lr = struct.unpack("<f", struct.pack("<f", adapt_lr))[0]  # as the header holds it
     data = bytes(data)
     model.eval()
+    chunks = max(-(-len(data) // chunk_size), 1)
     header = Header(model_sha256=weights_sha256(model), length=len(data),
                     sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
-                    batch_size=_batch_size_for(model, batch_size),
+                    batch_size=min(_batch_size_for(model, batch_size), chunks),
                     threads=torch.get_num_threads(), device=_device_name(model),
-                    adaptation=Adaptation(lr=adapt_lr, every=adapt_every))
+                    adaptation=Adaptation(lr=adapt_lr, every=adapt_every),
+                    compiled=compiled and capabilities(model).compiled_decoding)
+    stepper = _Stepper(model, header)
     payloads: list[bytes] = []
     table = bytearray()
     with _progress_bar(len(data), "compress", progress) as bar:
         for batch in _batches(header):
             chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
             rows = [_Row(chunk, encode=True) for chunk in chunks]
-            _run_batch(model, rows, [len(c) for c in chunks], bar, header.adaptation)
+            stepper.run(rows, [len(c) for c in chunks], bar)
             for chunk, row in zip(chunks, rows, strict=True):
                 coded = row.encoder.get_compressed().astype("<u4").tobytes()
                 method, payload = (CODED, coded) if len(coded) < len(chunk) else (STORED, chunk)
@@ -264,7 +315,7 @@ def compress(data: bytes, model: nn.Module, *, chunk_size: int = 16384, batch_si
     head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
                        header.batch_size, header.threads, header.adaptation.lr,
-                       header.adaptation.every)
+                       header.adaptation.every, COMPILED if header.compiled else 0)
     return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
                      CRC.pack(zlib.crc32(table)), *payloads])
 
@@ -275,29 +326,34 @@ def parse_header(blob: bytes) -> Header:
     """The checked header of a container (magic, version and CRC)."""
     if len(blob) < len(MAGIC) or blob[:len(MAGIC)] != MAGIC:
         raise CompressionError("not an untok compressed file (wrong magic number)")
-    if len(blob) < HEADER.size + CRC.size:
+    if len(blob) < len(MAGIC) + 2:
         raise CompressionError("the file is truncated (its header is incomplete)")
-    fields = HEADER.unpack_from(blob)
-    (crc,) = CRC.unpack_from(blob, HEADER.size)
-    if zlib.crc32(blob[:HEADER.size]) != crc:
+    version = int.from_bytes(blob[len(MAGIC):len(MAGIC) + 2], "little")
+    layout = HEADERS.get(version)
+    if layout is None:
+        raise CompressionError(f"format version {version} is not supported by this untok "
+                               f"(versions {min(HEADERS)}-{FORMAT_VERSION}); upgrade untok")
+    if len(blob) < layout.size + CRC.size:
+        raise CompressionError("the file is truncated (its header is incomplete)")
+    (_, _, precision, device, model_sha, length, sha, chunk_size, batch, threads, adapt_lr,
+     adapt_every, *flags) = layout.unpack_from(blob)
+    flags = flags[0] if flags else 0
+    (crc,) = CRC.unpack_from(blob, layout.size)
+    if zlib.crc32(blob[:layout.size]) != crc:
         raise CompressionError("the file is damaged: its header fails its CRC check")
-    (_, version, precision, device, model_sha, length, sha, chunk_size, batch, threads,
-     adapt_lr, adapt_every) = fields
-    if version != FORMAT_VERSION or precision != PRECISION:
-        raise CompressionError(f"format version {version} (precision {precision}) is not "
-                               f"supported by this untok (version {FORMAT_VERSION}); upgrade "
-                               "untok")
-    if (chunk_size == 0 or batch == 0 or threads == 0 or device >= len(DEVICES)
-            or not (adapt_lr >= 0 and math.isfinite(adapt_lr)) or adapt_every == 0):
+    if (precision != PRECISION or chunk_size == 0 or batch == 0 or threads == 0
+            or device >= len(DEVICES) or not (adapt_lr >= 0 and math.isfinite(adapt_lr))
+            or adapt_every == 0 or flags & ~COMPILED):
         raise CompressionError("the file is damaged: its header holds impossible values")
     return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
                   batch_size=batch, threads=threads, device=DEVICES[device],
-                  adaptation=Adaptation(lr=adapt_lr, every=adapt_every))
+                  adaptation=Adaptation(lr=adapt_lr, every=adapt_every),
+                  compiled=bool(flags & COMPILED), version=version)
 
 
 def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
     """(payload, method, CRC-32 of the original bytes) of every chunk, sizes checked."""
-    start = HEADER.size + CRC.size
+    start = HEADERS[header.version].size + CRC.size
     end = start + header.num_chunks * CHUNK.size
     if len(blob) < end + CRC.size:
         raise CompressionError("the file is truncated (its chunk table is incomplete)")
@@ -326,8 +382,10 @@ def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
 
 
 @torch.no_grad()
-def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> bytes:
-    """The original bytes of a container made by :func:`compress` with the same weights.
+def decompress(blob: bytes, model: nn.Module | None = None, *,
+               progress: bool = False) -> bytes:
+    """The original bytes of a container made by :func:`compress` with the same weights
+    (None: the shipped default model).
 
     Raises :class:`CompressionError` naming the problem for another model, a truncated or
     damaged file, or a chunk that does not decode to its recorded checksum; never returns
@@ -335,6 +393,7 @@ def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> byte
     """
     header = parse_header(blob)
     chunks = _read_chunks(blob, header)
+    model = default_model() if model is None else model
     model.eval()
     if weights_sha256(model) != header.model_sha256:
         raise CompressionError(
@@ -344,6 +403,7 @@ def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> byte
         raise CompressionError(f"this file was compressed on {header.device}; decompress it "
                                f"on {header.device} too (arithmetic differs between devices)")
     out = bytearray()
+    stepper = _Stepper(model, header)
     with _threads(header.threads), _progress_bar(header.length, "decompress", progress) as bar:
         for batch in _batches(header):
             rows = [_Row(payload) if method == STORED
@@ -352,7 +412,7 @@ def decompress(blob: bytes, model: nn.Module, *, progress: bool = False) -> byte
             lengths = [end - start for start, end in map(header.chunk_bounds, batch)]
             if any(row.decoder is not None for row in rows):
                 try:
-                    _run_batch(model, rows, lengths, bar, header.adaptation)
+                    stepper.run(rows, lengths, bar)
                 except Exception as exc:  # garbage in a damaged payload can stop a decoder
                     raise CompressionError(f"chunks {batch[0]}-{batch[-1]} cannot be decoded "
                                            f"(the file is damaged): {exc}") from None

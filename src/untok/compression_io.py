@@ -13,10 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from untok.compression import SUFFIX, compress, decompress, parse_header
 from untok.errors import UntokError
 from untok.hardware import pick_device
 from untok.models import load
+from untok.shipped import default_model
 
 
 def _read_input(path: str) -> bytes:
@@ -79,21 +82,25 @@ def classic_sizes(data: bytes) -> dict[str, int | None]:
     return sizes
 
 
-def compress_file(source: str, checkpoint: str, output: str | None = None, *,
-                  chunk_size: int = 16384, batch_size: int = 16, adapt_lr: float = 0.0,
-                  adapt_every: int = 32, device: str = "auto", overwrite: bool = False,
-                  progress: bool = True, compare: bool = False) -> dict:
-    """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint``;
-    returns sizes, bits per byte and speed (and with ``compare`` the sizes of
-    :func:`classic_sizes` under ``"compare"``)."""
+def _model(checkpoint: str | None, device: torch.device):
+    """The checkpoint's model, or the shipped default model when ``checkpoint`` is None."""
+    return default_model(device) if checkpoint is None else load(checkpoint, device)
+
+
+def compress_file(source: str, checkpoint: str | None, output: str | None = None, *,
+                  device: str = "auto", overwrite: bool = False, progress: bool = True,
+                  compare: bool = False, **options) -> dict:
+    """Compress the file ``source`` (``-`` = stdin) with the model in ``checkpoint`` (None:
+    the shipped default model) and :func:`untok.compression.compress`'s ``options``; returns
+    sizes, bits per byte and speed (and with ``compare`` the sizes of :func:`classic_sizes`
+    under ``"compare"``)."""
     output = output or default_output(source, decompressing=False)
     if output != "-" and Path(output).exists() and not overwrite:
         raise UntokError(f"{output} already exists; pass --force to overwrite it")
     data = _read_input(source)
-    model = load(checkpoint, pick_device(device))
+    model = _model(checkpoint, pick_device(device))
     start = time.perf_counter()
-    blob = compress(data, model, chunk_size=chunk_size, batch_size=batch_size,
-                    adapt_lr=adapt_lr, adapt_every=adapt_every, progress=progress)
+    blob = compress(data, model, progress=progress, **options)
     seconds = time.perf_counter() - start
     _write_output(output, blob, overwrite)
     stats = {"bytes": len(data), "compressed_bytes": len(blob),
@@ -104,18 +111,19 @@ def compress_file(source: str, checkpoint: str, output: str | None = None, *,
     return stats
 
 
-def decompress_file(source: str, checkpoint: str, output: str | None = None, *,
+def decompress_file(source: str, checkpoint: str | None, output: str | None = None, *,
                     device: str | None = None, overwrite: bool = False,
                     progress: bool = True) -> dict[str, float]:
-    """Decompress ``source`` (``-`` = stdin) with the model in ``checkpoint``; the output is
-    written only after its SHA-256 matches the one recorded at compression. ``device``
+    """Decompress ``source`` (``-`` = stdin) with the model in ``checkpoint`` (None: the
+    shipped default model, which must be the one the file names); the output is written
+    only after its SHA-256 matches the one recorded at compression. ``device``
     defaults to the kind of device the file was compressed on."""
     output = output or default_output(source, decompressing=True)
     if output != "-" and Path(output).exists() and not overwrite:
         raise UntokError(f"{output} already exists; pass --force to overwrite it")
     blob = _read_input(source)
     header = parse_header(blob)
-    model = load(checkpoint, pick_device(device or header.device))
+    model = _model(checkpoint, pick_device(device or header.device))
     start = time.perf_counter()
     data = decompress(blob, model, progress=progress)
     seconds = time.perf_counter() - start

@@ -352,7 +352,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
     stats = compress_file(args.file, args.model, args.out, chunk_size=args.chunk_size,
                           batch_size=args.batch_size, adapt_lr=args.adapt_lr,
                           adapt_every=args.adapt_every, device=args.device,
-                          overwrite=args.force, progress=not args.quiet, compare=args.compare)
+                          overwrite=args.force, progress=not args.quiet, compare=args.compare,
+                          compiled=args.compile)
     if not args.quiet:
         rate = f"{stats['bpb']:.3f} bits per byte, {stats['kb_per_second']:.1f} KB/s" \
             if stats["bytes"] else "an empty input (the file holds the header only)"

@@ -21,6 +21,7 @@ from untok.cli.commands import (
     cmd_words,
 )
 from untok.cli.decoding import cmd_chat, cmd_generate, cmd_serve
+from untok.compression import DEFAULTS
 from untok.config import PRECISIONS
 
 EPILOG = """examples:
@@ -142,19 +143,27 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                        "probabilities. Decompressing needs the same checkpoint and the same "
                        "kind of device.")
     p.add_argument("file", help="file to compress (- = stdin)")
-    p.add_argument("-m", "--model", required=True, help="checkpoint (or run) directory")
+    p.add_argument("-m", "--model", help="checkpoint (or run) directory (default: the "
+                   "general byte model shipped with untok)")
     p.add_argument("-o", "--out", help="output file (default FILE.utk; - = stdout)")
-    p.add_argument("--chunk-size", type=_positive_int, default=16384,
-                   help="bytes per independently decodable chunk (default 16384)")
-    p.add_argument("--batch-size", type=_positive_int, default=16,
-                   help="chunks coded side by side (default 16)")
-    p.add_argument("--adapt-lr", type=float, default=0.0,
+    p.add_argument("--chunk-size", type=_positive_int, default=DEFAULTS.chunk_size,
+                   help="bytes per independently decodable chunk (default "
+                   f"{DEFAULTS.chunk_size})")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
+                   help=f"chunks coded side by side (default {DEFAULTS.batch_size})")
+    p.add_argument("--adapt-lr", type=float, default=DEFAULTS.adapt_lr,
                    help="keep training a copy of the model on the file as it is coded, with "
-                        "this Adam learning rate (default 0 = off; 3e-4 works well: smaller "
-                        "files, somewhat slower, and a damaged chunk spoils its whole batch)")
-    p.add_argument("--adapt-every", type=_positive_int, default=32,
-                   help="bytes per row between adaptation steps (default 32)")
+                        f"this Adam learning rate (default {DEFAULTS.adapt_lr:g}; 0 = off: "
+                        "every chunk then decodes on its own, while with adaptation a "
+                        "damaged chunk spoils the rest of its batch)")
+    p.add_argument("--adapt-every", type=_positive_int, default=DEFAULTS.adapt_every,
+                   help=f"bytes per row between adaptation steps (default "
+                   f"{DEFAULTS.adapt_every})")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   default=DEFAULTS.compiled, help="code through the torch.compile'd one-byte "
+                   "step: faster, after a one-off compile cached on disk (recorded: "
+                   f"decompressing compiles the same step; default {DEFAULTS.compiled})")
     p.add_argument("--compare", action="store_true", help="also print the file's size under "
                    "gzip -9, bzip2 -9, xz -9e and zstd -19 (zstd: pip install zstandard)")
     _add_force(p, "overwrite the output")
@@ -165,7 +174,8 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Decode FILE.utk with the checkpoint that compressed it; "
                        "the output is written only once its SHA-256 checks out.")
     p.add_argument("file", help="compressed file (- = stdin)")
-    p.add_argument("-m", "--model", required=True, help="checkpoint (or run) directory")
+    p.add_argument("-m", "--model", help="checkpoint (or run) directory (default: the "
+                   "shipped model, when the file was made with it)")
     p.add_argument("-o", "--out", help="output file (default FILE without .utk; - = stdout)")
     p.add_argument("--device", help="default: the kind of device the file was compressed on")
     _add_force(p, "overwrite the output")

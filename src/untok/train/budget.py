@@ -1,11 +1,13 @@
 """The budget of a training run: whether it can be met, how far through it the run is
-(which drives the learning-rate schedule) and when to stop, keeping back the time the
-final evaluation and checkpoint will take."""
+(which drives the learning-rate schedule and the progress bar) and when to stop, keeping
+back the time the final evaluation and checkpoint will take."""
 
 from __future__ import annotations
 
 import math
 import time
+
+from tqdm import tqdm
 
 from untok.data.loader import eval_windows
 from untok.errors import ConfigError
@@ -93,3 +95,19 @@ class Budget:
         probed = len(eval_windows(min(length, probe["max_bytes"] + 1), context, stride))
         return windows * (time.perf_counter() - began) / probed + 1.0
 
+    def _progress_bar(self) -> tqdm:
+        """Steps for a step budget; seconds for a time budget."""
+        if self.total_steps:
+            return tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
+                        unit="step", dynamic_ncols=True, desc="train")
+        return tqdm(total=round(60 * self.config.train.minutes), disable=not self.progress,
+                    unit="s", dynamic_ncols=True, desc=f"train step {self.step}",
+                    bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+
+    def _advance(self, bar: tqdm, elapsed: float) -> None:
+        """One step on a step bar; the elapsed seconds on a time bar."""
+        if self.total_steps:
+            bar.update(1)
+        else:
+            bar.set_description(f"train step {self.step}", refresh=False)
+            bar.update(min(round(elapsed), bar.total) - bar.n)

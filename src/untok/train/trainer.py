@@ -322,15 +322,6 @@ class Trainer(Budget):
                 previous[sig] = signal.signal(sig, handler)
         return previous
 
-    def _progress_bar(self) -> tqdm:
-        """Steps for a step budget; seconds for a time budget."""
-        if self.total_steps:
-            return tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
-                        unit="step", dynamic_ncols=True, desc="train")
-        return tqdm(total=round(60 * self.config.train.minutes), disable=not self.progress,
-                    unit="s", dynamic_ncols=True, desc=f"train step {self.step}",
-                    bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
-
     def _log_step(self, bar: tqdm, loss: float, lr: float, grad_norm: float, rate: float,
                   elapsed: float) -> None:
         """One metrics record and the bar's figures; ``rate`` in units per second."""
@@ -342,14 +333,6 @@ class Trainer(Budget):
         unit = "B" if self.model.units.identity else f" {self.model.units.name}s"
         bar.set_postfix_str(f"{label} {shown:.3f} lr {lr:.2e} {rate / 1e3:.1f}k{unit}/s "
                             f"mfu {mfu:.0%}")
-
-    def _advance(self, bar: tqdm, elapsed: float) -> None:
-        """One step on a step bar; the elapsed seconds on a time bar."""
-        if self.total_steps:
-            bar.update(1)
-        else:
-            bar.set_description(f"train step {self.step}", refresh=False)
-            bar.update(min(round(elapsed), bar.total) - bar.n)
 
     def run(self) -> TrainResult:
         """Train until the budget, early stopping or a stop request; return a summary."""
