@@ -208,3 +208,14 @@ def test_gpu_smoke(tmp_path):
     assert figures["compress"]["compress_kb_per_s"] > 0
     assert figures["compress"]["decompress_kb_per_s"] > 0
     assert not figures["skipped"]
+
+
+@pytest.mark.slow
+def test_compress_default_smoke(tmp_path):
+    figures = run_bench(tmp_path, "compress_default.py", "--bytes", "4000", "--classes",
+                        "wikipedia", "python")
+    for row in figures["classes"].values():
+        assert {"xz -9e", "gzip -9", "bzip2 -9"} <= set(row["classic_bpb"])
+        for kind in ("default", "static"):
+            assert {"bpb", "compress_kb_per_s", "decompress_kb_per_s"} <= set(row[kind])
+    assert figures["default_options"]["adapt_lr"] > 0 == figures["static_options"]["adapt_lr"]

@@ -147,8 +147,8 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                    "general byte model shipped with untok)")
     p.add_argument("-o", "--out", help="output file (default FILE.utk; - = stdout)")
     p.add_argument("--chunk-size", type=_positive_int, default=DEFAULTS.chunk_size,
-                   help="bytes per independently decodable chunk (default "
-                   f"{DEFAULTS.chunk_size})")
+                   help="bytes per independently decodable chunk (default: the file split "
+                   "evenly over --batch-size chunks, at least 1024 bytes each)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                    help=f"chunks coded side by side (default {DEFAULTS.batch_size})")
     p.add_argument("--adapt-lr", type=float, default=DEFAULTS.adapt_lr,

@@ -1,0 +1,144 @@
+"""`untok compress FILE` with no model given, on text its shipped model never trained on.
+
+File classes (``--bytes`` of each, default 60,000): the standard val splits of the shared
+corpora (Wikipedia markup, Shakespeare, 25 languages interleaved), and files found on this
+machine outside the training mixture: licence texts (/usr/share/common-licenses), a Debian
+changelog (/usr/share/doc), and Python source of an installed package (click). For each:
+untok with the shipped model as ``untok compress`` runs it by default, the same model
+static (no adaptation), and gzip -9, bzip2 -9, xz -9e, zstd -19 on the same bytes; KB/s of
+both directions (every untok file is decompressed and checked equal). The compiled step's
+one-off compile is timed apart (``compile_seconds``) and the speeds are of the coding after
+it, as in a second run of the command (the compiled kernels are cached on disk).
+
+    python bench/compress_default.py
+    python bench/compress_default.py --bytes 8000 --classes wikipedia   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import time
+from pathlib import Path
+
+import torch
+
+from common import SHARED, median, require, write_result
+from untok.compression import DEFAULTS, compress, decompress
+from untok.compression_io import classic_sizes
+from untok.shipped import default_model
+
+
+def interleaved_languages(limit: int) -> bytes:
+    """Val lines (the last 100 of each file) of every language, round robin."""
+    lines = {p.stem: p.read_bytes().splitlines(keepends=True)[-100:]
+             for p in sorted((SHARED / "multilingual").glob("*.txt"))}
+    out = bytearray()
+    for i in range(100):
+        for rows in lines.values():
+            out += rows[i] if i < len(rows) else b""
+            if len(out) >= limit:
+                return bytes(out[:limit])
+    return bytes(out)
+
+
+def installed_python(package: str) -> bytes:
+    module = __import__(package)
+    return b"".join(p.read_bytes() for p in sorted(Path(module.__file__).parent.rglob("*.py")))
+
+
+def licences() -> bytes:
+    root = Path("/usr/share/common-licenses")
+    return b"".join((root / name).read_bytes() for name in ("GPL-3", "GFDL-1.3", "Apache-2.0")
+                    if (root / name).is_file())
+
+
+def changelog() -> bytes:
+    path = Path("/usr/share/doc/apt/changelog.gz")
+    return gzip.decompress(path.read_bytes()) if path.is_file() else b""
+
+
+CLASSES = {
+    "wikipedia": ("Wikipedia markup (enwik8-4M val)",
+                  lambda: require(SHARED / "enwik8-4M").read_bytes()[-200_000:]),
+    "shakespeare": ("plays (Tiny Shakespeare val)",
+                    lambda: require(SHARED / "tinyshakespeare.txt").read_bytes()[-111_540:]),
+    "languages": ("25 languages, interleaved (multilingual val)",
+                  lambda: interleaved_languages(1 << 20)),
+    "licences": ("licence texts (/usr/share/common-licenses)", licences),
+    "changelog": ("a Debian changelog (/usr/share/doc/apt)", changelog),
+    "python": ("Python source outside the mixture (the click package)",
+               lambda: installed_python("click")),
+}
+
+
+def code(data: bytes, model: torch.nn.Module, options: dict, repeats: int) -> dict:
+    """Size and median KB/s of compressing and decompressing ``data`` (checked equal)."""
+    encode, decode = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        blob = compress(data, model, **options)
+        encode.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        if decompress(blob, model) != data:
+            raise SystemExit(f"round trip failed with {options}")
+        decode.append(time.perf_counter() - started)
+    return {"bytes": len(blob), "bpb": 8 * len(blob) / len(data),
+            "compress_kb_per_s": len(data) / 1e3 / median(encode),
+            "decompress_kb_per_s": len(data) / 1e3 / median(decode)}
+
+
+def render(figures: dict) -> str:
+    lines = ["| file class | untok default | untok static | xz -9e | zstd -19 | bzip2 -9 | "
+             "gzip -9 | default KB/s (comp / decomp) |", "|---|---|---|---|---|---|---|---|"]
+    for row in figures["classes"].values():
+        c, d = row["classic_bpb"], row["default"]
+        lines.append(f"| {row['what']} | **{d['bpb']:.3f}** | {row['static']['bpb']:.3f} | "
+                     f"{c['xz -9e']:.3f} | {c['zstd -19']:.3f} | {c['bzip2 -9']:.3f} | "
+                     f"{c['gzip -9']:.3f} | {d['compress_kb_per_s']:.1f} / "
+                     f"{d['decompress_kb_per_s']:.1f} |")
+    lines.append("")
+    lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
+                 f"{figures['default_options']}; static: {figures['static_options']}. "
+                 f"First call (warm-up): {figures['compile_seconds']:.1f} s. Threads: "
+                 f"{figures['threads']}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bytes", type=int, default=60_000)
+    parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    model = default_model()
+    default_options = dataclasses.asdict(DEFAULTS)  # what `untok compress` uses
+    static_options = {**default_options, "adapt_lr": 0.0}
+    started = time.perf_counter()  # the one-off compile, on a short text
+    compress(b"warm up the step " * 8, model, **default_options)
+    compile_seconds = time.perf_counter() - started
+    figures = {"bytes": args.bytes, "default_options": default_options,
+               "static_options": static_options, "compile_seconds": compile_seconds,
+               "threads": torch.get_num_threads(), "classes": {}}
+    for name in args.classes:
+        what, read = CLASSES[name]
+        data = read()[:args.bytes]
+        if len(data) < args.bytes // 2:
+            print(f"skipping {name}: only {len(data):,} bytes on this machine")
+            continue
+        classic = classic_sizes(data)
+        figures["classes"][name] = row = {
+            "what": what, "input_bytes": len(data),
+            "classic_bpb": {k: 8 * v / len(data) for k, v in classic.items() if v},
+            "default": code(data, model, default_options, args.repeats),
+            "static": code(data, model, static_options, args.repeats)}
+        print(f"{name}: default {row['default']['bpb']:.3f}, static {row['static']['bpb']:.3f},"
+              f" xz {row['classic_bpb']['xz -9e']:.3f} bpb; "
+              f"{row['default']['compress_kb_per_s']:.1f} KB/s", flush=True)
+    write_result("compress_default", figures, render(figures))
+    print(render(figures))
+
+
+if __name__ == "__main__":
+    main()
