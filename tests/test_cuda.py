@@ -216,6 +216,8 @@ def test_peaks_name_their_source():
     assert datasheet_peak("NVIDIA H100 PCIe") == 756e12
     assert datasheet_peak("NVIDIA H100 80GB HBM3") == datasheet_peak("NVIDIA H200") == 989.4e12
     assert datasheet_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert datasheet_peak("NVIDIA L40S") == 362e12 and datasheet_peak("NVIDIA L4") == 121e12
+    assert datasheet_peak("NVIDIA A10G") is None  # not an A10: measured instead
     assert datasheet_peak("Some Future Accelerator") is None
     peak = peak_flops(torch.device("cpu"), None)
     assert peak.flops > 1e8 and peak.source == "measured cpu float32 matmul"

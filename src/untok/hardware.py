@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,12 +137,13 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32) -> flo
 
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s. The
-# first pattern found in torch.cuda.get_device_name() wins, so specific names come first.
+# first pattern found as whole words in torch.cuda.get_device_name() wins, so specific
+# names come first ("A10" does not match an A10G, nor "L4" an L40S).
 DATASHEET_BF16_PEAKS = (
     ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989.4e12), ("H100", 989.4e12),
     ("GH200", 989.4e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12),
-    ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
-)
+    ("L4", 121e12), ("A10", 125e12),
+)  # (other GPUs, consumer cards among them, are measured)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Peak:
 def datasheet_peak(name: str) -> float | None:
     """The bf16 dense peak of the GPU called ``name``, or None if it is not in the table."""
     for pattern, flops in DATASHEET_BF16_PEAKS:
-        if pattern in name:
+        if re.search(rf"\b{re.escape(pattern)}\b", name):
             return flops
     return None
 
