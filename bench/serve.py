@@ -9,7 +9,7 @@ runs on rather than ending at once) is served by ``untok serve`` in a subprocess
 2. 1, 4 and 16 concurrent streaming clients (threads): aggregate bytes/s and the p50/p90
    interval between a stream's chunks.
 
-    python bench/serve.py                  # about 4 minutes
+    python bench/serve.py                  # about 7 minutes
     python bench/serve.py --minutes 0.05 --bytes 32 --clients 1,2   # a smoke run
 """
 
@@ -112,7 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bytes", type=int, default=200, help="bytes per stream")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--minutes", type=float, default=1.0, help="training budget")
+    parser.add_argument("--minutes", type=float, default=3.0,
+                        help="training budget (long enough that the model writes text)")
     parser.add_argument("--clients", default="1,4,16")
     args = parser.parse_args()
     data = require(SHARED / "tinyshakespeare.txt")

@@ -53,7 +53,9 @@ def test_cache_slides_past_the_context(tiny_model):
         state = tiny_model.new_state(1)
         for i in range(80):
             scores, state = tiny_model.step(state, ids[:, i:i + 1])
-    assert state.layers[0].length == TINY.context
+    cache = state.layers[0]
+    assert cache.end == 80
+    assert set(cache.positions.tolist()) - {-1} == set(range(80 - TINY.context, 80))
     assert state.position == 80 and torch.isfinite(scores.logits).all()
 
 

@@ -70,3 +70,25 @@ def test_joined_rows_decode_as_alone(name, config):
                 with torch.inference_mode():  # some scores run their head lazily
                     torch.testing.assert_close(got.log_prob(targets), want.log_prob(targets),
                                                atol=1e-4, rtol=1e-4)
+
+
+def test_cache_attends_only_to_the_window_of_its_units():
+    """A dynamic cache that begins at position s reads only the slots of its own units,
+    one contiguous slice wherever the ring stands, and masks nothing it returns."""
+    from untok.nn.attention import KVCache
+
+    capacity, start = 8, 13
+    cache = KVCache.empty(2, 1, capacity, 4, torch.device("cpu"), torch.float32, start=start)
+    for position in range(start, start + 20):
+        k = torch.full((2, 1, 1, 4), float(position))
+        keys, _, mask = cache.append(k, k, torch.tensor([position]))
+        seen = keys[0, 0, :, 0].tolist()
+        assert seen == [float(p) for p in range(max(start, position + 1 - capacity),
+                                                position + 1)]
+        assert mask.all()
+    joined = cache.join(KVCache.empty(1, 1, capacity, 4, torch.device("cpu"), torch.float32,
+                                      start=start + 20), start + 20)
+    keys, _, mask = joined.append(torch.zeros(3, 1, 1, 4), torch.zeros(3, 1, 1, 4),
+                                  torch.tensor([start + 20]))
+    assert keys.shape[2] == capacity  # the window of the oldest row
+    assert mask[:2].all() and mask[2, 0, 0].sum() == 1  # the new row: only its own unit

@@ -291,6 +291,26 @@ def test_full_cohorts_open_new_ones():
         running.stop()
 
 
+def test_engine_calls_run_on_its_thread_with_its_threads():
+    """Model work handed to the engine runs on its worker thread (the one thread that
+    computes), with the engine's thread count; a failure reaches the caller."""
+    import threading
+
+    import torch
+
+    from untok.serve.engine import Engine
+
+    engine = Engine(build_model(TINY).eval(), threads=1)
+    try:
+        where = engine.call(lambda: (threading.current_thread().name,
+                                     torch.get_num_threads())).result(timeout=30)
+        assert where == ("untok-engine", 1)
+        with pytest.raises(ZeroDivisionError):
+            engine.call(lambda: 1 / 0).result(timeout=30)
+    finally:
+        engine.close()
+
+
 def test_score_endpoint(served):
     text = "to be, or not to be: héllo"
     response = served.http("POST", "/v1/untok/score", json.dumps(

@@ -110,6 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from untok.serve.app import create_app
     except ImportError:
         raise UntokError("untok serve needs its extra: pip install 'untok[serve]'") from None
+    import torch
+
     from untok.generate import compile_decoding
     from untok.hardware import pick_device
     from untok.models import load
@@ -117,13 +119,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.checkpoint is None and args.runs is None:
         raise UntokError("give a checkpoint to serve, or --runs DIR for the training console")
     device = pick_device(args.device)
+    # only the engine's thread computes with many threads (see untok.serve.engine)
+    threads = args.threads or max(torch.get_num_threads() - 1, 1)
+    torch.set_num_threads(1)
     model = load(args.checkpoint, device).eval() if args.checkpoint else None
     if model is not None and args.compile:
         compile_decoding(model)
     name = args.model_name or (served_name(args.checkpoint) if args.checkpoint else "")
     app = create_app(model, name, api_key=args.api_key, cors_origins=args.cors_origin,
                      max_prompt=args.max_prompt, max_tokens=args.max_tokens,
-                     max_batch=args.max_batch, runs=args.runs, device=device)
+                     max_batch=args.max_batch, runs=args.runs, device=device,
+                     threads=threads)
     # the decoding thread and the event loop share the GIL: hand it over every 0.5 ms
     # rather than every 5 ms, so that streams are written while a batch decodes
     # (16 streams: +15-25% bytes/s measured, bench/serve.py)

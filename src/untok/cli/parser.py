@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="compile the decoding step first (slow start, faster decoding; "
                         "it compiles again for each batch size it meets)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="compute threads of the decoding engine (default: the cores less "
+                        "one, at least 1: the event loop and the HTTP streams need a core)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
 

@@ -63,75 +63,96 @@ class KVCache:
     """Keys and values of the last ``capacity`` units, for one layer: a ring buffer.
 
     Unit ``p`` lives in slot ``p % capacity``; keys are stored already rotated (RoPE), so
-    attention needs no reordering and dropping the oldest unit costs nothing. Shapes never
-    change while decoding, which lets a compiled decode step run without recompiling.
+    attention needs no reordering and dropping the oldest unit costs nothing. Units are
+    appended in position order without gaps; ``end`` is the position after the newest.
 
     The rows of a batch share one clock (``positions``). Rows that began at different
     times (a server batching requests that arrived apart) each have a ``starts`` entry:
     row b attends only to the units at positions >= ``starts[b]``, its own. As RoPE sees
     only relative positions, a row that began at position s decodes exactly as it would
     alone from position 0.
+
+    Attention reads only the slots of positions ``[max(first, end - capacity), end)``:
+    a cache that begins at position s (``first``) costs what one beginning at 0 does. To
+    make that window one contiguous slice wherever the ring stands, a dynamic cache
+    writes every unit twice, in slot ``p % capacity`` and ``capacity`` slots above it. A
+    ``static`` cache (for a compiled step: shapes never change) has one copy and always
+    attends over every slot, empty ones masked.
     """
 
-    k: torch.Tensor  # (B, H, capacity, d)
-    v: torch.Tensor  # (B, H, capacity, d)
-    positions: torch.Tensor  # Long[capacity]: the unit held by each slot, -1 if empty
-    length: int = 0  # slots filled
-    static: bool = False  # always attend over every slot (fixed shapes, for compiling)
-    starts: torch.Tensor | None = None  # Long[B]: each row's first position (None: all 0)
+    k: torch.Tensor  # (B, H, slots, d): slots = capacity (static) or 2 capacity
+    v: torch.Tensor  # (B, H, slots, d)
+    positions: torch.Tensor  # Long[slots]: the unit held by each slot, -1 if empty
+    capacity: int
+    first: int = 0  # the earliest position any row attends to
+    end: int = 0  # the position after the newest unit
+    static: bool = False
+    starts: torch.Tensor | None = None  # Long[B]: each row's first position (None: first)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
               device: torch.device, dtype: torch.dtype, static: bool = False,
               start: int = 0) -> KVCache:
         """A cache whose first unit will be at position ``start``."""
-        shape = (batch, heads, capacity, head_dim)
+        slots = capacity if static else 2 * capacity
+        shape = (batch, heads, slots, head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype),
                    torch.zeros(shape, device=device, dtype=dtype),
-                   torch.full((capacity,), -1, dtype=torch.long, device=device),
-                   length=min(start, capacity), static=static)
+                   torch.full((slots,), -1, dtype=torch.long, device=device),
+                   capacity, first=start, end=start, static=static)
 
     def append(self, k: torch.Tensor, v: torch.Tensor,
                positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Store ``n`` new keys/values (B, H, n, d) for units at ``positions`` (Long[n]).
+        """Store ``n`` new keys/values (B, H, n, d) for units at ``positions`` (Long[n],
+        the next ``n`` positions of the clock).
 
-        Returns the keys and values of the filled slots (of every slot when ``static``; the
-        caller then keeps ``length``) and the mask Bool[n, slots] of those each new unit
-        may attend to: filled, and not after the unit itself.
+        Returns the keys and values of the slots attended to and the mask Bool[n, slots]
+        (Bool[B, 1, n, slots] with ``starts``) of those each new unit may attend to:
+        filled, not after the unit itself, and not before its row's start.
         """
-        capacity = self.k.shape[2]
-        if k.shape[2] > capacity:
-            raise ValueError(f"cannot add {k.shape[2]} units to a KV cache of {capacity}")
-        slots = positions % capacity
-        self.k.index_copy_(2, slots, k.to(self.k.dtype))  # (autocast: bf16 into the cache)
-        self.v.index_copy_(2, slots, v.to(self.v.dtype))
-        self.positions.index_copy_(0, slots, positions)
-        used = capacity
-        if not self.static:  # until the ring wraps, slots [0, length) hold every unit
-            # (those before a cache's start position are empty: -1, masked out)
-            self.length = used = min(self.length + k.shape[2], capacity)
-        held = self.positions[None, :used]
+        capacity, n = self.capacity, k.shape[2]
+        if n > capacity:
+            raise ValueError(f"cannot add {n} units to a KV cache of {capacity}")
+        slots, copies = positions % capacity, self.k.shape[2] // capacity
+        B, H, _, d = self.k.shape
+        for cache, new in ((self.k, k), (self.v, v)):  # (autocast: bf16 into the cache)
+            cache.view(B, H, copies, capacity, d).index_copy_(
+                3, slots, new.to(cache.dtype)[:, :, None].expand(B, H, copies, n, d))
+        self.positions.view(copies, capacity).index_copy_(1, slots,
+                                                          positions.expand(copies, n))
+        window = slice(None)
+        if not self.static:
+            self.end += n
+            low = max(self.first, self.end - capacity)
+            window = slice(low % capacity, low % capacity + self.end - low)
+        held = self.positions[None, window]
         mask = (held >= 0) & (held <= positions[:, None])  # (n, slots)
         if self.starts is not None:  # (B, 1, n, slots)
             mask = mask & (held >= self.starts[:, None, None, None])
-        return self.k[:, :, :used], self.v[:, :, :used], mask
+        return self.k[:, :, window], self.v[:, :, window], mask
+
+    def advance(self, count: int) -> None:
+        """After a step of ``count`` units, outside a compiled step: a static cache moves
+        its clock here (a dynamic one did in :meth:`append`)."""
+        if self.static:
+            self.end += count
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """The cache of the batch rows ``rows`` (Long[B'])."""
         starts = None if self.starts is None else self.starts[rows]
-        return KVCache(self.k[rows], self.v[rows], self.positions, self.length, self.static,
-                       starts)
+        return KVCache(self.k[rows], self.v[rows], self.positions, self.capacity, self.first,
+                       self.end, self.static, starts)
 
     def join(self, other: KVCache, start: int) -> KVCache:
         """This batch with the rows of ``other`` appended: a cache on the same clock whose
         units begin at position ``start`` (it filled only the slots of its own units)."""
         B, B2 = self.k.shape[0], other.k.shape[0]
         starts = self.starts if self.starts is not None else \
-            torch.zeros(B, dtype=torch.long, device=self.k.device)
+            torch.full((B,), self.first, dtype=torch.long, device=self.k.device)
         starts = torch.cat([starts, starts.new_full((B2,), start)])
         return KVCache(torch.cat([self.k, other.k]), torch.cat([self.v, other.v]),
-                       torch.maximum(self.positions, other.positions),
-                       max(self.length, other.length), self.static, starts)
+                       torch.maximum(self.positions, other.positions), self.capacity,
+                       min(self.first, start), max(self.end, other.end), self.static, starts)
 
 
 class CausalSelfAttention(nn.Module):

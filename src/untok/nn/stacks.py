@@ -74,10 +74,9 @@ class TransformerStack(nn.ModuleList):
         return 6.0 * len(self) * context * dim
 
     def advance(self, state: list[KVCache], count: int) -> None:
-        """After a step of ``count`` units: static caches count their own length."""
+        """After a step of ``count`` units (outside a compiled step)."""
         for cache in state:
-            if cache.static:
-                cache.length = min(cache.length + count, self.capacity)
+            cache.advance(count)
 
 
 class MMFreeStack(nn.ModuleList):

@@ -102,8 +102,9 @@ class Server:
 
     def __init__(self, model: nn.Module | None, name: str, max_prompt: int | None,
                  max_tokens: int, default_tokens: int, keepalive: float,
-                 max_batch: int, device: torch.device | str = "cpu") -> None:
-        self.asked_prompt, self.max_batch = max_prompt, max_batch
+                 max_batch: int, device: torch.device | str = "cpu",
+                 threads: int | None = None) -> None:
+        self.asked_prompt, self.max_batch, self.threads = max_prompt, max_batch, threads
         self.device = next(model.parameters()).device if model is not None else device
         self.max_tokens, self.default_tokens = max_tokens, default_tokens
         self.keepalive = keepalive
@@ -117,7 +118,7 @@ class Server:
         end)."""
         previous = self.engine
         self.model, self.name, self.units = model, name, model.units
-        self.engine = Engine(model, self.max_batch)
+        self.engine = Engine(model, self.max_batch, self.threads)
         # a prompt is prefilled in one step, which the decoding caches hold at most
         self.max_prompt = min(self.asked_prompt or model.config.context, model.config.context)
         if previous is not None:
@@ -190,14 +191,15 @@ def create_app(model: nn.Module | None, name: str, *, api_key: str | None = None
                cors_origins: list[str] | tuple[str, ...] = (), max_prompt: int | None = None,
                max_tokens: int = 4096, default_tokens: int = 256,
                keepalive: float = 10.0, max_batch: int = 16,
-               runs: str | Path | None = None, device: torch.device | str = "cpu"
-               ) -> FastAPI:
+               runs: str | Path | None = None, device: torch.device | str = "cpu",
+               threads: int | None = None) -> FastAPI:
     """The FastAPI application serving ``model`` as ``name`` (see the module docstring;
     ``max_batch``: most sequences decoded as one batch; ``runs``: a folder of training runs
     for the console at ``/console``, which makes ``model`` optional; ``device``: where the
-    console loads the checkpoints it opens when no model is given)."""
+    console loads the checkpoints it opens when no model is given; ``threads``: the
+    engine's compute threads, None: as many as the caller's)."""
     server = Server(model, name, max_prompt, max_tokens, default_tokens, keepalive,
-                    max_batch, device)
+                    max_batch, device, threads)
     console = Runs(runs) if runs is not None else None
     if model is None and console is None:
         raise UntokError("nothing to serve: give a checkpoint, or --runs DIR for the console")
@@ -216,14 +218,8 @@ def create_app(model: nn.Module | None, name: str, *, api_key: str | None = None
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
                            allow_methods=["*"], allow_headers=["*"])
 
-    @app.middleware("http")
-    async def authorize(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1") and request.method != "OPTIONS" \
-                and request.headers.get("authorization") != f"Bearer {api_key}":
-            return ApiError(401, "missing or wrong API key: send 'Authorization: Bearer "
-                            "<key>' with the key the server was started with", None,
-                            "invalid_api_key").response()
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(RequireKey, key=api_key)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -290,12 +286,32 @@ def create_app(model: nn.Module | None, name: str, *, api_key: str | None = None
         if len(data) > MAX_SCORED_BYTES:
             raise ApiError(400, f"the text is {len(data)} bytes; score at most "
                            f"{MAX_SCORED_BYTES} at a time", "text")
-        # off the event loop (and beside the engine's thread: the model is only read)
-        return await asyncio.to_thread(score_text, server.model, data, body.top_logprobs)
+        # on the engine's thread, between two decoding rounds (see untok.serve.engine)
+        return await asyncio.wrap_future(
+            server.engine.call(score_text, server.model, data, body.top_logprobs))
 
     if console is not None:
         add_console(app, server, console)
     return app
+
+
+class RequireKey:
+    """ASGI middleware: requests under ``/v1`` (but CORS preflights) need ``Authorization:
+    Bearer KEY``. Plain ASGI rather than ``@app.middleware``, which routes every streamed
+    chunk through extra tasks and queues."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") \
+                and scope["method"] != "OPTIONS" \
+                and dict(scope["headers"]).get(b"authorization") != self.expected:
+            response = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer "
+                                "<key>' with the key the server was started with", None,
+                                "invalid_api_key").response()
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def page(name: str) -> str:

@@ -17,11 +17,21 @@ whose client went away is dropped at the next round.
 
 What a sequence produces reaches the request through ``Event`` s on an ``asyncio.Queue``,
 handed to the server's event loop thread-safely, one callback per round.
+
+The worker is the one thread of the process that computes with the model: other model work
+(scoring a text) is handed to it with :meth:`Engine.call`. With OpenMP (the CPU build of
+torch), every thread that runs a parallel region keeps its own pool of worker threads, and
+once the pools hold more threads than there are cores their threads stop spinning between
+regions: a decode step from a second computing thread then ran 1.3-1.9x slower on 2 cores
+(``bench/serve.py``). The server's main thread therefore computes with one thread
+(:func:`untok.cli.decoding.cmd_serve`), and the worker sets its own count.
 """
 
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,14 +133,17 @@ class Engine:
     ``clock_limit`` units; new sequences then open a fresh cohort, and the old one ends
     when its last sequence does."""
 
-    def __init__(self, model: nn.Module, max_batch: int = 16) -> None:
+    def __init__(self, model: nn.Module, max_batch: int = 16,
+                 threads: int | None = None) -> None:
         self.model = model
+        self.threads = threads or torch.get_num_threads()  # the worker's compute threads
         self.units = model.units
         self.device = next(model.parameters()).device
         self.max_batch = max_batch if capabilities(model).joins_rows else 1
         self.base = model.config.context
         self.clock_limit = 64 * model.config.context
         self.pending: deque[Sequence] = deque()
+        self.calls: deque[tuple[Future, Callable, tuple]] = deque()
         self.cohorts: list[Cohort] = []
         self.outbox: list[tuple[Sequence, Event]] = []  # posted once per round
         self.wake = threading.Condition()
@@ -146,6 +159,15 @@ class Engine:
             self.wake.notify()
         return seq
 
+    def call(self, work: Callable, *args: Any) -> Future:
+        """Run ``work(*args)`` on the worker between two rounds; its result (or exception)
+        arrives through the returned future (``asyncio.wrap_future`` on an event loop)."""
+        future: Future = Future()
+        with self.wake:
+            self.calls.append((future, work, args))
+            self.wake.notify()
+        return future
+
     def busy(self) -> int:
         """Sequences admitted or waiting."""
         return sum(len(c.rows) for c in self.cohorts) + len(self.pending)
@@ -155,18 +177,24 @@ class Engine:
             self.running = False
             self.wake.notify()
         self.thread.join(timeout=10)
+        for future, _, _ in self.calls:  # never run: their callers get CancelledError
+            future.cancel()
 
     # -- the worker ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)  # (per thread under OpenMP)
         while True:
             with self.wake:
-                while self.running and not self.pending and not self.cohorts:
+                while self.running and not (self.pending or self.cohorts or self.calls):
                     self.wake.wait()
                 if not self.running:
                     return
-                admitted = list(self.pending)
+                admitted, calls = list(self.pending), list(self.calls)
                 self.pending.clear()
+                self.calls.clear()
+            for future, work, args in calls:
+                self._answer(future, work, args)
             with torch.inference_mode():
                 for seq in admitted:
                     self._guarded([seq], self._admit, seq)
@@ -174,6 +202,15 @@ class Engine:
                 for cohort in list(self.cohorts):
                     self._guarded(cohort.rows, self._round, cohort)
                     self._flush()
+
+    @staticmethod
+    def _answer(future: Future, work: Callable, args: tuple) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(work(*args))
+        except Exception as exc:  # noqa: BLE001 (raised where the result is awaited)
+            future.set_exception(exc)
 
     def _post(self, seq: Sequence, event: Event) -> None:
         self.outbox.append((seq, event))
