@@ -16,6 +16,7 @@ runs on rather than ending at once) is served by ``untok serve`` in a subprocess
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import subprocess
 import sys
@@ -101,6 +102,32 @@ def concurrent(client: openai.OpenAI, clients: int, max_bytes: int) -> dict:
             "first_p50_ms": 1e3 * float(np.median([r["first"] for r in results]))}
 
 
+def engine_only(model, clients: int, max_bytes: int, threads: int) -> dict:
+    """The decoding engine alone, in this process (no HTTP, no clients' parsing): the
+    aggregate bytes/s its batching gives ``clients`` sequences."""
+    from untok.generate import SamplerConfig
+    from untok.serve.engine import Engine, Spec
+    from untok.units import BOS
+
+    engine = Engine(model, threads=threads)
+
+    async def run() -> float:
+        loop, queues = asyncio.get_running_loop(), [asyncio.Queue() for _ in range(clients)]
+        began, size = time.perf_counter(), 0
+        for i, queue in enumerate(queues):
+            prompt = [BOS, *f"client {i}: ".encode()]
+            engine.submit(Spec(prompt, max_bytes, SamplerConfig(), seed=i), 0, queue, loop)
+        for queue in queues:
+            while (event := await queue.get()).kind == "text":
+                size += len(event.data)
+        return size / (time.perf_counter() - began)
+
+    try:
+        return {"clients": clients, "bytes_per_s": asyncio.run(run())}
+    finally:
+        engine.close()
+
+
 def latency_row(name: str, r: dict) -> dict:
     return {"path": name, "first_ms": 1e3 * r["first"],
             "gap_p50_ms": 1e3 * float(np.percentile(r["gaps"], 50)),
@@ -123,6 +150,7 @@ def main() -> None:
                         f"{tmp}/run", "--quiet", "--set", "train.eval_every=100000"],
                        check=True)
         checkpoint = Path(tmp) / "run" / "last"
+        threads = max(torch.get_num_threads() - 1, 1)  # what untok serve gives its engine
         torch.set_num_threads(1)  # the server gets the other core
         model = load(checkpoint)
         port = free_port()
@@ -140,12 +168,15 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+        engine = [engine_only(model, int(n), args.bytes, threads)
+                  for n in args.clients.split(",")]
     one = loads[0]["bytes_per_s"]
     for row in loads:
         row["speedup"] = row["bytes_per_s"] / one
         row["gap_p90_ratio"] = row["gap_p90_ms"] / loads[0]["gap_p90_ms"]
     figures = {"preset": args.preset, "params": sum(p.numel() for p in model.parameters()),
-               "bytes_per_stream": args.bytes, "latency": latency, "load": loads}
+               "bytes_per_stream": args.bytes, "latency": latency, "load": loads,
+               "engine": engine}
     table = render(figures)
     print(table)
     print("wrote", write_result("serve", figures, table))
@@ -165,6 +196,12 @@ def render(f: dict) -> str:
         lines.append(f"| {r['clients']} | {r['bytes_per_s']:.0f} | {r['speedup']:.2f} | "
                      f"{r['gap_p50_ms']:.2f} | {r['gap_p90_ms']:.2f} | "
                      f"{r['gap_p90_ratio']:.2f} | {r['first_p50_ms']:.1f} |")
+    if f.get("engine"):
+        one = f["engine"][0]["bytes_per_s"]
+        lines += ["", "The engine alone (in-process, the same threads, no HTTP or client "
+                  "parsing): " + ", ".join(f"{r['clients']} sequences {r['bytes_per_s']:.0f} "
+                                           f"B/s ({r['bytes_per_s'] / one:.2f}x)"
+                                           for r in f["engine"]) + "."]
     return "\n".join(lines)
 
 

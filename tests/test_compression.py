@@ -181,18 +181,44 @@ def test_compiled_step_roundtrip_is_recorded_and_adapts(trained, sample: bytes) 
     assert payloads[0] != payloads[1]
 
 
-def test_version_1_files_still_decode(trained, sample: bytes) -> None:
-    """A version-1 header (no flags byte) is read as an eager, uncompiled file."""
+def test_version_1_and_2_files_still_decode(trained, sample: bytes) -> None:
+    """A version-1 header (no flags byte) and a version-2 one (no window) are read as
+    eager files over the model's whole context, adapting every weight."""
     blob = compress(sample[:1200], trained, chunk_size=500, batch_size=2)
     fields = list(HEADER.unpack_from(blob))
-    assert fields[1] == 2 and fields[-1] == 0
-    head = HEADERS[1].pack(fields[0], 1, *fields[2:-1])
-    old = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
-    assert parse_header(old).version == 1 and decompress(old, trained) == sample[:1200]
+    assert fields[1] == 3 and fields[-2:] == [0, 0]
+    for version, head in ((1, HEADERS[1].pack(fields[0], 1, *fields[2:-2])),
+                          (2, HEADERS[2].pack(fields[0], 2, *fields[2:-1]))):
+        old = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
+        header = parse_header(old)
+        assert header.version == version and header.window == 0
+        assert header.adaptation.scope == "all" and decompress(old, trained) == sample[:1200]
     future = bytearray(blob)
     future[8] = 9
     with pytest.raises(CompressionError, match="format version 9 is not supported"):
         decompress(bytes(future), trained)
+
+
+def test_window_and_adaptation_scope_are_recorded(trained, sample: bytes) -> None:
+    """A shorter attention window and MLP-only adaptation code differently, are recorded in
+    the header, and decode; a recurrent model (no window to limit) records none."""
+    text = sample[:2400]
+    plain = compress(text, trained, chunk_size=800, batch_size=3, adapt_lr=3e-3)
+    windowed = roundtrip(text, trained, chunk_size=800, batch_size=3, window=8)
+    mlp = roundtrip(text, trained, chunk_size=800, batch_size=3, adapt_lr=3e-3,
+                    adapt_every=16, adapt_scope="mlp")
+    assert parse_header(windowed).window == 8 and parse_header(plain).window == 0
+    assert parse_header(mlp).adaptation.scope == "mlp"
+    assert parse_header(plain).adaptation.scope == "all"
+    assert windowed[HEADER.size:] != compress(text, trained, chunk_size=800,
+                                              batch_size=3)[HEADER.size:]
+    # a window at least the context is the context (recorded as such)
+    assert parse_header(compress(text, trained, window=10_000)).window == TINY.context
+    with pytest.raises(CompressionError, match="scope"):
+        compress(text, trained, adapt_scope="attention")
+    torch.manual_seed(0)
+    recurrent = build_model(resolve(preset_name="mmfree-tiny").model).eval()
+    assert parse_header(compress(text[:300], recurrent, window=8)).window == 0
 
 
 @pytest.mark.parametrize("family", ["mmfree", "blt"])

@@ -11,7 +11,6 @@ frequency (``bench/compress.py`` measures how often). The container is described
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import os
@@ -25,34 +24,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from constriction import stream
 from safetensors.torch import save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from untok.errors import UntokError
-from untok.generate import compile_decoding
+from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
+    ADAPT_SCOPES,
+    PRECISION,
+    Adaptation,
+    CompressionError,
+    _Row,
+    _Stepper,
+    quantize,
+)
 from untok.models.registry import capabilities, require
 from untok.shipped import default_model
-from untok.units import BOS, NUM_BYTES, PAD
 
 SUFFIX = ".utk"
 MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
-FORMAT_VERSION = 2  # 2 adds the flags byte (a compiled step); version 1 files still decode
-PRECISION = 24  # frequencies are integers summing to 2**PRECISION
+# 2 adds the flags byte (a compiled step), 3 the attention window and the adapting
+# parameters; version 1 and 2 files still decode
+FORMAT_VERSION = 3
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
-# chunks per batch, threads, adaptation learning rate and interval, flags; then the CRC-32
-HEADER = struct.Struct("<8sHBB32sQ32sIHHfHB")
-HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: HEADER}  # by format version
+# chunks per batch, threads, adaptation learning rate and interval, flags, attention window
+# (0: the model's context); then the CRC-32
+HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBH")
+HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: struct.Struct("<8sHBB32sQ32sIHHfHB"),
+           3: HEADER}  # by format version
 COMPILED = 1  # flags: the step was torch.compile'd (static shapes); the decoder compiles too
+ADAPT_MLP = 2  # flags: only the MLP weights adapt (Adaptation.scope "mlp")
 CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
 CODED, STORED = 0, 1  # a chunk the model would expand is stored as it is
 CRC = struct.Struct("<I")
-
-
-class CompressionError(UntokError):
-    """A container that is damaged, truncated, or needs another model to decode."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Header:
     device: str
     adaptation: Adaptation
     compiled: bool = False  # the one-unit step ran compiled (compile_decoding)
+    window: int = 0  # units attended to while coding (0: the model's context)
     version: int = FORMAT_VERSION
 
     @property
@@ -75,25 +80,6 @@ class Header:
     def chunk_bounds(self, index: int) -> tuple[int, int]:
         start = index * self.chunk_size
         return start, min(start + self.chunk_size, self.length)
-
-
-def quantize(logits: torch.Tensor) -> np.ndarray:
-    """Integer frequencies Int64[B, 256] from next-unit logits Float[B, V].
-
-    Only the 256 byte values are coded (specials are never emitted). Every byte gets at least
-    1, the frequencies sum to exactly ``2**PRECISION``, and the rounding remainder goes to the
-    most likely byte. Computed in float64 on the CPU: identical logits give identical
-    frequencies on both sides.
-    """
-    total = 1 << PRECISION
-    probs = logits[:, :NUM_BYTES].detach().to("cpu", torch.float64).softmax(-1)
-    if not torch.isfinite(probs).all():
-        raise CompressionError("the model gave non-finite logits (NaN or inf); its weights "
-                               "are damaged or it was trained into divergence")
-    freqs = (probs * (total - NUM_BYTES)).floor().long() + 1
-    top = probs.argmax(-1, keepdim=True)
-    freqs.scatter_add_(1, top, total - freqs.sum(-1, keepdim=True))
-    return freqs.numpy()
 
 
 def weights_sha256(model: nn.Module) -> bytes:
@@ -118,111 +104,6 @@ def _threads(count: int) -> Iterator[None]:
 def _progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                 disable=not enabled)
-
-
-# -- the shared coding loop ------------------------------------------------------------------
-
-class _Row:
-    """One chunk in a batch: ``pick`` gets the chunk's next byte given the model's integer
-    frequencies Float64[1, 256] for it, by encoding the known byte (``encode``), decoding
-    it (``words`` given) or reading it from a stored chunk (neither)."""
-
-    def __init__(self, raw: bytes = b"", *, encode: bool = False,
-                 words: np.ndarray | None = None) -> None:
-        self.raw, self.position = bytearray(raw), 0
-        self.symbols = np.frombuffer(self.raw, np.uint8).astype(np.int32) if encode else None
-        self.encoder = stream.queue.RangeEncoder() if encode else None
-        self.decoder = stream.queue.RangeDecoder(words) if words is not None else None
-
-    def pick(self, freqs: np.ndarray) -> int:
-        if self.decoder is not None:
-            self.raw.append(int(self.decoder.decode(_CODER, freqs)[0]))
-        elif self.encoder is not None:
-            self.encoder.encode(self.symbols[self.position:self.position + 1], _CODER, freqs)
-        self.position += 1
-        return self.raw[self.position - 1]
-
-
-_CODER = stream.model.Categorical(perfect=False)
-
-
-@dataclass(frozen=True)
-class Adaptation:
-    """Online learning while coding: after every ``every`` bytes of a batch, one Adam step
-    with learning rate ``lr`` on those bytes (0 = the model stays as it is). Both sides make
-    the same updates, so the model keeps learning from the file as it codes it."""
-
-    lr: float = 0.0
-    every: int = 32
-
-
-class _Stepper:
-    """The model that codes, the same on both sides: ``model`` itself, or a copy of it
-    when the step is compiled or adapts. An adapting copy is reset to ``model``'s weights at
-    the start of every batch, in place, so a compiled step is compiled once per file."""
-
-    def __init__(self, model: nn.Module, header: Header) -> None:
-        self.source, self.header = model, header
-        copied = header.compiled or header.adaptation.lr
-        self.model = copy.deepcopy(model) if copied else model
-        if header.compiled:
-            compile_decoding(self.model)
-
-    def learner(self, rows: int, steps: int) -> _Learner | None:
-        if not self.header.adaptation.lr:
-            return None
-        self.model.load_state_dict(self.source.state_dict())  # (copies into the same tensors)
-        return _Learner(self.model, self.header.adaptation, rows, steps)
-
-    def run(self, rows: list[_Row], lengths: list[int], bar: tqdm) -> None:
-        """Step over ``len(rows)`` chunks side by side, each from a fresh state and a BOS,
-        asking every unfinished row for its next byte. Finished rows are fed byte 0, so
-        every step has the same shape on both sides; a compiled step always gets
-        ``batch_size`` rows (a short last batch is padded with empty ones)."""
-        if self.header.compiled and len(rows) < self.header.batch_size:
-            padding = self.header.batch_size - len(rows)
-            rows, lengths = [*rows, *[_Row()] * padding], [*lengths, *[0] * padding]
-        model, steps = self.model, max(lengths)
-        device = next(model.parameters()).device
-        state = model.new_state(len(rows))
-        units = torch.full((len(rows), 1), BOS, device=device)
-        next_units = [0] * len(rows)
-        learner = self.learner(len(rows), steps)
-        for t in range(steps):
-            scores, state = model.step(state, units)
-            freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
-            live = [row for row, length in enumerate(lengths) if t < length]
-            for row in live:
-                next_units[row] = rows[row].pick(freqs[row:row + 1])
-            units = torch.tensor(next_units, device=device)[:, None]
-            bar.update(len(live))
-            if learner:
-                learner.observe(t, units[:, 0], live)
-
-
-class _Learner:
-    """Adam steps on ``model`` (a copy: see :class:`_Stepper`) over every ``every`` new
-    bytes of a batch (targets of finished rows are PAD: not learned)."""
-
-    def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):
-        self.model = model
-        self.every = adaptation.every
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=adaptation.lr)
-        device = next(model.parameters()).device
-        self.units = torch.full((rows, steps + 1), PAD, device=device)
-        self.units[:, 0] = BOS
-
-    def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
-        self.units[live, t + 1] = units[live]
-        if (t + 1) % self.every:
-            return
-        window = self.units[:, t + 1 - self.every:t + 2]
-        with torch.enable_grad():
-            loss = self.model.loss(window[:, :-1], window[:, 1:])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        self.optimizer.step()
 
 
 def _batches(header: Header) -> Iterator[list[int]]:
@@ -257,6 +138,8 @@ class CodingOptions:
     batch_size: int = 64  # more rows per step: the step's fixed costs shared
     adapt_lr: float = 1e-3  # measured on held-out text (bench/compress_default.py)
     adapt_every: int = 32
+    adapt_scope: str = "all"
+    window: int | None = None  # units attended to (None: the model's context)
     compiled: bool = False  # no faster on 2 CPU cores (the KV cache reads dominate)
 
 
@@ -269,6 +152,7 @@ def compress(data: bytes, model: nn.Module | None = None, *,
              chunk_size: int | None = DEFAULTS.chunk_size,
              batch_size: int = DEFAULTS.batch_size,
              adapt_lr: float = DEFAULTS.adapt_lr, adapt_every: int = DEFAULTS.adapt_every,
+             adapt_scope: str = DEFAULTS.adapt_scope, window: int | None = DEFAULTS.window,
              compiled: bool = DEFAULTS.compiled, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution (None: the shipped default
     model); :func:`decompress` with the same weights (on the same kind of device) gives
@@ -282,7 +166,9 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
     damaged chunk then spoils the rest of its batch too. ``compiled`` codes through the
     ``torch.compile``'d one-unit step (faster once compiled; recorded, and the decoder
-    compiles the same step) where the family has one.
+    compiles the same step) where the family has one. ``adapt_scope="mlp"`` adapts only the
+    blocks' MLP weights (cheaper steps); ``window`` limits attention to the last ``window``
+    bytes while coding (a transformer's KV cache reads shrink; recorded in the header).
     """
     model = default_model() if model is None else model
     _check_byte_model(model)
@@ -295,6 +181,13 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     if not (adapt_lr >= 0 and math.isfinite(adapt_lr) and 1 <= adapt_every < 2**16):
         raise CompressionError("adaptation needs a learning rate >= 0 and an interval of 1 "
                                f"to 65535 bytes, got {adapt_lr} and {adapt_every}")
+    if adapt_scope not in ADAPT_SCOPES:
+        raise CompressionError(f"adaptation scope must be one of {ADAPT_SCOPES}, got "
+                               f"{adapt_scope!r}")
+    if window is not None and not 1 <= window < 2**16:
+        raise CompressionError(f"the window must be between 1 and 65535 bytes, got {window}")
+    window = min(window, model.config.context) if window and \
+        capabilities(model).windowed_decoding else 0
     adapt_lr = struct.unpack("<f", struct.pack("<f", adapt_lr))[0]  # as the header holds it
     data = bytes(data)
     model.eval()
@@ -303,8 +196,9 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                     sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
                     batch_size=min(_batch_size_for(model, batch_size), chunks),
                     threads=torch.get_num_threads(), device=_device_name(model),
-                    adaptation=Adaptation(lr=adapt_lr, every=adapt_every),
-                    compiled=compiled and capabilities(model).compiled_decoding)
+                    adaptation=Adaptation(lr=adapt_lr, every=adapt_every, scope=adapt_scope),
+                    compiled=compiled and capabilities(model).compiled_decoding,
+                    window=window)
     stepper = _Stepper(model, header)
     payloads: list[bytes] = []
     table = bytearray()
@@ -321,9 +215,14 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
                        header.batch_size, header.threads, header.adaptation.lr,
-                       header.adaptation.every, COMPILED if header.compiled else 0)
+                       header.adaptation.every, _flags(header), header.window)
     return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
                      CRC.pack(zlib.crc32(table)), *payloads])
+
+
+def _flags(header: Header) -> int:
+    return (COMPILED if header.compiled else 0) | \
+        (ADAPT_MLP if header.adaptation.scope == "mlp" else 0)
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -342,19 +241,20 @@ def parse_header(blob: bytes) -> Header:
     if len(blob) < layout.size + CRC.size:
         raise CompressionError("the file is truncated (its header is incomplete)")
     (_, _, precision, device, model_sha, length, sha, chunk_size, batch, threads, adapt_lr,
-     adapt_every, *flags) = layout.unpack_from(blob)
-    flags = flags[0] if flags else 0
+     adapt_every, *later) = layout.unpack_from(blob)
+    flags, window = (*later, 0, 0)[:2]  # (fields of later versions)
     (crc,) = CRC.unpack_from(blob, layout.size)
     if zlib.crc32(blob[:layout.size]) != crc:
         raise CompressionError("the file is damaged: its header fails its CRC check")
     if (precision != PRECISION or chunk_size == 0 or batch == 0 or threads == 0
             or device >= len(DEVICES) or not (adapt_lr >= 0 and math.isfinite(adapt_lr))
-            or adapt_every == 0 or flags & ~COMPILED):
+            or adapt_every == 0 or flags & ~(COMPILED | ADAPT_MLP)):
         raise CompressionError("the file is damaged: its header holds impossible values")
     return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
                   batch_size=batch, threads=threads, device=DEVICES[device],
-                  adaptation=Adaptation(lr=adapt_lr, every=adapt_every),
-                  compiled=bool(flags & COMPILED), version=version)
+                  adaptation=Adaptation(lr=adapt_lr, every=adapt_every,
+                                        scope="mlp" if flags & ADAPT_MLP else "all"),
+                  compiled=bool(flags & COMPILED), window=window, version=version)
 
 
 def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
@@ -405,6 +305,9 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
         raise CompressionError(
             "this file was compressed with a different model (weights SHA-256 "
             f"{header.model_sha256.hex()[:16]}...); decompress it with that checkpoint")
+    if header.window and not capabilities(model).windowed_decoding:
+        raise CompressionError("this file was coded with a limited attention window, which "
+                               "this model cannot decode with")
     if _device_name(model) != header.device:
         raise CompressionError(f"this file was compressed on {header.device}; decompress it "
                                f"on {header.device} too (arithmetic differs between devices)")

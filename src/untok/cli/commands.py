@@ -351,7 +351,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
     stats = compress_file(args.file, args.model, args.out, chunk_size=args.chunk_size,
                           batch_size=args.batch_size, adapt_lr=args.adapt_lr,
-                          adapt_every=args.adapt_every, device=args.device,
+                          adapt_every=args.adapt_every, adapt_scope=args.adapt_scope,
+                          window=args.window, device=args.device,
                           overwrite=args.force, progress=not args.quiet, compare=args.compare,
                           compiled=args.compile)
     if not args.quiet:

@@ -21,7 +21,7 @@ from untok.cli.commands import (
     cmd_words,
 )
 from untok.cli.decoding import cmd_chat, cmd_generate, cmd_serve
-from untok.compression import DEFAULTS
+from untok.compression import ADAPT_SCOPES, DEFAULTS
 from untok.config import PRECISIONS
 
 EPILOG = """examples:
@@ -159,6 +159,13 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapt-every", type=_positive_int, default=DEFAULTS.adapt_every,
                    help=f"bytes per row between adaptation steps (default "
                    f"{DEFAULTS.adapt_every})")
+    p.add_argument("--adapt-scope", choices=ADAPT_SCOPES, default=DEFAULTS.adapt_scope,
+                   help="which weights adapt: all, or the MLPs only (faster steps; "
+                        f"default {DEFAULTS.adapt_scope})")
+    p.add_argument("--window", type=_positive_int, default=DEFAULTS.window, metavar="N",
+                   help="attend to the last N bytes only while coding (a transformer: "
+                        "cheaper steps; default: "
+                        f"{DEFAULTS.window or 'the model context'})")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    default=DEFAULTS.compiled, help="code through the torch.compile'd one-byte "

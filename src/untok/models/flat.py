@@ -235,13 +235,16 @@ class FlatLM(nn.Module):
             return self.mse_loss(h, targets)
         return next_unit_loss(self._outputs(h), targets, pad=self.units.pad)
 
-    def new_state(self, batch_size: int, position: int = 0) -> FlatState:
+    def new_state(self, batch_size: int, position: int = 0,
+                  window: int | None = None) -> FlatState:
         """A fresh decoding state whose first unit will be at ``position`` (a server
-        places a sequence on a batch's clock with it; see :meth:`FlatState.join`)."""
+        places a sequence on a batch's clock with it; see :meth:`FlatState.join`);
+        ``window``: attend to the last ``window`` units only (transformer; None: the
+        context)."""
         weight = self.norm.weight
         static = getattr(self, "static_decoding", False)  # set by compile_decoding
         layers = self.blocks.new_state(batch_size, weight.device, weight.dtype, static,
-                                       position)
+                                       position, window)
         return FlatState(layers, empty_past(self.ngrams, batch_size, weight.device),
                          position)
 
@@ -300,6 +303,7 @@ def validate_flat(c: ModelConfig) -> None:
 def flat_capabilities(config: ModelConfig) -> Capabilities:
     return Capabilities(can_compress=config.unit == "byte",
                         compiled_decoding=config.backbone == "transformer",
+                        windowed_decoding=config.backbone == "transformer",
                         export_ternary=config.backbone == "mmfree", joins_rows=True)
 
 

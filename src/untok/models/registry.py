@@ -45,6 +45,8 @@ class Capabilities:
     # ``select(rows)`` and ``join(other, start)`` (untok serve batches requests with them)
     joins_rows: bool = False
     compiled_decoding: bool = False  # has a static-shape decode_one to torch.compile
+    # ``new_state(B, window=w)``: attention over the last w units only while decoding
+    windowed_decoding: bool = False
     export_ternary: bool = False  # has BitLinear layers to pack (untok export --ternary)
     patches: bool = False  # cuts bytes into patches (untok patches)
     # scores the next unit (forward/step/new_state); False for an autoencoder, which

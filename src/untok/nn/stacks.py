@@ -47,9 +47,12 @@ class TransformerStack(nn.ModuleList):
         return x
 
     def new_state(self, batch: int, device: torch.device, dtype: torch.dtype,
-                  static: bool = False, start: int = 0) -> list[KVCache]:
-        """Caches whose first unit will be at position ``start``."""
-        return [block.attn.new_cache(batch, self.capacity, device, dtype, static, start)
+                  static: bool = False, start: int = 0,
+                  window: int | None = None) -> list[KVCache]:
+        """Caches whose first unit will be at position ``start``, of ``window`` units
+        (None: ``capacity``)."""
+        size = min(window or self.capacity, self.capacity)
+        return [block.attn.new_cache(batch, size, device, dtype, static, start)
                 for block in self]
 
     def step(self, x: torch.Tensor, state: list[KVCache], positions: torch.Tensor,
@@ -96,7 +99,9 @@ class MMFreeStack(nn.ModuleList):
         return x
 
     def new_state(self, batch: int, device: torch.device, dtype: torch.dtype,
-                  static: bool = False, start: int = 0) -> list[torch.Tensor]:
+                  static: bool = False, start: int = 0,
+                  window: int | None = None) -> list[torch.Tensor]:
+        """One zero hidden vector per layer (a recurrence has no window to limit)."""
         return [torch.zeros(batch, self.dim, device=device, dtype=dtype) for _ in self]
 
     def step(self, x: torch.Tensor, state: list[torch.Tensor], positions: torch.Tensor,

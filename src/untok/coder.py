@@ -1,0 +1,166 @@
+"""The model-driven range coder that :mod:`untok.compression` runs on both sides: the model's
+one-unit ``step`` over a batch of chunks, :func:`quantize` turning its logits into integer
+frequencies, ``constriction`` coding each chunk's bytes with them, and (optionally) the model
+learning from the bytes as they are coded. Everything here must give bit-identical results
+when the encoder and the decoder run it."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from constriction import stream
+from torch import nn
+from tqdm.auto import tqdm
+
+from untok.errors import UntokError
+from untok.generate import compile_decoding
+from untok.units import BOS, NUM_BYTES, PAD
+
+if TYPE_CHECKING:
+    from untok.compression import Header
+
+PRECISION = 24  # frequencies are integers summing to 2**PRECISION
+ADAPT_SCOPES = ("all", "mlp")  # which weights adaptation trains (Adaptation.scope)
+
+
+class CompressionError(UntokError):
+    """A container that is damaged, truncated, or needs another model to decode."""
+
+
+def quantize(logits: torch.Tensor) -> np.ndarray:
+    """Integer frequencies Int64[B, 256] from next-unit logits Float[B, V].
+
+    Only the 256 byte values are coded (specials are never emitted). Every byte gets at least
+    1, the frequencies sum to exactly ``2**PRECISION``, and the rounding remainder goes to the
+    most likely byte. Computed in float64 on the CPU: identical logits give identical
+    frequencies on both sides.
+    """
+    total = 1 << PRECISION
+    probs = logits[:, :NUM_BYTES].detach().to("cpu", torch.float64).softmax(-1)
+    if not torch.isfinite(probs).all():
+        raise CompressionError("the model gave non-finite logits (NaN or inf); its weights "
+                               "are damaged or it was trained into divergence")
+    freqs = (probs * (total - NUM_BYTES)).floor().long() + 1
+    top = probs.argmax(-1, keepdim=True)
+    freqs.scatter_add_(1, top, total - freqs.sum(-1, keepdim=True))
+    return freqs.numpy()
+
+
+
+class _Row:
+    """One chunk in a batch: ``pick`` gets the chunk's next byte given the model's integer
+    frequencies Float64[1, 256] for it, by encoding the known byte (``encode``), decoding
+    it (``words`` given) or reading it from a stored chunk (neither)."""
+
+    def __init__(self, raw: bytes = b"", *, encode: bool = False,
+                 words: np.ndarray | None = None) -> None:
+        self.raw, self.position = bytearray(raw), 0
+        self.symbols = np.frombuffer(self.raw, np.uint8).astype(np.int32) if encode else None
+        self.encoder = stream.queue.RangeEncoder() if encode else None
+        self.decoder = stream.queue.RangeDecoder(words) if words is not None else None
+
+    def pick(self, freqs: np.ndarray) -> int:
+        if self.decoder is not None:
+            self.raw.append(int(self.decoder.decode(_CODER, freqs)[0]))
+        elif self.encoder is not None:
+            self.encoder.encode(self.symbols[self.position:self.position + 1], _CODER, freqs)
+        self.position += 1
+        return self.raw[self.position - 1]
+
+
+_CODER = stream.model.Categorical(perfect=False)
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """Online learning while coding: after every ``every`` bytes of a batch, one Adam step
+    with learning rate ``lr`` on those bytes (0 = the model stays as it is). Both sides make
+    the same updates, so the model keeps learning from the file as it codes it."""
+
+    lr: float = 0.0
+    every: int = 32
+    scope: str = "all"  # which weights learn: "all", or "mlp" (the blocks' MLPs only)
+
+    def learns(self, name: str) -> bool:
+        """Whether the parameter called ``name`` adapts."""
+        return self.scope == "all" or ".mlp." in name
+
+
+class _Stepper:
+    """The model that codes, the same on both sides: ``model`` itself, or a copy of it
+    when the step is compiled or adapts. An adapting copy is reset to ``model``'s weights at
+    the start of every batch, in place, so a compiled step is compiled once per file."""
+
+    def __init__(self, model: nn.Module, header: Header) -> None:
+        self.source, self.header = model, header
+        copied = header.compiled or header.adaptation.lr
+        self.model = copy.deepcopy(model) if copied else model
+        if header.compiled:
+            compile_decoding(self.model)
+
+    def learner(self, rows: int, steps: int) -> _Learner | None:
+        if not self.header.adaptation.lr:
+            return None
+        self.model.load_state_dict(self.source.state_dict())  # (copies into the same tensors)
+        return _Learner(self.model, self.header.adaptation, rows, steps)
+
+    def run(self, rows: list[_Row], lengths: list[int], bar: tqdm) -> None:
+        """Step over ``len(rows)`` chunks side by side, each from a fresh state and a BOS,
+        asking every unfinished row for its next byte. Finished rows are fed byte 0, so
+        every step has the same shape on both sides; a compiled step always gets
+        ``batch_size`` rows (a short last batch is padded with empty ones)."""
+        if self.header.compiled and len(rows) < self.header.batch_size:
+            padding = self.header.batch_size - len(rows)
+            rows, lengths = [*rows, *[_Row()] * padding], [*lengths, *[0] * padding]
+        model, steps = self.model, max(lengths)
+        device = next(model.parameters()).device
+        window = {"window": self.header.window} if self.header.window else {}
+        state = model.new_state(len(rows), **window)
+        units = torch.full((len(rows), 1), BOS, device=device)
+        next_units = [0] * len(rows)
+        learner = self.learner(len(rows), steps)
+        for t in range(steps):
+            scores, state = model.step(state, units)
+            freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
+            live = [row for row, length in enumerate(lengths) if t < length]
+            for row in live:
+                next_units[row] = rows[row].pick(freqs[row:row + 1])
+            units = torch.tensor(next_units, device=device)[:, None]
+            bar.update(len(live))
+            if learner:
+                learner.observe(t, units[:, 0], live)
+
+
+class _Learner:
+    """Adam steps on ``model`` (a copy: see :class:`_Stepper`) over every ``every`` new
+    bytes of a batch (targets of finished rows are PAD: not learned)."""
+
+    def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):
+        self.model = model
+        self.every = adaptation.every
+        learning = []
+        for name, parameter in model.named_parameters():  # (the model is a copy)
+            parameter.requires_grad_(adaptation.learns(name))
+            learning += [parameter] if adaptation.learns(name) else []
+        if not learning:
+            raise CompressionError(f"this model has no weights that adapt with scope "
+                                   f"{adaptation.scope!r}; use --adapt-scope all")
+        self.optimizer = torch.optim.Adam(learning, lr=adaptation.lr)
+        device = next(model.parameters()).device
+        self.units = torch.full((rows, steps + 1), PAD, device=device)
+        self.units[:, 0] = BOS
+
+    def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
+        self.units[live, t + 1] = units[live]
+        if (t + 1) % self.every:
+            return
+        window = self.units[:, t + 1 - self.every:t + 2]
+        with torch.enable_grad():
+            loss = self.model.loss(window[:, :-1], window[:, 1:])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
