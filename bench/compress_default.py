@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import gzip
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from common import SHARED, median, require, write_result
 from untok.compression import DEFAULTS, compress, decompress
 from untok.compression_io import classic_sizes
+from untok.hardware import measure_matmul_peak
 from untok.shipped import default_model
 
 
@@ -102,31 +104,45 @@ def render(figures: dict) -> str:
     lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
                  f"{figures['default_options']}; static: {figures['static_options']}. "
                  f"First call (warm-up): {figures['compile_seconds']:.1f} s. Threads: "
-                 f"{figures['threads']}.")
+                 f"{figures['threads']}. The machine's fp32 matmul peak, measured at the start "
+                 "and the end of this run: " + " / ".join(
+                     f"{g:.0f}" for g in figures.get("matmul_peak_gflops", [])) + " GFLOP/s.")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments(description: str) -> argparse.Namespace:
+    """The options of the compression benches: file size, classes, repeats."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--bytes", type=int, default=60_000)
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
     parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
-    model = default_model()
-    default_options = dataclasses.asdict(DEFAULTS)  # what `untok compress` uses
-    static_options = {**default_options, "adapt_lr": 0.0}
-    started = time.perf_counter()  # the one-off compile, on a short text
-    compress(b"warm up the step " * 8, model, **default_options)
-    compile_seconds = time.perf_counter() - started
-    figures = {"bytes": args.bytes, "default_options": default_options,
-               "static_options": static_options, "compile_seconds": compile_seconds,
-               "threads": torch.get_num_threads(), "classes": {}}
+    return parser.parse_args()
+
+
+def class_files(args: argparse.Namespace) -> Iterator[tuple[str, str, bytes]]:
+    """(name, description, first ``--bytes`` bytes) of each class this machine has."""
     for name in args.classes:
         what, read = CLASSES[name]
         data = read()[:args.bytes]
         if len(data) < args.bytes // 2:
             print(f"skipping {name}: only {len(data):,} bytes on this machine")
             continue
+        yield name, what, data
+
+
+def main() -> None:
+    args = parse_arguments(__doc__)
+    model = default_model()
+    default_options = dataclasses.asdict(DEFAULTS)  # what `untok compress` uses
+    static_options = {**default_options, "adapt_lr": 0.0}
+    peak_before = measure_matmul_peak(torch.device("cpu"))  # this shared machine's speed now
+    started = time.perf_counter()  # the one-off compile, on a short text
+    compress(b"warm up the step " * 8, model, **default_options)
+    compile_seconds = time.perf_counter() - started
+    figures = {"bytes": args.bytes, "default_options": default_options,
+               "static_options": static_options, "compile_seconds": compile_seconds,
+               "threads": torch.get_num_threads(), "classes": {}}
+    for name, what, data in class_files(args):
         classic = classic_sizes(data)
         figures["classes"][name] = row = {
             "what": what, "input_bytes": len(data),
@@ -136,6 +152,8 @@ def main() -> None:
         print(f"{name}: default {row['default']['bpb']:.3f}, static {row['static']['bpb']:.3f},"
               f" xz {row['classic_bpb']['xz -9e']:.3f} bpb; "
               f"{row['default']['compress_kb_per_s']:.1f} KB/s", flush=True)
+    figures["matmul_peak_gflops"] = [peak_before / 1e9,
+                                      measure_matmul_peak(torch.device("cpu")) / 1e9]
     write_result("compress_default", figures, render(figures))
     print(render(figures))
 

@@ -12,12 +12,11 @@ defaults). The settings differ from the current defaults only where named.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
 from common import median, write_result
-from compress_default import CLASSES
+from compress_default import class_files, parse_arguments
 from untok.compression import DEFAULTS, compress
 from untok.shipped import default_model
 
@@ -31,21 +30,12 @@ SETTINGS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bytes", type=int, default=60_000)
-    parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
-    parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__)
     model = default_model()
     compress(b"warm up the step " * 8, model)
     base = dataclasses.asdict(DEFAULTS)
     figures = {"bytes": args.bytes, "defaults": base, "settings": SETTINGS, "classes": {}}
-    for name in args.classes:
-        what, read = CLASSES[name]
-        data = read()[:args.bytes]
-        if len(data) < args.bytes // 2:
-            print(f"skipping {name}: only {len(data):,} bytes on this machine")
-            continue
+    for name, what, data in class_files(args):
         row = figures["classes"][name] = {"what": what}
         for setting, changes in SETTINGS.items():
             seconds, size = [], 0

@@ -188,6 +188,7 @@ def test_serve_smoke(tmp_path):
     for row in figures["load"]:
         assert {"bytes_per_s", "speedup", "gap_p90_ms", "gap_p90_ratio"} <= set(row)
     assert len(figures["latency"]) == 2
+    assert [row["clients"] for row in figures["engine"]] == [1, 2]
 
 
 @pytest.mark.slow
@@ -219,3 +220,14 @@ def test_compress_default_smoke(tmp_path):
         for kind in ("default", "static"):
             assert {"bpb", "compress_kb_per_s", "decompress_kb_per_s"} <= set(row[kind])
     assert figures["default_options"]["adapt_lr"] > 0 == figures["static_options"]["adapt_lr"]
+    assert len(figures["matmul_peak_gflops"]) == 2
+
+
+@pytest.mark.slow
+def test_compress_settings_smoke(tmp_path):
+    figures = run_bench(tmp_path, "compress_settings.py", "--bytes", "3000", "--classes",
+                        "wikipedia")
+    assert figures["classes"]
+    for row in figures["classes"].values():
+        for setting in figures["settings"]:
+            assert {"bpb", "kb_per_s"} <= set(row[setting])

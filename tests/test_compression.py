@@ -19,6 +19,7 @@ from conftest import TINY, shakespeare
 from untok.cli import main
 from untok.compression import (
     CHUNK,
+    CPU_KINDS,
     CRC,
     HEADER,
     HEADERS,
@@ -186,9 +187,9 @@ def test_version_1_and_2_files_still_decode(trained, sample: bytes) -> None:
     eager files over the model's whole context, adapting every weight."""
     blob = compress(sample[:1200], trained, chunk_size=500, batch_size=2)
     fields = list(HEADER.unpack_from(blob))
-    assert fields[1] == 3 and fields[-2:] == [0, 0]
-    for version, head in ((1, HEADERS[1].pack(fields[0], 1, *fields[2:-2])),
-                          (2, HEADERS[2].pack(fields[0], 2, *fields[2:-1]))):
+    assert fields[1] == 3 and fields[-3:-1] == [0, 0]
+    for version, head in ((1, HEADERS[1].pack(fields[0], 1, *fields[2:-3])),
+                          (2, HEADERS[2].pack(fields[0], 2, *fields[2:-2]))):
         old = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
         header = parse_header(old)
         assert header.version == version and header.window == 0
@@ -197,6 +198,21 @@ def test_version_1_and_2_files_still_decode(trained, sample: bytes) -> None:
     future[8] = 9
     with pytest.raises(CompressionError, match="format version 9 is not supported"):
         decompress(bytes(future), trained)
+
+
+def test_a_file_from_another_kind_of_cpu_is_refused_up_front(trained, sample: bytes) -> None:
+    """The header names the CPU's vector instructions (their kernels round differently);
+    another kind is a one-line error before any decoding."""
+    blob = compress(sample[:600], trained, chunk_size=300, batch_size=2)
+    here = parse_header(blob).cpu
+    assert here == torch.backends.cpu.get_cpu_capability() or here == ""
+    fields = list(HEADER.unpack_from(blob))
+    fields[-1] = CPU_KINDS.index("ZVECTOR" if here != "ZVECTOR" else "AVX2")
+    head = HEADER.pack(*fields)
+    other = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
+    if here:
+        with pytest.raises(CompressionError, match="compressed on a CPU computing with"):
+            decompress(other, trained)
 
 
 def test_window_and_adaptation_scope_are_recorded(trained, sample: bytes) -> None:
@@ -212,8 +228,8 @@ def test_window_and_adaptation_scope_are_recorded(trained, sample: bytes) -> Non
     assert parse_header(plain).adaptation.scope == "all"
     assert windowed[HEADER.size:] != compress(text, trained, chunk_size=800,
                                               batch_size=3)[HEADER.size:]
-    # a window at least the context is the context (recorded as such)
-    assert parse_header(compress(text, trained, window=10_000)).window == TINY.context
+    # a window at least the context is the whole context (recorded as 0)
+    assert parse_header(compress(text, trained, window=10_000)).window == 0
     with pytest.raises(CompressionError, match="scope"):
         compress(text, trained, adapt_scope="attention")
     torch.manual_seed(0)

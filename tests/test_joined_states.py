@@ -92,3 +92,11 @@ def test_cache_attends_only_to_the_window_of_its_units():
                                   torch.tensor([start + 20]))
     assert keys.shape[2] == capacity  # the window of the oldest row
     assert mask[:2].all() and mask[2, 0, 0].sum() == 1  # the new row: only its own unit
+    # a cache begun at 0 keeps one copy: its first `capacity` units are one slice, then
+    # every slot is read (the same keys in ring order)
+    plain = KVCache.empty(1, 1, capacity, 4, torch.device("cpu"), torch.float32)
+    assert plain.k.shape[2] == capacity and cache.k.shape[2] == 2 * capacity
+    for position in range(capacity + 3):
+        k = torch.full((1, 1, 1, 4), float(position))
+        keys, _, mask = plain.append(k, k, torch.tensor([position]))
+        assert keys.shape[2] == min(position + 1, capacity) and mask.all()

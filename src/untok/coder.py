@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,9 +19,6 @@ from tqdm.auto import tqdm
 from untok.errors import UntokError
 from untok.generate import compile_decoding
 from untok.units import BOS, NUM_BYTES, PAD
-
-if TYPE_CHECKING:
-    from untok.compression import Header
 
 PRECISION = 24  # frequencies are integers summing to 2**PRECISION
 ADAPT_SCOPES = ("all", "mlp")  # which weights adaptation trains (Adaptation.scope)
@@ -51,7 +48,7 @@ def quantize(logits: torch.Tensor) -> np.ndarray:
 
 
 
-class _Row:
+class Row:
     """One chunk in a batch: ``pick`` gets the chunk's next byte given the model's integer
     frequencies Float64[1, 256] for it, by encoding the known byte (``encode``), decoding
     it (``words`` given) or reading it from a stored chunk (neither)."""
@@ -90,32 +87,41 @@ class Adaptation:
         return self.scope == "all" or ".mlp." in name
 
 
-class _Stepper:
+class Settings(Protocol):
+    """What the coder reads of a container's header (:class:`untok.compression.Header`)."""
+
+    batch_size: int
+    compiled: bool
+    adaptation: Adaptation
+    window: int
+
+
+class Stepper:
     """The model that codes, the same on both sides: ``model`` itself, or a copy of it
     when the step is compiled or adapts. An adapting copy is reset to ``model``'s weights at
     the start of every batch, in place, so a compiled step is compiled once per file."""
 
-    def __init__(self, model: nn.Module, header: Header) -> None:
+    def __init__(self, model: nn.Module, header: Settings) -> None:
         self.source, self.header = model, header
         copied = header.compiled or header.adaptation.lr
         self.model = copy.deepcopy(model) if copied else model
         if header.compiled:
             compile_decoding(self.model)
 
-    def learner(self, rows: int, steps: int) -> _Learner | None:
+    def learner(self, rows: int, steps: int) -> Learner | None:
         if not self.header.adaptation.lr:
             return None
         self.model.load_state_dict(self.source.state_dict())  # (copies into the same tensors)
-        return _Learner(self.model, self.header.adaptation, rows, steps)
+        return Learner(self.model, self.header.adaptation, rows, steps)
 
-    def run(self, rows: list[_Row], lengths: list[int], bar: tqdm) -> None:
+    def run(self, rows: list[Row], lengths: list[int], bar: tqdm) -> None:
         """Step over ``len(rows)`` chunks side by side, each from a fresh state and a BOS,
         asking every unfinished row for its next byte. Finished rows are fed byte 0, so
         every step has the same shape on both sides; a compiled step always gets
         ``batch_size`` rows (a short last batch is padded with empty ones)."""
         if self.header.compiled and len(rows) < self.header.batch_size:
             padding = self.header.batch_size - len(rows)
-            rows, lengths = [*rows, *[_Row()] * padding], [*lengths, *[0] * padding]
+            rows, lengths = [*rows, *[Row()] * padding], [*lengths, *[0] * padding]
         model, steps = self.model, max(lengths)
         device = next(model.parameters()).device
         window = {"window": self.header.window} if self.header.window else {}
@@ -135,8 +141,8 @@ class _Stepper:
                 learner.observe(t, units[:, 0], live)
 
 
-class _Learner:
-    """Adam steps on ``model`` (a copy: see :class:`_Stepper`) over every ``every`` new
+class Learner:
+    """Adam steps on ``model`` (a copy: see :class:`Stepper`) over every ``every`` new
     bytes of a batch (targets of finished rows are PAD: not learned)."""
 
     def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):

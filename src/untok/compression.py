@@ -33,8 +33,8 @@ from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
     PRECISION,
     Adaptation,
     CompressionError,
-    _Row,
-    _Stepper,
+    Row,
+    Stepper,
     quantize,
 )
 from untok.models.registry import capabilities, require
@@ -48,10 +48,14 @@ FORMAT_VERSION = 3
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
 # chunks per batch, threads, adaptation learning rate and interval, flags, attention window
-# (0: the model's context); then the CRC-32
-HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBH")
+# (0: the model's context), the CPU's vector instructions (index in CPU_KINDS); then the
+# CRC-32
+HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBHB")
 HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: struct.Struct("<8sHBB32sQ32sIHHfHB"),
            3: HEADER}  # by format version
+# torch.backends.cpu.get_cpu_capability(): the kernels, hence the float arithmetic, differ
+# between them ("": not recorded, a GPU, or a kind this untok does not know)
+CPU_KINDS = ("", "DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256", "SVE")
 COMPILED = 1  # flags: the step was torch.compile'd (static shapes); the decoder compiles too
 ADAPT_MLP = 2  # flags: only the MLP weights adapt (Adaptation.scope "mlp")
 CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
@@ -71,6 +75,7 @@ class Header:
     adaptation: Adaptation
     compiled: bool = False  # the one-unit step ran compiled (compile_decoding)
     window: int = 0  # units attended to while coding (0: the model's context)
+    cpu: str = ""  # the CPU's vector instructions ("": not recorded)
     version: int = FORMAT_VERSION
 
     @property
@@ -116,6 +121,11 @@ def _batch_size_for(model: nn.Module, wanted: int) -> int:
     return wanted if capabilities(model).batch_decoding else 1
 
 
+def _cpu_kind(device: str) -> str:
+    kind = torch.backends.cpu.get_cpu_capability() if device == "cpu" else ""
+    return kind if kind in CPU_KINDS else ""
+
+
 def _device_name(model: nn.Module) -> str:
     name = next(model.parameters()).device.type
     if name not in DEVICES:
@@ -139,7 +149,9 @@ class CodingOptions:
     adapt_lr: float = 1e-3  # measured on held-out text (bench/compress_default.py)
     adapt_every: int = 32
     adapt_scope: str = "all"
-    window: int | None = None  # units attended to (None: the model's context)
+    # units attended to (None: the model's context); 64 of the shipped model's 128: as small
+    # or smaller files and faster steps (bench/compress_settings.py)
+    window: int | None = 64
     compiled: bool = False  # no faster on 2 CPU cores (the KV cache reads dominate)
 
 
@@ -186,8 +198,8 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                                f"{adapt_scope!r}")
     if window is not None and not 1 <= window < 2**16:
         raise CompressionError(f"the window must be between 1 and 65535 bytes, got {window}")
-    window = min(window, model.config.context) if window and \
-        capabilities(model).windowed_decoding else 0
+    if not (window and window < model.config.context and capabilities(model).windowed_decoding):
+        window = 0  # the whole context
     adapt_lr = struct.unpack("<f", struct.pack("<f", adapt_lr))[0]  # as the header holds it
     data = bytes(data)
     model.eval()
@@ -198,14 +210,14 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                     threads=torch.get_num_threads(), device=_device_name(model),
                     adaptation=Adaptation(lr=adapt_lr, every=adapt_every, scope=adapt_scope),
                     compiled=compiled and capabilities(model).compiled_decoding,
-                    window=window)
-    stepper = _Stepper(model, header)
+                    window=window, cpu=_cpu_kind(_device_name(model)))
+    stepper = Stepper(model, header)
     payloads: list[bytes] = []
     table = bytearray()
     with _progress_bar(len(data), "compress", progress) as bar:
         for batch in _batches(header):
             chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
-            rows = [_Row(chunk, encode=True) for chunk in chunks]
+            rows = [Row(chunk, encode=True) for chunk in chunks]
             stepper.run(rows, [len(c) for c in chunks], bar)
             for chunk, row in zip(chunks, rows, strict=True):
                 coded = row.encoder.get_compressed().astype("<u4").tobytes()
@@ -215,7 +227,8 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
                        header.batch_size, header.threads, header.adaptation.lr,
-                       header.adaptation.every, _flags(header), header.window)
+                       header.adaptation.every, _flags(header), header.window,
+                       CPU_KINDS.index(header.cpu))
     return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
                      CRC.pack(zlib.crc32(table)), *payloads])
 
@@ -242,19 +255,20 @@ def parse_header(blob: bytes) -> Header:
         raise CompressionError("the file is truncated (its header is incomplete)")
     (_, _, precision, device, model_sha, length, sha, chunk_size, batch, threads, adapt_lr,
      adapt_every, *later) = layout.unpack_from(blob)
-    flags, window = (*later, 0, 0)[:2]  # (fields of later versions)
+    flags, window, cpu = (*later, 0, 0, 0)[:3]  # (fields of later versions)
     (crc,) = CRC.unpack_from(blob, layout.size)
     if zlib.crc32(blob[:layout.size]) != crc:
         raise CompressionError("the file is damaged: its header fails its CRC check")
     if (precision != PRECISION or chunk_size == 0 or batch == 0 or threads == 0
             or device >= len(DEVICES) or not (adapt_lr >= 0 and math.isfinite(adapt_lr))
-            or adapt_every == 0 or flags & ~(COMPILED | ADAPT_MLP)):
+            or adapt_every == 0 or flags & ~(COMPILED | ADAPT_MLP) or cpu >= len(CPU_KINDS)):
         raise CompressionError("the file is damaged: its header holds impossible values")
     return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
                   batch_size=batch, threads=threads, device=DEVICES[device],
                   adaptation=Adaptation(lr=adapt_lr, every=adapt_every,
                                         scope="mlp" if flags & ADAPT_MLP else "all"),
-                  compiled=bool(flags & COMPILED), window=window, version=version)
+                  compiled=bool(flags & COMPILED), window=window, cpu=CPU_KINDS[cpu],
+                  version=version)
 
 
 def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
@@ -311,12 +325,18 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
     if _device_name(model) != header.device:
         raise CompressionError(f"this file was compressed on {header.device}; decompress it "
                                f"on {header.device} too (arithmetic differs between devices)")
+    here = _cpu_kind(header.device)
+    if header.cpu and here and header.cpu != here:
+        raise CompressionError(
+            f"this file was compressed on a CPU computing with {header.cpu} instructions and "
+            f"this one uses {here}, whose float arithmetic differs: decompress it on a "
+            f"{header.cpu} CPU")
     out = bytearray()
-    stepper = _Stepper(model, header)
+    stepper = Stepper(model, header)
     with _threads(header.threads), _progress_bar(header.length, "decompress", progress) as bar:
         for batch in _batches(header):
-            rows = [_Row(payload) if method == STORED
-                    else _Row(words=np.frombuffer(payload, "<u4").astype(np.uint32))
+            rows = [Row(payload) if method == STORED
+                    else Row(words=np.frombuffer(payload, "<u4").astype(np.uint32))
                     for payload, method, _ in (chunks[i] for i in batch)]
             lengths = [end - start for start, end in map(header.chunk_bounds, batch)]
             if any(row.decoder is not None for row in rows):

@@ -164,8 +164,8 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                         f"default {DEFAULTS.adapt_scope})")
     p.add_argument("--window", type=_positive_int, default=DEFAULTS.window, metavar="N",
                    help="attend to the last N bytes only while coding (a transformer: "
-                        "cheaper steps; default: "
-                        f"{DEFAULTS.window or 'the model context'})")
+                        f"cheaper steps; default {DEFAULTS.window}; N at least the model's "
+                        "context: all of it)")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    default=DEFAULTS.compiled, help="code through the torch.compile'd one-byte "

@@ -72,15 +72,15 @@ class KVCache:
     only relative positions, a row that began at position s decodes exactly as it would
     alone from position 0.
 
-    Attention reads only the slots of positions ``[max(first, end - capacity), end)``:
-    a cache that begins at position s (``first``) costs what one beginning at 0 does. To
-    make that window one contiguous slice wherever the ring stands, a dynamic cache
-    writes every unit twice, in slot ``p % capacity`` and ``capacity`` slots above it. A
-    ``static`` cache (for a compiled step: shapes never change) has one copy and always
-    attends over every slot, empty ones masked.
+    Attention reads only the slots of positions ``[max(first, end - capacity), end)``
+    while they are one contiguous slice of the ring, and every slot once they are not. A
+    cache that begins late (``first`` > 0, as a server's batch does) writes every unit
+    twice, in slot ``p % capacity`` and ``capacity`` slots above it, so that its window is
+    always one slice: it costs what a cache beginning at 0 does. A ``static`` cache (for a
+    compiled step: shapes never change) always attends over every slot, empty ones masked.
     """
 
-    k: torch.Tensor  # (B, H, slots, d): slots = capacity (static) or 2 capacity
+    k: torch.Tensor  # (B, H, slots, d): slots = capacity, or 2 capacity (begun late)
     v: torch.Tensor  # (B, H, slots, d)
     positions: torch.Tensor  # Long[slots]: the unit held by each slot, -1 if empty
     capacity: int
@@ -94,7 +94,7 @@ class KVCache:
               device: torch.device, dtype: torch.dtype, static: bool = False,
               start: int = 0) -> KVCache:
         """A cache whose first unit will be at position ``start``."""
-        slots = capacity if static else 2 * capacity
+        slots = 2 * capacity if start > 0 and not static else capacity
         shape = (batch, heads, slots, head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype),
                    torch.zeros(shape, device=device, dtype=dtype),
@@ -124,7 +124,8 @@ class KVCache:
         if not self.static:
             self.end += n
             low = max(self.first, self.end - capacity)
-            window = slice(low % capacity, low % capacity + self.end - low)
+            if low % capacity + self.end - low <= copies * capacity:
+                window = slice(low % capacity, low % capacity + self.end - low)
         held = self.positions[None, window]
         mask = (held >= 0) & (held <= positions[:, None])  # (n, slots)
         if self.starts is not None:  # (B, 1, n, slots)
