@@ -94,12 +94,22 @@ def cpu_name() -> str:
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
                         size: int = 2048, seconds: float = 1.0) -> float:
-    """Sustained FLOP/s of large square matmuls on ``device`` (the MFU denominator)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
+    """Sustained FLOP/s of large square matmuls on ``device`` (the MFU denominator), of
+    side ``size``, or smaller where one product of that side would take over a tenth of a
+    second (a dtype the CPU only emulates, such as bf16 without AVX-512 BF16: minutes)."""
+    side = min(256, size)
+    while True:
+        a = torch.randn(side, side, device=device, dtype=dtype)
+        b = torch.randn(side, side, device=device, dtype=dtype)
         a @ b
-    synchronize(device)
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if side >= size or 8 * (time.perf_counter() - start) > 0.1:
+            break
+        side *= 2
+    size = side
     rates = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(rates) < 3:
