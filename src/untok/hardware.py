@@ -98,9 +98,10 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     side ``size``, or smaller where one product of that side would take over a tenth of a
     second (a dtype the CPU only emulates, such as bf16 without AVX-512 BF16: minutes)."""
     side = min(256, size)
+    draws = torch.Generator(device).manual_seed(0)  # the global RNG stays untouched
     while True:
-        a = torch.randn(side, side, device=device, dtype=dtype)
-        b = torch.randn(side, side, device=device, dtype=dtype)
+        a = torch.randn(side, side, device=device, dtype=dtype, generator=draws)
+        b = torch.randn(side, side, device=device, dtype=dtype, generator=draws)
         a @ b
         synchronize(device)
         start = time.perf_counter()
