@@ -148,10 +148,9 @@ class Learner:
     def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):
         self.model = model
         self.every = adaptation.every
-        learning = []
         for name, parameter in model.named_parameters():  # (the model is a copy)
             parameter.requires_grad_(adaptation.learns(name))
-            learning += [parameter] if adaptation.learns(name) else []
+        learning = [p for p in model.parameters() if p.requires_grad]
         if not learning:
             raise CompressionError(f"this model has no weights that adapt with scope "
                                    f"{adaptation.scope!r}; use --adapt-scope all")
