@@ -51,6 +51,8 @@ def test_unknown_key_suggests_nearest():
 @pytest.mark.parametrize("override,message", [
     ("model.dim=abc", "expected int"),
     ("model.num_heads=5", "divisible"),
+    ("model.kv_heads=3", "must divide model.num_heads"),
+    ("model.kv_heads=-1", "must divide model.num_heads"),
     ("train.lr=-1", "positive"),
     ("train.schedule=linear", "schedule must be one of"),
     ("train.steps=0", "positive"),

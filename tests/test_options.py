@@ -20,7 +20,7 @@ from untok.errors import ConfigError
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, entropy_bits, generate, pick
 from untok.models import build_model, load
-from untok.nn.attention import lambda_init_of
+from untok.nn.attention import CausalSelfAttention, lambda_init_of, rope_angles
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
 from untok.nn.embeddings import WaveEmbedding
 from untok.train.lr_control import QLearnController
@@ -320,6 +320,34 @@ def test_differential_attention_needs_pairs_of_heads():
     with pytest.raises(ConfigError, match="even"):
         resolve(preset_name="tiny", overrides=["model.attention=differential",
                                               "model.num_heads=1"])
+
+
+# -- grouped-query attention ---------------------------------------------------------------
+
+def test_grouped_query_attention_caches_less_and_equals_shared_heads():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(32, 4, kv_heads=1)
+    x = torch.randn(2, 5, 32)
+    cos, sin = rope_angles(torch.arange(5), 8, 10000.0)
+    whole = attn(x, cos, sin)
+    cache = attn.new_cache(2, 8, x.device, x.dtype)
+    assert cache.k.shape == (2, 1, 8, 8)  # one key/value head, not four
+    stepped = torch.cat([attn(x[:, t:t + 1], cos[t:t + 1], sin[t:t + 1], cache,
+                              torch.tensor([t])) for t in range(5)], 1)
+    torch.testing.assert_close(stepped, whole, atol=1e-5, rtol=1e-5)
+    shared = CausalSelfAttention(32, 4)  # four heads whose keys and values are equal
+    q, k, v = attn.qkv.weight.detach().split([32, 8, 8])
+    shared.qkv.weight.data = torch.cat([q, k.repeat(4, 1), v.repeat(4, 1)])
+    shared.out.weight.data = attn.out.weight.detach()
+    torch.testing.assert_close(shared(x, cos, sin), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_attention_options_are_checked():
+    assert build_model(resolve(preset_name="tiny", overrides=["model.kv_heads=1"]).model
+                       ).num_params() < build_model(resolve(preset_name="tiny").model).num_params()
+    with pytest.raises(ConfigError, match="kv_heads applies to standard attention"):
+        resolve(preset_name="tiny", overrides=["model.attention=differential",
+                                              "model.num_heads=2", "model.kv_heads=1"])
 
 
 # -- entropy-adaptive sampler --------------------------------------------------------------

@@ -231,6 +231,7 @@ class ModelConfig:
     dim: int = 256
     num_layers: int = 6
     num_heads: int = 8
+    kv_heads: int = 0  # key/value heads (grouped-query attention); 0: num_heads
     mlp_hidden: int = 0
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
@@ -260,6 +261,12 @@ class ModelConfig:
         check(self.dim % self.num_heads == 0,
                f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
         check(self.head_dim % 2 == 0, "model.dim / model.num_heads must be even (RoPE)")
+        check(self.kv_heads >= 0 and self.num_heads % max(self.kv_heads, 1) == 0,
+               f"model.kv_heads ({self.kv_heads}) must divide model.num_heads "
+               f"({self.num_heads}); 0 gives every query head its own")
+        check(self.kv_heads in (0, self.num_heads) or (self.attention == "standard"
+                                                        and self.backbone == "transformer"),
+               "model.kv_heads applies to standard attention in a transformer: leave it 0")
         check(self.context >= 2, "model.context must be at least 2")
         check(self.vocab_size >= VOCAB_SIZE, f"model.vocab_size must be >= {VOCAB_SIZE}")
         check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")

@@ -124,7 +124,8 @@ class BLT(nn.Module):
         self.pool = PatchPooling(local.dim, local.num_heads, local.slots, c.dim)
         self.start = nn.Parameter(torch.zeros(1, 1, c.dim))  # what bytes of patch 0 read
         self.blocks = make_stack(c.backbone, dim=c.dim, num_layers=c.num_layers,
-                                 num_heads=c.num_heads, hidden=c.hidden_dim, eps=c.norm_eps,
+                                 num_heads=c.num_heads, kv_heads=c.kv_heads,
+                                 hidden=c.hidden_dim, eps=c.norm_eps,
                                  dropout=c.dropout, capacity=c.context,
                                  rope=Rope(c.head_dim, c.rope_base, 2 * c.context))
         self.global_norm = nn.RMSNorm(c.dim, eps=c.norm_eps)

@@ -95,7 +95,8 @@ class FlatLM(nn.Module):
             self.embed = CodepointEmbedding(c.dim)
         self.ngrams = make_ngrams(c.dim, c.embedding.ngrams, c.embedding.buckets)
         self.blocks = make_stack(c.backbone, dim=c.dim, num_layers=c.num_layers,
-                                 num_heads=c.num_heads, hidden=c.hidden_dim, eps=c.norm_eps,
+                                 num_heads=c.num_heads, kv_heads=c.kv_heads,
+                                 hidden=c.hidden_dim, eps=c.norm_eps,
                                  dropout=c.dropout, attention=c.attention, capacity=c.context,
                                  rope=Rope(c.head_dim, c.rope_base, 2 * c.context))
         self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)
@@ -317,6 +318,8 @@ register(Family(
         "transformer": {**TINY, "embedding": {"ngrams": [2, 3], "buckets": 64}},
         "linear-head": {**TINY, "head": "linear"},
         "differential": {**TINY, "attention": "differential", "num_heads": 4},
+        "grouped-query": {**TINY, "num_heads": 4, "kv_heads": 2},
+        "multi-query": {**TINY, "num_heads": 4, "kv_heads": 1},
         "wave": {**TINY, "embedding": {"kind": "wave", "waves": 16}},
         "wave-linear": {**TINY, "embedding": {"kind": "wave", "waves": 16}, "head": "linear"},
         "distance": {**TINY, "head": "distance"},

@@ -100,7 +100,8 @@ class TFreeLM(nn.Module):
         v = c.words.hash_size
         self.embed = nn.EmbeddingBag(v, c.dim, mode="sum")
         self.blocks = make_stack(c.backbone, dim=c.dim, num_layers=c.num_layers,
-                                 num_heads=c.num_heads, hidden=c.hidden_dim, eps=c.norm_eps,
+                                 num_heads=c.num_heads, kv_heads=c.kv_heads,
+                                 hidden=c.hidden_dim, eps=c.norm_eps,
                                  dropout=c.dropout, capacity=c.context,
                                  rope=Rope(c.head_dim, c.rope_base, 2 * c.context))
         self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)

@@ -69,7 +69,8 @@ class TokunLM(nn.Module):
         self.encoder.requires_grad_(ch.train_encoder)
         self.chunk_in = nn.Linear(ch.dim, c.dim)
         self.blocks = make_stack(c.backbone, dim=c.dim, num_layers=c.num_layers,
-                                 num_heads=c.num_heads, hidden=c.hidden_dim, eps=c.norm_eps,
+                                 num_heads=c.num_heads, kv_heads=c.kv_heads,
+                                 hidden=c.hidden_dim, eps=c.norm_eps,
                                  dropout=c.dropout, capacity=chunks,
                                  rope=Rope(c.head_dim, c.rope_base, 2 * chunks + 2))
         self.norm = nn.RMSNorm(c.dim, eps=c.norm_eps)

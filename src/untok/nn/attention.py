@@ -157,19 +157,26 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention through ``scaled_dot_product_attention`` (fused kernels)."""
+    """Multi-head attention through ``scaled_dot_product_attention`` (fused kernels).
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    ``kv_heads`` < ``num_heads`` shares each key/value head among ``num_heads / kv_heads``
+    query heads (grouped-query attention; 1: multi-query): the KV cache, and what a decoding
+    step reads of it, shrink by that factor. A step attends with each group's query heads
+    laid out as extra query rows of their key/value head, so the cache is read once."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0,
+                 kv_heads: int = 0) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.kv_heads = kv_heads or num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv = nn.Linear(dim, dim + 2 * self.kv_heads * self.head_dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
 
     def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype,
                   static: bool = False, start: int = 0) -> KVCache:
-        return KVCache.empty(batch, self.num_heads, capacity, self.head_dim, device, dtype,
+        return KVCache.empty(batch, self.kv_heads, capacity, self.head_dim, device, dtype,
                              static, start)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -180,19 +187,38 @@ class CausalSelfAttention(nn.Module):
         causal, or follows ``mask`` (Bool[B or 1, 1, T, T], True = may attend, or a
         :class:`LocalWindow`)."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
+        H, G, d = self.num_heads, self.kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([D, G * d, G * d], dim=-1)
+        q, k, v = (t.view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, H|G, T, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         dropout = self.dropout if self.training else 0.0
-        if isinstance(mask, LocalWindow):
-            y = mask.attend(q, k, v, dropout)
-        elif cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=mask is None)
+        if cache is not None:
+            k, v, mask = cache.append(k, v, positions)  # (B, G, slots, d), (T, slots)
+            y = grouped_attention(q, k, v, mask)
         else:
-            k, v, mask = cache.append(k, v, positions)  # (B, H, slots, d), (T, slots)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if G < H:  # (training: every query head with its own copy)
+                k, v = k.repeat_interleave(H // G, 1), v.repeat_interleave(H // G, 1)
+            if isinstance(mask, LocalWindow):
+                y = mask.attend(q, k, v, dropout)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                   dropout_p=dropout, is_causal=mask is None)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q (B, H, T, d) over cached k, v (B, G, S, d), G dividing H, with
+    ``mask`` Bool[T, S] or Bool[B, 1, T, S]: the g = H / G query heads of a key/value head
+    become g x T query rows of it (one read of the cache). (B, H, T, d)."""
+    B, H, T, d = q.shape
+    g = H // k.shape[1]
+    if g == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    rows = mask.repeat(g, 1) if mask.dim() == 2 else mask.repeat(1, 1, g, 1)
+    y = F.scaled_dot_product_attention(q.reshape(B, k.shape[1], g * T, d), k, v,
+                                       attn_mask=rows)
+    return y.view(B, H, T, d)
 
 
 def local_causal_mask(length: int, window: int, device: torch.device,

@@ -24,14 +24,17 @@ class SwiGLU(nn.Module):
 
 class TransformerBlock(nn.Module):
     """``x += attn(norm(x)); x += mlp(norm(x))``; ``attention = "differential"`` uses
-    :class:`DifferentialAttention` with the lambda of ``layer`` (counted from 1)."""
+    :class:`DifferentialAttention` with the lambda of ``layer`` (counted from 1);
+    ``kv_heads``: key/value heads of standard attention (0: one per query head)."""
 
     def __init__(self, dim: int, num_heads: int, hidden: int, eps: float,
-                 dropout: float = 0.0, attention: str = "standard", layer: int = 1) -> None:
+                 dropout: float = 0.0, attention: str = "standard", layer: int = 1,
+                 kv_heads: int = 0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(dim, eps=eps)
         self.attn = DifferentialAttention(dim, num_heads, layer, dropout) \
-            if attention == "differential" else CausalSelfAttention(dim, num_heads, dropout)
+            if attention == "differential" else \
+            CausalSelfAttention(dim, num_heads, dropout, kv_heads)
         self.mlp_norm = nn.RMSNorm(dim, eps=eps)
         self.mlp = SwiGLU(dim, hidden)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -127,11 +127,14 @@ class MMFreeStack(nn.ModuleList):
 
 def make_stack(backbone: str, *, dim: int, num_layers: int, num_heads: int, hidden: int,
                eps: float, dropout: float, rope: Rope, capacity: int,
-               attention: str = "standard") -> TransformerStack | MMFreeStack:
-    """The ``num_layers``-deep stack of ``backbone`` (``transformer`` or ``mmfree``)."""
+               attention: str = "standard", kv_heads: int = 0
+               ) -> TransformerStack | MMFreeStack:
+    """The ``num_layers``-deep stack of ``backbone`` (``transformer`` or ``mmfree``);
+    ``kv_heads`` < ``num_heads``: grouped-query attention."""
     if backbone == "mmfree":
         return MMFreeStack([MMFreeBlock(dim, hidden, forget_lower_bound(i, num_layers), eps)
                             for i in range(num_layers)], dim)
     return TransformerStack([TransformerBlock(dim, num_heads, hidden, eps, dropout, attention,
-                                              layer=i + 1) for i in range(num_layers)],
+                                              layer=i + 1, kv_heads=kv_heads)
+                             for i in range(num_layers)],
                             rope, capacity)
