@@ -10,7 +10,12 @@ both directions (every untok file is decompressed and checked equal). The compil
 one-off compile is timed apart (``compile_seconds``) and the speeds are of the coding after
 it, as in a second run of the command (the compiled kernels are cached on disk).
 
+``--baseline CKPT`` also codes every file with another model under the coding options
+that were the defaults before the tail adaptation (every weight adapting at 1e-3), in the
+same run: the speed ratio is measured, not taken from an older table.
+
     python bench/compress_default.py
+    python bench/compress_default.py --baseline /path/to/previous/shipped/model
     python bench/compress_default.py --bytes 8000 --classes wikipedia   # quick look
 """
 
@@ -26,9 +31,10 @@ from pathlib import Path
 import torch
 
 from common import SHARED, median, require, write_result
-from untok.compression import DEFAULTS, compress, decompress
+from untok.compression import DEFAULTS, compress, decompress, parse_header
 from untok.compression_io import classic_sizes
 from untok.hardware import measure_matmul_peak
+from untok.models import load
 from untok.shipped import default_model
 
 
@@ -92,17 +98,30 @@ def code(data: bytes, model: torch.nn.Module, options: dict, repeats: int) -> di
 
 
 def render(figures: dict) -> str:
+    baseline = "baseline_options" in figures
     lines = ["| file class | untok default | untok static | xz -9e | zstd -19 | bzip2 -9 | "
-             "gzip -9 | default KB/s (comp / decomp) |", "|---|---|---|---|---|---|---|---|"]
+             "gzip -9 | default KB/s (comp / decomp) |"
+             + (" baseline bpb | baseline KB/s (comp / decomp) | speed-up |" if baseline
+                else ""), "|---" * (11 if baseline else 8) + "|"]
     for row in figures["classes"].values():
         c, d = row["classic_bpb"], row["default"]
-        lines.append(f"| {row['what']} | **{d['bpb']:.3f}** | {row['static']['bpb']:.3f} | "
-                     f"{c['xz -9e']:.3f} | {c['zstd -19']:.3f} | {c['bzip2 -9']:.3f} | "
-                     f"{c['gzip -9']:.3f} | {d['compress_kb_per_s']:.1f} / "
-                     f"{d['decompress_kb_per_s']:.1f} |")
+        line = (f"| {row['what']} | **{d['bpb']:.3f}** | {row['static']['bpb']:.3f} | "
+                f"{c['xz -9e']:.3f} | {c['zstd -19']:.3f} | {c['bzip2 -9']:.3f} | "
+                f"{c['gzip -9']:.3f} | {d['compress_kb_per_s']:.1f} / "
+                f"{d['decompress_kb_per_s']:.1f} |")
+        if baseline:
+            b = row["baseline"]
+            line += (f" {b['bpb']:.3f} | {b['compress_kb_per_s']:.1f} / "
+                     f"{b['decompress_kb_per_s']:.1f} | "
+                     f"{d['compress_kb_per_s'] / b['compress_kb_per_s']:.1f}x / "
+                     f"{d['decompress_kb_per_s'] / b['decompress_kb_per_s']:.1f}x |")
+        lines.append(line)
     lines.append("")
+    if baseline:
+        lines.append(f"Baseline: {figures['baseline']} with {figures['baseline_options']}.")
     lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
-                 f"{figures['default_options']}; static: {figures['static_options']}. "
+                 f"{figures['default_options']} (adaptation: "
+                 f"{figures['default_adaptation']}); static: {figures['static_options']}. "
                  f"First call (warm-up): {figures['compile_seconds']:.1f} s. Threads: "
                  f"{figures['threads']}. The machine's fp32 matmul peak, measured at the start "
                  "and the end of this run: " + " / ".join(
@@ -116,6 +135,9 @@ def parse_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--bytes", type=int, default=60_000)
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--baseline", default=None, metavar="CKPT",
+                        help="also code every file with this model under the previous "
+                             "defaults (every weight adapting at 1e-3)")
     return parser.parse_args()
 
 
@@ -137,11 +159,18 @@ def main() -> None:
     static_options = {**default_options, "adapt_lr": 0.0}
     peak_before = measure_matmul_peak(torch.device("cpu"))  # this shared machine's speed now
     started = time.perf_counter()  # the one-off compile, on a short text
-    compress(b"warm up the step " * 8, model, **default_options)
+    adaptation = parse_header(compress(b"warm up the step " * 8, model, **default_options)
+                              ).adaptation  # (what the defaults resolve to for this model)
     compile_seconds = time.perf_counter() - started
     figures = {"bytes": args.bytes, "default_options": default_options,
+               "default_adaptation": dataclasses.asdict(adaptation),
                "static_options": static_options, "compile_seconds": compile_seconds,
                "threads": torch.get_num_threads(), "classes": {}}
+    baseline = load(args.baseline) if args.baseline else None
+    baseline_options = {**default_options, "adapt_lr": 1e-3, "adapt_scope": "all"}
+    if baseline is not None:
+        compress(b"warm up the step " * 8, baseline, **baseline_options)
+        figures.update(baseline=args.baseline, baseline_options=baseline_options)
     for name, what, data in class_files(args):
         classic = classic_sizes(data)
         figures["classes"][name] = row = {
@@ -149,6 +178,8 @@ def main() -> None:
             "classic_bpb": {k: 8 * v / len(data) for k, v in classic.items() if v},
             "default": code(data, model, default_options, args.repeats),
             "static": code(data, model, static_options, args.repeats)}
+        if baseline is not None:
+            row["baseline"] = code(data, baseline, baseline_options, args.repeats)
         print(f"{name}: default {row['default']['bpb']:.3f}, static {row['static']['bpb']:.3f},"
               f" xz {row['classic_bpb']['xz -9e']:.3f} bpb; "
               f"{row['default']['compress_kb_per_s']:.1f} KB/s", flush=True)

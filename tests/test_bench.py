@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import untok.shipped as shipped
 from conftest import SHARED
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -214,12 +215,13 @@ def test_gpu_smoke(tmp_path):
 @pytest.mark.slow
 def test_compress_default_smoke(tmp_path):
     figures = run_bench(tmp_path, "compress_default.py", "--bytes", "4000", "--classes",
-                        "wikipedia", "python")
+                        "wikipedia", "python", "--baseline", str(shipped.SHIPPED))
     for row in figures["classes"].values():
         assert {"xz -9e", "gzip -9", "bzip2 -9"} <= set(row["classic_bpb"])
-        for kind in ("default", "static"):
+        for kind in ("default", "static", "baseline"):
             assert {"bpb", "compress_kb_per_s", "decompress_kb_per_s"} <= set(row[kind])
-    assert figures["default_options"]["adapt_lr"] > 0 == figures["static_options"]["adapt_lr"]
+    assert figures["default_adaptation"]["lr"] > 0 == figures["static_options"]["adapt_lr"]
+    assert figures["baseline_options"]["adapt_scope"] == "all"
     assert len(figures["matmul_peak_gflops"]) == 2
 
 

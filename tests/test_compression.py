@@ -17,6 +17,7 @@ import torch
 import untok
 from conftest import TINY, shakespeare
 from untok.cli import main
+from untok.coder import Adaptation, Learner, Stepper
 from untok.compression import (
     CHUNK,
     CPU_KINDS,
@@ -182,14 +183,16 @@ def test_compiled_step_roundtrip_is_recorded_and_adapts(trained, sample: bytes) 
     assert payloads[0] != payloads[1]
 
 
-def test_version_1_and_2_files_still_decode(trained, sample: bytes) -> None:
+def test_earlier_versions_still_decode(trained, sample: bytes) -> None:
     """A version-1 header (no flags byte) and a version-2 one (no window) are read as
-    eager files over the model's whole context, adapting every weight."""
+    eager files over the model's whole context, adapting every weight; version 3 has the
+    layout of 4."""
     blob = compress(sample[:1200], trained, chunk_size=500, batch_size=2)
     fields = list(HEADER.unpack_from(blob))
-    assert fields[1] == 3 and fields[-3:-1] == [0, 0]
+    assert fields[1] == 4 and fields[-3:-1] == [0, 0]
     for version, head in ((1, HEADERS[1].pack(fields[0], 1, *fields[2:-3])),
-                          (2, HEADERS[2].pack(fields[0], 2, *fields[2:-2]))):
+                          (2, HEADERS[2].pack(fields[0], 2, *fields[2:-2])),
+                          (3, HEADERS[3].pack(fields[0], 3, *fields[2:]))):
         old = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
         header = parse_header(old)
         assert header.version == version and header.window == 0
@@ -223,9 +226,13 @@ def test_window_and_adaptation_scope_are_recorded(trained, sample: bytes) -> Non
     windowed = roundtrip(text, trained, chunk_size=800, batch_size=3, window=8)
     mlp = roundtrip(text, trained, chunk_size=800, batch_size=3, adapt_lr=3e-3,
                     adapt_every=16, adapt_scope="mlp")
+    every = roundtrip(text, trained, chunk_size=800, batch_size=3, adapt_lr=1e-3,
+                      adapt_scope="all")
     assert parse_header(windowed).window == 8 and parse_header(plain).window == 0
     assert parse_header(mlp).adaptation.scope == "mlp"
-    assert parse_header(plain).adaptation.scope == "all"
+    assert parse_header(every).adaptation.scope == "all"
+    assert parse_header(plain).adaptation.scope == "tail"  # auto: the tail where there is one
+    assert parse_header(windowed).adaptation.scope == "all"  # (nothing adapts)
     assert windowed[HEADER.size:] != compress(text, trained, chunk_size=800,
                                               batch_size=3)[HEADER.size:]
     # a window at least the context is the whole context (recorded as 0)
@@ -235,6 +242,35 @@ def test_window_and_adaptation_scope_are_recorded(trained, sample: bytes) -> Non
     torch.manual_seed(0)
     recurrent = build_model(resolve(preset_name="mmfree-tiny").model).eval()
     assert parse_header(compress(text[:300], recurrent, window=8)).window == 0
+    adapted = roundtrip(text[:600], recurrent, chunk_size=300, batch_size=2, adapt_lr=1e-3)
+    assert parse_header(adapted).adaptation.scope == "all"  # auto: it has no tail
+    with pytest.raises(CompressionError, match="no tail to adapt"):
+        compress(text[:300], recurrent, adapt_lr=1e-3, adapt_scope="tail")
+
+
+def test_tail_adaptation_learns_only_the_tail_from_the_coding_states(trained,
+                                                                    sample: bytes) -> None:
+    """The tail continues exactly from the states a step computes (its logits equal the
+    model's); coding with it trains the last MLP and the head only, smaller than static."""
+    ids = torch.tensor([[BOS, *sample[:40]]])
+    kept = []
+    hook = trained.tail_entry().register_forward_pre_hook(lambda m, a: kept.append(a[0]))
+    with torch.no_grad():
+        logits = trained(ids).byte_logits
+        torch.testing.assert_close(trained.tail_logits(kept[0])[..., :256], logits)
+    hook.remove()
+    copy = Stepper(trained, parse_header(compress(b"x", trained)))
+    learner = Learner(copy.model, Adaptation(lr=3e-3, every=8, scope="tail"), rows=2, steps=8)
+    tail = {id(p) for m in trained.tail_modules() for p in m.parameters()}
+    assert {id(p) for p in learner.optimizer.param_groups[0]["params"]} == \
+        {id(p) for m in copy.model.tail_modules() for p in m.parameters()}
+    assert len(tail) < len(list(trained.parameters()))
+    learner.close()
+    text = sample[:3000]
+    static = compress(text, trained, chunk_size=1500, batch_size=2)
+    adapted = roundtrip(text, trained, chunk_size=1500, batch_size=2, adapt_lr=3e-3,
+                        adapt_scope="tail")
+    assert len(adapted) < len(static)
 
 
 @pytest.mark.parametrize("family", ["mmfree", "blt"])

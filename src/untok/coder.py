@@ -18,10 +18,13 @@ from tqdm.auto import tqdm
 
 from untok.errors import UntokError
 from untok.generate import compile_decoding
+from untok.models.base import next_unit_loss
+from untok.models.registry import capabilities
 from untok.units import BOS, NUM_BYTES, PAD
 
 PRECISION = 24  # frequencies are integers summing to 2**PRECISION
-ADAPT_SCOPES = ("all", "mlp")  # which weights adaptation trains (Adaptation.scope)
+# which weights adaptation trains (Adaptation.scope); "auto": "tail" where the model has one
+ADAPT_SCOPES = ("auto", "tail", "all", "mlp")
 
 
 class CompressionError(UntokError):
@@ -76,15 +79,37 @@ _CODER = stream.model.Categorical(perfect=False)
 class Adaptation:
     """Online learning while coding: after every ``every`` bytes of a batch, one Adam step
     with learning rate ``lr`` on those bytes (0 = the model stays as it is). Both sides make
-    the same updates, so the model keeps learning from the file as it codes it."""
+    the same updates, so the model keeps learning from the file as it codes it.
+
+    ``scope`` says what learns. ``tail``: the last block's MLP and the head, trained on the
+    residual streams the coding steps computed (each byte with its whole coding context;
+    no second forward pass), for models with ``Capabilities.adapts_tail``. ``all`` / ``mlp``:
+    every weight / the blocks' MLPs, trained by the model's loss on the last ``every``
+    bytes of each row (a forward and backward pass of its own, from a fresh context)."""
 
     lr: float = 0.0
     every: int = 32
-    scope: str = "all"  # which weights learn: "all", or "mlp" (the blocks' MLPs only)
+    scope: str = "all"
 
-    def learns(self, name: str) -> bool:
-        """Whether the parameter called ``name`` adapts."""
-        return self.scope == "all" or ".mlp." in name
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The weights of ``model`` that adapt."""
+        if self.scope == "tail":
+            found = {id(p): p for m in model.tail_modules() for p in m.parameters()}
+            return list(found.values())
+        return [p for name, p in model.named_parameters()
+                if self.scope == "all" or ".mlp." in name]
+
+
+def resolve_scope(model: nn.Module, scope: str) -> str:
+    """The scope ``scope`` names for ``model`` (``auto``: ``tail`` where it has one, else
+    ``all``), or a :class:`CompressionError` for a tail it lacks."""
+    has_tail = capabilities(model).adapts_tail
+    if scope == "auto":
+        return "tail" if has_tail else "all"
+    if scope == "tail" and not has_tail:
+        raise CompressionError("this model has no tail to adapt (a transformer byte model "
+                               "has); use --adapt-scope all")
+    return scope
 
 
 class Settings(Protocol):
@@ -129,35 +154,47 @@ class Stepper:
         units = torch.full((len(rows), 1), BOS, device=device)
         next_units = [0] * len(rows)
         learner = self.learner(len(rows), steps)
-        for t in range(steps):
-            scores, state = model.step(state, units)
-            freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
-            live = [row for row, length in enumerate(lengths) if t < length]
-            for row in live:
-                next_units[row] = rows[row].pick(freqs[row:row + 1])
-            units = torch.tensor(next_units, device=device)[:, None]
-            bar.update(len(live))
+        try:
+            for t in range(steps):
+                scores, state = model.step(state, units)
+                freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
+                live = [row for row, length in enumerate(lengths) if t < length]
+                for row in live:
+                    next_units[row] = rows[row].pick(freqs[row:row + 1])
+                units = torch.tensor(next_units, device=device)[:, None]
+                bar.update(len(live))
+                if learner:
+                    learner.observe(t, units[:, 0], live)
+        finally:
             if learner:
-                learner.observe(t, units[:, 0], live)
+                learner.close()
 
 
 class Learner:
     """Adam steps on ``model`` (a copy: see :class:`Stepper`) over every ``every`` new
-    bytes of a batch (targets of finished rows are PAD: not learned)."""
+    bytes of a batch (targets of finished rows are PAD: not learned). With the ``tail``
+    scope a hook keeps what enters the tail at every coding step, Float[B, 1, D] each."""
 
     def __init__(self, model: nn.Module, adaptation: Adaptation, rows: int, steps: int):
         self.model = model
         self.every = adaptation.every
-        for name, parameter in model.named_parameters():  # (the model is a copy)
-            parameter.requires_grad_(adaptation.learns(name))
-        learning = [p for p in model.parameters() if p.requires_grad]
+        learning = adaptation.parameters(model)
         if not learning:
             raise CompressionError(f"this model has no weights that adapt with scope "
                                    f"{adaptation.scope!r}; use --adapt-scope all")
+        chosen = {id(p) for p in learning}
+        for parameter in model.parameters():  # (the model is a copy)
+            parameter.requires_grad_(id(parameter) in chosen)
         self.optimizer = torch.optim.Adam(learning, lr=adaptation.lr)
         device = next(model.parameters()).device
         self.units = torch.full((rows, steps + 1), PAD, device=device)
         self.units[:, 0] = BOS
+        self.states: list[torch.Tensor] = []
+        self.hook = model.tail_entry().register_forward_pre_hook(self._keep) \
+            if adaptation.scope == "tail" else None
+
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.states.append(inputs[0].detach())
 
     def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
         self.units[live, t + 1] = units[live]
@@ -165,7 +202,17 @@ class Learner:
             return
         window = self.units[:, t + 1 - self.every:t + 2]
         with torch.enable_grad():
-            loss = self.model.loss(window[:, :-1], window[:, 1:])
+            if self.hook is not None:  # (the tail's own call to the entry is kept too)
+                logits = self.model.tail_logits(torch.cat(self.states, 1))  # (B, every, V)
+                self.states = []
+                loss = next_unit_loss(logits, window[:, 1:])
+            else:
+                loss = self.model.loss(window[:, :-1], window[:, 1:])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         self.optimizer.step()
+
+    def close(self) -> None:
+        """Stop keeping tail states (the model copy codes the next batch)."""
+        if self.hook is not None:
+            self.hook.remove()

@@ -36,6 +36,7 @@ from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
     Row,
     Stepper,
     quantize,
+    resolve_scope,
 )
 from untok.models.registry import capabilities, require
 from untok.shipped import default_model
@@ -43,8 +44,8 @@ from untok.shipped import default_model
 SUFFIX = ".utk"
 MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
 # 2 adds the flags byte (a compiled step), 3 the attention window and the adapting
-# parameters; version 1 and 2 files still decode
-FORMAT_VERSION = 3
+# parameters, 4 the tail scope (layout of 3); files of every earlier version still decode
+FORMAT_VERSION = 4
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
 # chunks per batch, threads, adaptation learning rate and interval, flags, attention window
@@ -52,12 +53,14 @@ DEVICES = ("cpu", "cuda", "mps")
 # CRC-32
 HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBHB")
 HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: struct.Struct("<8sHBB32sQ32sIHHfHB"),
-           3: HEADER}  # by format version
+           3: HEADER, 4: HEADER}  # by format version
 # torch.backends.cpu.get_cpu_capability(): the kernels, hence the float arithmetic, differ
 # between them ("": not recorded, a GPU, or a kind this untok does not know)
 CPU_KINDS = ("", "DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256", "SVE")
 COMPILED = 1  # flags: the step was torch.compile'd (static shapes); the decoder compiles too
 ADAPT_MLP = 2  # flags: only the MLP weights adapt (Adaptation.scope "mlp")
+ADAPT_TAIL = 4  # flags: the tail adapts from the coding steps' states (scope "tail")
+SCOPE_FLAGS = {"all": 0, "mlp": ADAPT_MLP, "tail": ADAPT_TAIL}
 CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
 CODED, STORED = 0, 1  # a chunk the model would expand is stored as it is
 CRC = struct.Struct("<I")
@@ -146,9 +149,9 @@ class CodingOptions:
 
     chunk_size: int | None = None  # None: the data split evenly over batch_size rows
     batch_size: int = 64  # more rows per step: the step's fixed costs shared
-    adapt_lr: float = 1e-3  # measured on held-out text (bench/compress_default.py)
+    adapt_lr: float | None = None  # None: the scope's rate (ADAPT_LR)
     adapt_every: int = 32
-    adapt_scope: str = "all"
+    adapt_scope: str = "auto"  # the tail where the model has one, else every weight
     # units attended to (None: the model's context); 64 of the shipped model's 128: as small
     # or smaller files and faster steps (bench/compress_settings.py)
     window: int | None = 64
@@ -156,6 +159,9 @@ class CodingOptions:
 
 
 DEFAULTS = CodingOptions()
+# the adaptation learning rate of each scope, measured on held-out text
+# (bench/compress_settings.py): the tail learns from exact states and takes a larger step
+ADAPT_LR = {"tail": 3e-3, "all": 1e-3, "mlp": 1e-3}
 MIN_CHUNK = 1024  # the automatic chunk size: shorter chunks lose too much to fresh states
 
 
@@ -163,7 +169,7 @@ MIN_CHUNK = 1024  # the automatic chunk size: shorter chunks lose too much to fr
 def compress(data: bytes, model: nn.Module | None = None, *,
              chunk_size: int | None = DEFAULTS.chunk_size,
              batch_size: int = DEFAULTS.batch_size,
-             adapt_lr: float = DEFAULTS.adapt_lr, adapt_every: int = DEFAULTS.adapt_every,
+             adapt_lr: float | None = DEFAULTS.adapt_lr, adapt_every: int = DEFAULTS.adapt_every,
              adapt_scope: str = DEFAULTS.adapt_scope, window: int | None = DEFAULTS.window,
              compiled: bool = DEFAULTS.compiled, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution (None: the shipped default
@@ -178,9 +184,11 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
     damaged chunk then spoils the rest of its batch too. ``compiled`` codes through the
     ``torch.compile``'d one-unit step (faster once compiled; recorded, and the decoder
-    compiles the same step) where the family has one. ``adapt_scope="mlp"`` adapts only the
-    blocks' MLP weights (cheaper steps); ``window`` limits attention to the last ``window``
-    bytes while coding (a transformer's KV cache reads shrink; recorded in the header).
+    compiles the same step) where the family has one. ``adapt_scope`` says which weights
+    adapt (see :class:`Adaptation`; ``auto``: the tail where the model has one, else all)
+    and ``adapt_lr=None`` takes that scope's rate (``ADAPT_LR``); ``window`` limits attention
+    to the last ``window`` bytes while coding (a transformer's KV cache reads shrink;
+    recorded in the header).
     """
     model = default_model() if model is None else model
     _check_byte_model(model)
@@ -190,12 +198,15 @@ def compress(data: bytes, model: nn.Module | None = None, *,
         raise CompressionError(f"chunk size must be between 1 and 2**32 - 1, got {chunk_size}")
     if not 1 <= batch_size < 2**16:
         raise CompressionError(f"batch size must be between 1 and 65535, got {batch_size}")
-    if not (adapt_lr >= 0 and math.isfinite(adapt_lr) and 1 <= adapt_every < 2**16):
-        raise CompressionError("adaptation needs a learning rate >= 0 and an interval of 1 "
-                               f"to 65535 bytes, got {adapt_lr} and {adapt_every}")
     if adapt_scope not in ADAPT_SCOPES:
         raise CompressionError(f"adaptation scope must be one of {ADAPT_SCOPES}, got "
                                f"{adapt_scope!r}")
+    adapt_scope = resolve_scope(model, adapt_scope)
+    adapt_lr = ADAPT_LR[adapt_scope] if adapt_lr is None else adapt_lr
+    adapt_scope = adapt_scope if adapt_lr else "all"  # (nothing adapts: no scope recorded)
+    if not (adapt_lr >= 0 and math.isfinite(adapt_lr) and 1 <= adapt_every < 2**16):
+        raise CompressionError("adaptation needs a learning rate >= 0 and an interval of 1 "
+                               f"to 65535 bytes, got {adapt_lr} and {adapt_every}")
     if window is not None and not 1 <= window < 2**16:
         raise CompressionError(f"the window must be between 1 and 65535 bytes, got {window}")
     if not (window and window < model.config.context and capabilities(model).windowed_decoding):
@@ -234,8 +245,7 @@ def compress(data: bytes, model: nn.Module | None = None, *,
 
 
 def _flags(header: Header) -> int:
-    return (COMPILED if header.compiled else 0) | \
-        (ADAPT_MLP if header.adaptation.scope == "mlp" else 0)
+    return (COMPILED if header.compiled else 0) | SCOPE_FLAGS[header.adaptation.scope]
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -261,12 +271,14 @@ def parse_header(blob: bytes) -> Header:
         raise CompressionError("the file is damaged: its header fails its CRC check")
     if (precision != PRECISION or chunk_size == 0 or batch == 0 or threads == 0
             or device >= len(DEVICES) or not (adapt_lr >= 0 and math.isfinite(adapt_lr))
-            or adapt_every == 0 or flags & ~(COMPILED | ADAPT_MLP) or cpu >= len(CPU_KINDS)):
+            or adapt_every == 0 or flags & ~(COMPILED | ADAPT_MLP | ADAPT_TAIL)
+            or flags & ADAPT_MLP and flags & ADAPT_TAIL or cpu >= len(CPU_KINDS)):
         raise CompressionError("the file is damaged: its header holds impossible values")
     return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
                   batch_size=batch, threads=threads, device=DEVICES[device],
                   adaptation=Adaptation(lr=adapt_lr, every=adapt_every,
-                                        scope="mlp" if flags & ADAPT_MLP else "all"),
+                                        scope=next(scope for scope, bit in SCOPE_FLAGS.items()
+                                                   if flags & (ADAPT_MLP | ADAPT_TAIL) == bit)),
                   compiled=bool(flags & COMPILED), window=window, cpu=CPU_KINDS[cpu],
                   version=version)
 

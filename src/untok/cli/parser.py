@@ -21,7 +21,7 @@ from untok.cli.commands import (
     cmd_words,
 )
 from untok.cli.decoding import cmd_chat, cmd_generate, cmd_serve
-from untok.compression import ADAPT_SCOPES, DEFAULTS
+from untok.compression import ADAPT_LR, ADAPT_SCOPES, DEFAULTS
 from untok.config import PRECISIONS
 
 EPILOG = """examples:
@@ -153,15 +153,18 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"chunks coded side by side (default {DEFAULTS.batch_size})")
     p.add_argument("--adapt-lr", type=float, default=DEFAULTS.adapt_lr,
                    help="keep training a copy of the model on the file as it is coded, with "
-                        f"this Adam learning rate (default {DEFAULTS.adapt_lr:g}; 0 = off: "
+                        "this Adam learning rate (default: the scope's, " + ", ".join(
+                            f"{scope} {lr:g}" for scope, lr in ADAPT_LR.items()) + "; 0 = off: "
                         "every chunk then decodes on its own, while with adaptation a "
                         "damaged chunk spoils the rest of its batch)")
     p.add_argument("--adapt-every", type=_positive_int, default=DEFAULTS.adapt_every,
                    help=f"bytes per row between adaptation steps (default "
                    f"{DEFAULTS.adapt_every})")
     p.add_argument("--adapt-scope", choices=ADAPT_SCOPES, default=DEFAULTS.adapt_scope,
-                   help="which weights adapt: all, or the MLPs only (faster steps; "
-                        f"default {DEFAULTS.adapt_scope})")
+                   help="which weights adapt: tail (the last MLP and the head, from the "
+                        "coding steps' own states: cheap), all, or the MLPs (each with a "
+                        "forward and backward pass of its own); auto (default): tail where "
+                        "the model has one, else all")
     p.add_argument("--window", type=_positive_int, default=DEFAULTS.window, metavar="N",
                    help="attend to the last N bytes only while coding (a transformer: "
                         f"cheaper steps; default {DEFAULTS.window}; N at least the model's "

@@ -260,6 +260,24 @@ class FlatLM(nn.Module):
         state.position = end
         return self._scores(out), state
 
+    # -- the tail: what online adaptation while coding trains (Capabilities.adapts_tail) --
+
+    def tail_entry(self) -> nn.Module:
+        """The module whose input, Float[B, n, D], is the residual stream that enters the
+        last block's MLP: what :meth:`tail_logits` continues from."""
+        return self.blocks[-1].mlp_norm
+
+    def tail_modules(self) -> list[nn.Module]:
+        """The modules from the tail's entry to the logits: the last block's MLP and its
+        norm, the final norm, and the head (for a tied head, the embedding table)."""
+        last = self.blocks[-1]
+        return [last.mlp_norm, last.mlp, self.norm, self.head or self.embed]
+
+    def tail_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits Float[B, n, V] of the residual streams ``x`` at the tail's entry."""
+        last = self.blocks[-1]
+        return self._outputs(self.norm(x + last.mlp(last.mlp_norm(x))))
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -305,6 +323,7 @@ def flat_capabilities(config: ModelConfig) -> Capabilities:
     return Capabilities(can_compress=config.unit == "byte",
                         compiled_decoding=config.backbone == "transformer",
                         windowed_decoding=config.backbone == "transformer",
+                        adapts_tail=config.backbone == "transformer" and config.unit == "byte",
                         export_ternary=config.backbone == "mmfree", joins_rows=True)
 
 

@@ -47,6 +47,10 @@ class Capabilities:
     compiled_decoding: bool = False  # has a static-shape decode_one to torch.compile
     # ``new_state(B, window=w)``: attention over the last w units only while decoding
     windowed_decoding: bool = False
+    # ``tail_entry()`` (the module whose input is the residual stream before the model's
+    # last MLP), ``tail_modules()`` (the weights from there to the logits) and
+    # ``tail_logits(x)``: the last MLP and the head adapt from states the step computed
+    adapts_tail: bool = False
     export_ternary: bool = False  # has BitLinear layers to pack (untok export --ternary)
     patches: bool = False  # cuts bytes into patches (untok patches)
     # scores the next unit (forward/step/new_state); False for an autoencoder, which
