@@ -23,13 +23,13 @@ from untok.compression import DEFAULTS, compress
 from untok.shipped import default_model
 
 SETTINGS = {
-    "tail 3e-3": {"adapt_scope": "tail", "adapt_lr": 3e-3},
-    "tail 1e-3": {"adapt_scope": "tail", "adapt_lr": 1e-3},
-    "tail 1e-2": {"adapt_scope": "tail", "adapt_lr": 1e-2},
     "tail 3e-3, every 16": {"adapt_scope": "tail", "adapt_lr": 3e-3, "adapt_every": 16},
-    "tail 3e-3, 128 rows": {"adapt_scope": "tail", "adapt_lr": 3e-3, "batch_size": 128,
-                            "min_chunk": 512},
-    "all 1e-3": {"adapt_scope": "all", "adapt_lr": 1e-3},
+    "tail 3e-3, every 32": {"adapt_scope": "tail", "adapt_lr": 3e-3, "adapt_every": 32},
+    "tail 1e-3, every 32": {"adapt_scope": "tail", "adapt_lr": 1e-3, "adapt_every": 32},
+    "tail 1e-2, every 32": {"adapt_scope": "tail", "adapt_lr": 1e-2, "adapt_every": 32},
+    "tail 3e-3, every 32, 128 rows": {"adapt_scope": "tail", "adapt_lr": 3e-3,
+                                      "adapt_every": 32, "batch_size": 128, "min_chunk": 512},
+    "all 1e-3, every 32": {"adapt_scope": "all", "adapt_lr": 1e-3, "adapt_every": 32},
     "static": {"adapt_lr": 0.0},
 }
 

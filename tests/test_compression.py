@@ -19,6 +19,7 @@ from conftest import TINY, shakespeare
 from untok.cli import main
 from untok.coder import Adaptation, Learner, Stepper
 from untok.compression import (
+    AUTO_COMPILE,
     CHUNK,
     CPU_KINDS,
     CRC,
@@ -27,6 +28,8 @@ from untok.compression import (
     PRECISION,
     CompressionError,
     _read_chunks,
+    batch_rows,
+    compiles,
     decompress,
     parse_header,
     quantize,
@@ -38,9 +41,11 @@ from untok.units import BOS
 
 
 def compress(data: bytes, model, **options) -> bytes:
-    """The static coder unless a test asks for adaptation (the default adapts, and these
-    tests check exact sizes and chunk independence)."""
-    return untok.compression.compress(data, model, **{"adapt_lr": 0.0, **options})
+    """The static eager coder unless a test asks for adaptation or compiling (the default
+    adapts, and these tests check exact sizes and chunk independence; compiling takes
+    seconds)."""
+    return untok.compression.compress(data, model, **{"adapt_lr": 0.0, "compiled": False,
+                                                      **options})
 
 
 def _train(model: torch.nn.Module, text: bytes, steps: int = 150) -> torch.nn.Module:
@@ -181,6 +186,17 @@ def test_compiled_step_roundtrip_is_recorded_and_adapts(trained, sample: bytes) 
     payloads = [[chunk for chunk, _, _ in _read_chunks(b, parse_header(b))]
                 for b in (blob, adapted)]
     assert payloads[0] != payloads[1]
+
+
+def test_large_inputs_compile_in_few_shapes(trained) -> None:
+    """compiled=None compiles from AUTO_COMPILE bytes on, for families with a compiled step;
+    a compiled batch has a power-of-two number of rows (few shapes ever compile)."""
+    recurrent = build_model(resolve(preset_name="mmfree-tiny").model)
+    assert not compiles(trained, None, AUTO_COMPILE - 1) and compiles(trained, None, AUTO_COMPILE)
+    assert compiles(trained, True, 10) and not compiles(trained, False, 10**6)
+    assert not compiles(recurrent, True, 10**6)
+    assert [batch_rows(trained, 64, n, True) for n in (1, 3, 33, 64, 200)] == [1, 4, 64, 64, 64]
+    assert batch_rows(trained, 64, 33, False) == 33 and batch_rows(trained, 48, 40, True) == 48
 
 
 def test_earlier_versions_still_decode(trained, sample: bytes) -> None:

@@ -190,19 +190,24 @@ class Learner:
         self.units = torch.full((rows, steps + 1), PAD, device=device)
         self.units[:, 0] = BOS
         self.states: list[torch.Tensor] = []
+        self.entered: torch.Tensor | None = None  # what entered the tail last
         self.hook = model.tail_entry().register_forward_pre_hook(self._keep) \
             if adaptation.scope == "tail" else None
 
     def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        self.states.append(inputs[0].detach())
+        # (one attribute, not a list append: a compiled step then needs no new guard
+        # for every length of the list)
+        self.entered = inputs[0].detach()
 
     def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
         self.units[live, t + 1] = units[live]
+        if self.hook is not None:
+            self.states.append(self.entered)
         if (t + 1) % self.every:
             return
         window = self.units[:, t + 1 - self.every:t + 2]
         with torch.enable_grad():
-            if self.hook is not None:  # (the tail's own call to the entry is kept too)
+            if self.hook is not None:
                 logits = self.model.tail_logits(torch.cat(self.states, 1))  # (B, every, V)
                 self.states = []
                 loss = next_unit_loss(logits, window[:, 1:])

@@ -120,10 +120,6 @@ def _batches(header: Header) -> Iterator[list[int]]:
         yield list(range(first, min(first + header.batch_size, header.num_chunks)))
 
 
-def _batch_size_for(model: nn.Module, wanted: int) -> int:
-    return wanted if capabilities(model).batch_decoding else 1
-
-
 def _cpu_kind(device: str) -> str:
     kind = torch.backends.cpu.get_cpu_capability() if device == "cpu" else ""
     return kind if kind in CPU_KINDS else ""
@@ -150,28 +146,48 @@ class CodingOptions:
     chunk_size: int | None = None  # None: the data split evenly over batch_size rows
     batch_size: int = 64  # more rows per step: the step's fixed costs shared
     adapt_lr: float | None = None  # None: the scope's rate (ADAPT_LR)
-    adapt_every: int = 32
+    adapt_every: int | None = None  # None: the scope's interval (ADAPT_EVERY)
     adapt_scope: str = "auto"  # the tail where the model has one, else every weight
     # units attended to (None: the model's context); 64 of the shipped model's 128: as small
     # or smaller files and faster steps (bench/compress_settings.py)
     window: int | None = 64
-    compiled: bool = False  # no faster on 2 CPU cores (the KV cache reads dominate)
+    # None: compile the step for inputs of AUTO_COMPILE bytes or more, where the family has
+    # a compiled step (once per row count on a machine; torch caches the kernels on disk)
+    compiled: bool | None = None
 
 
 DEFAULTS = CodingOptions()
 # the adaptation learning rate of each scope, measured on held-out text
 # (bench/compress_settings.py): the tail learns from exact states and takes a larger step
 ADAPT_LR = {"tail": 3e-3, "all": 1e-3, "mlp": 1e-3}
+# and interval in bytes: a tail step costs the same FLOPs per byte at any interval, and 16
+# coded 0-4% smaller files than 32 (every weight: 16 was no better and slower)
+ADAPT_EVERY = {"tail": 16, "all": 32, "mlp": 32}
 MIN_CHUNK = 1024  # the automatic chunk size: shorter chunks lose too much to fresh states
+AUTO_COMPILE = 32 * 1024  # bytes from which compiled=None compiles the step
+
+
+def compiles(model: nn.Module, compiled: bool | None, length: int) -> bool:
+    """Whether coding ``length`` bytes with ``model`` runs the compiled step."""
+    wanted = length >= AUTO_COMPILE if compiled is None else compiled
+    return wanted and capabilities(model).compiled_decoding
+
+
+def batch_rows(model: nn.Module, batch_size: int, chunks: int, compiled: bool) -> int:
+    """Chunks per batch: ``batch_size`` at most (1 for families that do not batch); a
+    compiled step's rows are a power of two, so that few shapes ever compile."""
+    rows = min(batch_size if capabilities(model).batch_decoding else 1, chunks)
+    return min(1 << (rows - 1).bit_length(), batch_size) if compiled else rows
 
 
 @torch.no_grad()
 def compress(data: bytes, model: nn.Module | None = None, *,
              chunk_size: int | None = DEFAULTS.chunk_size,
              batch_size: int = DEFAULTS.batch_size,
-             adapt_lr: float | None = DEFAULTS.adapt_lr, adapt_every: int = DEFAULTS.adapt_every,
+             adapt_lr: float | None = DEFAULTS.adapt_lr,
+             adapt_every: int | None = DEFAULTS.adapt_every,
              adapt_scope: str = DEFAULTS.adapt_scope, window: int | None = DEFAULTS.window,
-             compiled: bool = DEFAULTS.compiled, progress: bool = False) -> bytes:
+             compiled: bool | None = DEFAULTS.compiled, progress: bool = False) -> bytes:
     """Compress ``data`` with ``model``'s next-byte distribution (None: the shipped default
     model); :func:`decompress` with the same weights (on the same kind of device) gives
     ``data`` back exactly.
@@ -184,9 +200,11 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
     damaged chunk then spoils the rest of its batch too. ``compiled`` codes through the
     ``torch.compile``'d one-unit step (faster once compiled; recorded, and the decoder
-    compiles the same step) where the family has one. ``adapt_scope`` says which weights
+    compiles the same step) where the family has one; None: for inputs of at least
+    ``AUTO_COMPILE`` bytes. ``adapt_scope`` says which weights
     adapt (see :class:`Adaptation`; ``auto``: the tail where the model has one, else all)
-    and ``adapt_lr=None`` takes that scope's rate (``ADAPT_LR``); ``window`` limits attention
+    and ``None`` learning rate and interval take the scope's (``ADAPT_LR``,
+    ``ADAPT_EVERY``); ``window`` limits attention
     to the last ``window`` bytes while coding (a transformer's KV cache reads shrink;
     recorded in the header).
     """
@@ -203,6 +221,7 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                                f"{adapt_scope!r}")
     adapt_scope = resolve_scope(model, adapt_scope)
     adapt_lr = ADAPT_LR[adapt_scope] if adapt_lr is None else adapt_lr
+    adapt_every = ADAPT_EVERY[adapt_scope] if adapt_every is None else adapt_every
     adapt_scope = adapt_scope if adapt_lr else "all"  # (nothing adapts: no scope recorded)
     if not (adapt_lr >= 0 and math.isfinite(adapt_lr) and 1 <= adapt_every < 2**16):
         raise CompressionError("adaptation needs a learning rate >= 0 and an interval of 1 "
@@ -215,12 +234,13 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     data = bytes(data)
     model.eval()
     chunks = max(-(-len(data) // chunk_size), 1)
+    compiled = compiles(model, compiled, len(data))
     header = Header(model_sha256=weights_sha256(model), length=len(data),
                     sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
-                    batch_size=min(_batch_size_for(model, batch_size), chunks),
+                    batch_size=batch_rows(model, batch_size, chunks, compiled),
                     threads=torch.get_num_threads(), device=_device_name(model),
                     adaptation=Adaptation(lr=adapt_lr, every=adapt_every, scope=adapt_scope),
-                    compiled=compiled and capabilities(model).compiled_decoding,
+                    compiled=compiled,
                     window=window, cpu=_cpu_kind(_device_name(model)))
     stepper = Stepper(model, header)
     payloads: list[bytes] = []

@@ -21,7 +21,14 @@ from untok.cli.commands import (
     cmd_words,
 )
 from untok.cli.decoding import cmd_chat, cmd_generate, cmd_serve
-from untok.compression import ADAPT_LR, ADAPT_SCOPES, DEFAULTS
+from untok.compression import (
+    ADAPT_EVERY,
+    ADAPT_LR,
+    ADAPT_SCOPES,
+    AUTO_COMPILE,
+    DEFAULTS,
+    MIN_CHUNK,
+)
 from untok.config import PRECISIONS
 
 EPILOG = """examples:
@@ -148,7 +155,7 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", help="output file (default FILE.utk; - = stdout)")
     p.add_argument("--chunk-size", type=_positive_int, default=DEFAULTS.chunk_size,
                    help="bytes per independently decodable chunk (default: the file split "
-                   "evenly over --batch-size chunks, at least 1024 bytes each)")
+                   f"evenly over --batch-size chunks, at least {MIN_CHUNK} bytes each)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                    help=f"chunks coded side by side (default {DEFAULTS.batch_size})")
     p.add_argument("--adapt-lr", type=float, default=DEFAULTS.adapt_lr,
@@ -158,8 +165,8 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                         "every chunk then decodes on its own, while with adaptation a "
                         "damaged chunk spoils the rest of its batch)")
     p.add_argument("--adapt-every", type=_positive_int, default=DEFAULTS.adapt_every,
-                   help=f"bytes per row between adaptation steps (default "
-                   f"{DEFAULTS.adapt_every})")
+                   help="bytes per row between adaptation steps (default: the scope's, " +
+                   ", ".join(f"{scope} {every}" for scope, every in ADAPT_EVERY.items()) + ")")
     p.add_argument("--adapt-scope", choices=ADAPT_SCOPES, default=DEFAULTS.adapt_scope,
                    help="which weights adapt: tail (the last MLP and the head, from the "
                         "coding steps' own states: cheap), all, or the MLPs (each with a "
@@ -173,7 +180,8 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    default=DEFAULTS.compiled, help="code through the torch.compile'd one-byte "
                    "step: faster, after a one-off compile cached on disk (recorded: "
-                   f"decompressing compiles the same step; default {DEFAULTS.compiled})")
+                   "decompressing compiles the same step; default: for files of "
+                   f"{AUTO_COMPILE // 1024} KiB or more)")
     p.add_argument("--compare", action="store_true", help="also print the file's size under "
                    "gzip -9, bzip2 -9, xz -9e and zstd -19 (zstd: pip install zstandard)")
     _add_force(p, "overwrite the output")

@@ -40,6 +40,7 @@ from untok.nn.stacks import TransformerStack, make_stack
 from untok.scores import Logits, Scores
 from untok.units import ByteUnits, CodepointUnits, Units
 
+STATIC_TABLES = 1 << 16  # RoPE table positions a compiled step reads (grown past that)
 TEMPERATURE_RATE = 10.0  # the scalar log-temperature moves this much faster than Adam steps
 
 
@@ -252,7 +253,11 @@ class FlatLM(nn.Module):
     def step(self, state: FlatState, ids: torch.Tensor) -> tuple[Scores, FlatState]:
         start, end = state.position, state.position + ids.shape[1]
         positions = torch.arange(start, end, device=ids.device)
-        tables = self.blocks.step_tables(end, ids.device)
+        # a compiled step takes the RoPE tables whole: one large size keeps it from
+        # recompiling each time they grow (positions index them: the values are the same)
+        static = getattr(self, "static_decoding", False)
+        tables = self.blocks.step_tables(max(end, STATIC_TABLES) if static else end,
+                                         ids.device)
         run = self.decode_one if ids.shape[1] == 1 else self._cached
         out = run(ids, positions, tables, state.layers, state.past)
         state.past = update_past(state.past, ids)
