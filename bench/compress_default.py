@@ -97,35 +97,39 @@ def code(data: bytes, model: torch.nn.Module, options: dict, repeats: int) -> di
             "decompress_kb_per_s": len(data) / 1e3 / median(decode)}
 
 
+def speeds(row: dict) -> str:
+    return f"{row['compress_kb_per_s']:.1f} / {row['decompress_kb_per_s']:.1f}"
+
+
 def render(figures: dict) -> str:
     baseline = "baseline_options" in figures
     lines = ["| file class | untok default | untok static | xz -9e | zstd -19 | bzip2 -9 | "
-             "gzip -9 | default KB/s (comp / decomp) |"
-             + (" baseline bpb | baseline KB/s (comp / decomp) | speed-up |" if baseline
-                else ""), "|---" * (11 if baseline else 8) + "|"]
+             "gzip -9 | default KB/s (comp / decomp) | compiled KB/s |"
+             + (" baseline bpb | baseline KB/s | compiled vs baseline |" if baseline
+                else ""), "|---" * (12 if baseline else 9) + "|"]
     for row in figures["classes"].values():
-        c, d = row["classic_bpb"], row["default"]
+        c, d, fast = row["classic_bpb"], row["default"], row["compiled"]
         line = (f"| {row['what']} | **{d['bpb']:.3f}** | {row['static']['bpb']:.3f} | "
                 f"{c['xz -9e']:.3f} | {c['zstd -19']:.3f} | {c['bzip2 -9']:.3f} | "
-                f"{c['gzip -9']:.3f} | {d['compress_kb_per_s']:.1f} / "
-                f"{d['decompress_kb_per_s']:.1f} |")
+                f"{c['gzip -9']:.3f} | {speeds(d)} | {speeds(fast)} |")
         if baseline:
             b = row["baseline"]
-            line += (f" {b['bpb']:.3f} | {b['compress_kb_per_s']:.1f} / "
-                     f"{b['decompress_kb_per_s']:.1f} | "
-                     f"{d['compress_kb_per_s'] / b['compress_kb_per_s']:.1f}x / "
-                     f"{d['decompress_kb_per_s'] / b['decompress_kb_per_s']:.1f}x |")
+            line += (f" {b['bpb']:.3f} | {speeds(b)} | "
+                     f"{fast['compress_kb_per_s'] / b['compress_kb_per_s']:.1f}x / "
+                     f"{fast['decompress_kb_per_s'] / b['decompress_kb_per_s']:.1f}x |")
         lines.append(line)
     lines.append("")
     if baseline:
         lines.append(f"Baseline: {figures['baseline']} with {figures['baseline_options']}.")
     lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
                  f"{figures['default_options']} (adaptation: "
-                 f"{figures['default_adaptation']}); static: {figures['static_options']}. "
-                 f"First call (compiling the step, coding {figures['warm_up_bytes']:,} bytes): "
-                 f"{figures['compile_seconds']:.1f} s. Threads: "
-                 f"{figures['threads']}. The machine's fp32 matmul peak, measured at the start "
-                 "and the end of this run: " + " / ".join(
+                 f"{figures['default_adaptation']}; the step compiles from "
+                 f"{figures['auto_compile']:,} bytes, so these files code eager; 'compiled': "
+                 f"the same input with --compile); static: "
+                 f"{figures['static_options']}. First call (compiling the step, coding "
+                 f"{figures['warm_up_bytes']:,} bytes): {figures['compile_seconds']:.1f} s. "
+                 f"Threads: {figures['threads']}. The machine's fp32 matmul peak, measured at "
+                 "the start and the end of this run: " + " / ".join(
                      f"{g:.0f}" for g in figures.get("matmul_peak_gflops", [])) + " GFLOP/s.")
     return "\n".join(lines)
 
@@ -158,15 +162,16 @@ def main() -> None:
     model = default_model()
     default_options = dataclasses.asdict(DEFAULTS)  # what `untok compress` uses
     static_options = {**default_options, "adapt_lr": 0.0}
+    compiled_options = {**default_options, "compiled": True}  # (the default from AUTO_COMPILE)
     peak_before = measure_matmul_peak(torch.device("cpu"))  # this shared machine's speed now
     started = time.perf_counter()  # the one-off compile, with 64 KiB to code
-    warm_up = b"warm up the step " * (4 * AUTO_COMPILE // 17)
-    adaptation = parse_header(compress(warm_up, model, **default_options)
+    warm_up = b"warm up the step " * 4000
+    adaptation = parse_header(compress(warm_up, model, **compiled_options)
                               ).adaptation  # (what the defaults resolve to for this model)
     compile_seconds = time.perf_counter() - started
     figures = {"bytes": args.bytes, "default_options": default_options,
                "default_adaptation": dataclasses.asdict(adaptation),
-               "warm_up_bytes": len(warm_up),
+               "warm_up_bytes": len(warm_up), "auto_compile": AUTO_COMPILE,
                "static_options": static_options, "compile_seconds": compile_seconds,
                "threads": torch.get_num_threads(), "classes": {}}
     baseline = load(args.baseline) if args.baseline else None
@@ -181,6 +186,7 @@ def main() -> None:
             "what": what, "input_bytes": len(data),
             "classic_bpb": {k: 8 * v / len(data) for k, v in classic.items() if v},
             "default": code(data, model, default_options, args.repeats),
+            "compiled": code(data, model, compiled_options, args.repeats),
             "static": code(data, model, static_options, args.repeats)}
         if baseline is not None:
             row["baseline"] = code(data, baseline, baseline_options, args.repeats)

@@ -218,7 +218,7 @@ def test_compress_default_smoke(tmp_path):
                         "wikipedia", "python", "--baseline", str(shipped.SHIPPED))
     for row in figures["classes"].values():
         assert {"xz -9e", "gzip -9", "bzip2 -9"} <= set(row["classic_bpb"])
-        for kind in ("default", "static", "baseline"):
+        for kind in ("default", "compiled", "static", "baseline"):
             assert {"bpb", "compress_kb_per_s", "decompress_kb_per_s"} <= set(row[kind])
     assert figures["default_adaptation"]["lr"] > 0 == figures["static_options"]["adapt_lr"]
     assert figures["baseline_options"]["adapt_scope"] == "all"
