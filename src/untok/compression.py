@@ -203,12 +203,11 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     damaged chunk then spoils the rest of its batch too. ``compiled`` codes through the
     ``torch.compile``'d one-unit step (faster once compiled; recorded, and the decoder
     compiles the same step) where the family has one; None: for inputs of at least
-    ``AUTO_COMPILE`` bytes. ``adapt_scope`` says which weights
-    adapt (see :class:`Adaptation`; ``auto``: the tail where the model has one, else all)
-    and ``None`` learning rate and interval take the scope's (``ADAPT_LR``,
-    ``ADAPT_EVERY``); ``window`` limits attention
-    to the last ``window`` bytes while coding (a transformer's KV cache reads shrink;
-    recorded in the header).
+    ``AUTO_COMPILE`` bytes. ``adapt_scope`` says which weights adapt (see
+    :class:`Adaptation`; ``auto``: the tail where the model has one, else all), and a
+    learning rate or interval of None takes the scope's (``ADAPT_LR``, ``ADAPT_EVERY``).
+    ``window`` limits attention to the last ``window`` bytes while coding (a transformer's
+    KV cache reads shrink; recorded in the header).
     """
     model = default_model() if model is None else model
     _check_byte_model(model)
