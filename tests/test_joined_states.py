@@ -74,7 +74,8 @@ def test_joined_rows_decode_as_alone(name, config):
 
 def test_cache_attends_only_to_the_window_of_its_units():
     """A dynamic cache that begins at position s reads only the slots of its own units,
-    one contiguous slice wherever the ring stands, and masks nothing it returns."""
+    one contiguous slice wherever the ring stands, and masks nothing it returns (a single
+    new unit gets no mask at all)."""
     from untok.nn.attention import KVCache
 
     capacity, start = 8, 13
@@ -85,7 +86,7 @@ def test_cache_attends_only_to_the_window_of_its_units():
         seen = keys[0, 0, :, 0].tolist()
         assert seen == [float(p) for p in range(max(start, position + 1 - capacity),
                                                 position + 1)]
-        assert mask.all()
+        assert mask is None
     joined = cache.join(KVCache.empty(1, 1, capacity, 4, torch.device("cpu"), torch.float32,
                                       start=start + 20), start + 20)
     keys, _, mask = joined.append(torch.zeros(3, 1, 1, 4), torch.zeros(3, 1, 1, 4),
@@ -99,4 +100,8 @@ def test_cache_attends_only_to_the_window_of_its_units():
     for position in range(capacity + 3):
         k = torch.full((1, 1, 1, 4), float(position))
         keys, _, mask = plain.append(k, k, torch.tensor([position]))
-        assert keys.shape[2] == min(position + 1, capacity) and mask.all()
+        assert keys.shape[2] == min(position + 1, capacity) and mask is None
+    keys, _, mask = plain.append(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4),
+                                 torch.tensor([capacity + 3, capacity + 4]))
+    assert mask.sum(-1).tolist() == [capacity - 1, capacity]  # two units: the first
+    # must not see the second

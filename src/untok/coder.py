@@ -32,23 +32,22 @@ class CompressionError(UntokError):
 
 
 def quantize(logits: torch.Tensor) -> np.ndarray:
-    """Integer frequencies Int64[B, 256] from next-unit logits Float[B, V].
+    """Integer frequencies Float64[B, 256] (whole numbers, as ``constriction`` takes them)
+    from next-unit logits Float[B, V].
 
     Only the 256 byte values are coded (specials are never emitted). Every byte gets at least
     1, the frequencies sum to exactly ``2**PRECISION``, and the rounding remainder goes to the
-    most likely byte. Computed in float64 on the CPU: identical logits give identical
-    frequencies on both sides.
+    most likely byte. Computed in float64 on the CPU (every value below 2**53 is exact):
+    identical logits give identical frequencies on both sides.
     """
     total = 1 << PRECISION
-    probs = logits[:, :NUM_BYTES].detach().to("cpu", torch.float64).softmax(-1)
-    if not torch.isfinite(probs).all():
+    probs = logits[:, :NUM_BYTES].detach().to("cpu", torch.float64).softmax(-1).numpy()
+    if not np.isfinite(probs).all():
         raise CompressionError("the model gave non-finite logits (NaN or inf); its weights "
                                "are damaged or it was trained into divergence")
-    freqs = (probs * (total - NUM_BYTES)).floor().long() + 1
-    top = probs.argmax(-1, keepdim=True)
-    freqs.scatter_add_(1, top, total - freqs.sum(-1, keepdim=True))
-    return freqs.numpy()
-
+    freqs = np.floor(probs * (total - NUM_BYTES)) + 1.0
+    freqs[np.arange(len(freqs)), probs.argmax(-1)] += total - freqs.sum(-1)
+    return freqs
 
 
 class Row:
@@ -157,7 +156,7 @@ class Stepper:
         try:
             for t in range(steps):
                 scores, state = model.step(state, units)
-                freqs = quantize(scores[:, -1].byte_logits).astype(np.float64)
+                freqs = quantize(scores[:, -1].byte_logits)
                 live = [row for row, length in enumerate(lengths) if t < length]
                 for row in live:
                     next_units[row] = rows[row].pick(freqs[row:row + 1])
@@ -200,7 +199,10 @@ class Learner:
         self.entered = inputs[0].detach()
 
     def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
-        self.units[live, t + 1] = units[live]
+        if len(live) == len(units):  # (every row: a slice, not an index list)
+            self.units[:, t + 1] = units
+        else:
+            self.units[live, t + 1] = units[live]
         if self.hook is not None:
             self.states.append(self.entered)
         if (t + 1) % self.every:

@@ -12,7 +12,9 @@ from torch import nn
 
 def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor,
                                                                                torch.Tensor]:
-    """cos, sin (Float[T, head_dim/2]) for integer ``positions`` (Long[T]).
+    """The tables :func:`apply_rope` takes for integer ``positions`` (Long[T]): Float[T,
+    head_dim] each, ``cos`` = (cos a, cos a) and ``sin`` = (-sin a, sin a) for the
+    head_dim/2 angles a of a position, laid out as the channel pairs (i, i + d/2) they rotate.
 
     Angles are computed in float64 so that positions far past the training window (long
     generations) keep their precision.
@@ -20,11 +22,13 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[to
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64,
                                       device=positions.device) / head_dim)
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
-    return angles.cos().float(), angles.sin().float()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1).float(), torch.cat([-sin, sin], -1).float()
 
 
 class Rope:
-    """Growable RoPE cos/sin tables (Float[S, head_dim/2]) for one head size.
+    """Growable RoPE cos/sin tables (Float[S, head_dim], see :func:`rope_angles`) for one
+    head size.
 
     A plain object, not a buffer: the tables are derived, never saved. They grow by
     doubling (at least to ``min_size``), so long generations cost O(1) amortised.
@@ -51,11 +55,12 @@ class Rope:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + d/2) of ``x`` (B, H, T, d) by the given angles."""
+    """Rotate channel pairs (i, i + d/2) of ``x`` (.., d) by the angles of the tables
+    (:func:`rope_angles`, broadcast against ``x``): (x1 cos - x2 sin, x2 cos + x1 sin),
+    in four kernels."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
 @dataclass
@@ -108,7 +113,9 @@ class KVCache:
 
         Returns the keys and values of the slots attended to and the mask Bool[n, slots]
         (Bool[B, 1, n, slots] with ``starts``) of those each new unit may attend to:
-        filled, not after the unit itself, and not before its row's start.
+        filled, not after the unit itself, and not before its row's start. The mask is None
+        where it would allow every slot: one new unit, a cache that is not static and rows
+        that share one start (the slots read then hold exactly the units of the window).
         """
         capacity, n = self.capacity, k.shape[2]
         if n > capacity:
@@ -126,6 +133,8 @@ class KVCache:
             low = max(self.first, self.end - capacity)
             if low % capacity + self.end - low <= copies * capacity:
                 window = slice(low % capacity, low % capacity + self.end - low)
+            if n == 1 and self.starts is None:
+                return self.k[:, :, window], self.v[:, :, window], None
         held = self.positions[None, window]
         mask = (held >= 0) & (held <= positions[:, None])  # (n, slots)
         if self.starts is not None:  # (B, 1, n, slots)
@@ -188,12 +197,13 @@ class CausalSelfAttention(nn.Module):
         :class:`LocalWindow`)."""
         B, T, D = x.shape
         H, G, d = self.num_heads, self.kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split([D, G * d, G * d], dim=-1)
-        q, k, v = (t.view(B, T, -1, d).transpose(1, 2) for t in (q, k, v))  # (B, H|G, T, d)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, H + 2 * G, d)
+        qk = apply_rope(qkv[:, :, :H + G], cos[:, None], sin[:, None])  # (one call for both)
+        q, k = qk.transpose(1, 2).split([H, G], dim=1)  # (B, H|G, T, d)
+        v = qkv[:, :, H + G:].transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
         if cache is not None:
-            k, v, mask = cache.append(k, v, positions)  # (B, G, slots, d), (T, slots)
+            k, v, mask = cache.append(k, v, positions)  # (B, G, slots, d), (T, slots)|None
             y = grouped_attention(q, k, v, mask)
         else:
             if G < H:  # (training: every query head with its own copy)
@@ -207,15 +217,17 @@ class CausalSelfAttention(nn.Module):
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      mask: torch.Tensor) -> torch.Tensor:
+                      mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q (B, H, T, d) over cached k, v (B, G, S, d), G dividing H, with
-    ``mask`` Bool[T, S] or Bool[B, 1, T, S]: the g = H / G query heads of a key/value head
-    become g x T query rows of it (one read of the cache). (B, H, T, d)."""
+    ``mask`` Bool[T, S] or Bool[B, 1, T, S] (None: every slot): the g = H / G query heads
+    of a key/value head become g x T query rows of it (one read of the cache).
+    (B, H, T, d)."""
     B, H, T, d = q.shape
     g = H // k.shape[1]
     if g == 1:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    rows = mask.repeat(g, 1) if mask.dim() == 2 else mask.repeat(1, 1, g, 1)
+    rows = mask if mask is None else \
+        mask.repeat(g, 1) if mask.dim() == 2 else mask.repeat(1, 1, g, 1)
     y = F.scaled_dot_product_attention(q.reshape(B, k.shape[1], g * T, d), k, v,
                                        attn_mask=rows)
     return y.view(B, H, T, d)
@@ -352,8 +364,9 @@ class DifferentialAttention(nn.Module):
         q = apply_rope(q.unflatten(-1, (2, d)), cos[:, None], sin[:, None]).flatten(-2)
         k = apply_rope(k.unflatten(-1, (2, d)), cos[:, None], sin[:, None]).flatten(-2)
         dropout = self.dropout if self.training else 0.0
+        causal = cache is None and mask is None
         if cache is not None:
-            k, v, mask = cache.append(k, v, positions)  # (B, H, slots, 2d), (T, slots)
+            k, v, mask = cache.append(k, v, positions)  # (B, H, slots, 2d), (T, slots)|None
             dropout = 0.0
         q1, q2 = q.chunk(2, dim=-1)
         k1, k2 = k.chunk(2, dim=-1)
@@ -361,9 +374,9 @@ class DifferentialAttention(nn.Module):
             y1, y2 = mask.attend(q1, k1, v, dropout), mask.attend(q2, k2, v, dropout)
         else:
             y1 = F.scaled_dot_product_attention(q1, k1, v, attn_mask=mask, dropout_p=dropout,
-                                                is_causal=mask is None)
+                                                is_causal=causal)
             y2 = F.scaled_dot_product_attention(q2, k2, v, attn_mask=mask, dropout_p=dropout,
-                                                is_causal=mask is None)
+                                                is_causal=causal)
         y = y1 - self.lambda_full().to(y1.dtype) * y2  # (B, H, T, 2d)
         y = self.head_norm(y) * (1.0 - self.lambda_init)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
