@@ -51,6 +51,17 @@ def test_old_container_decompresses_byte_exact() -> None:
     assert new[HEADER.size + CRC.size:] == blob[HEADERS[1].size + CRC.size:]
 
 
+def test_a_file_of_the_shipped_model_decompresses_byte_exact() -> None:
+    """The shipped model's default coding (format 4: tail adaptation, a 64-byte window,
+    the eager step) keeps its arithmetic: see fixtures/shipped/README.md."""
+    if torch.backends.cpu.get_cpu_capability() != FIXTURE_CPU:
+        pytest.skip(f"the fixture was compressed on a {FIXTURE_CPU} CPU; this one computes "
+                    f"with {torch.backends.cpu.get_cpu_capability()}")
+    shipped = FIXTURES.parent / "shipped"
+    blob = (shipped / "sample.txt.utk").read_bytes()
+    assert untok.decompress(blob) == (shipped / "sample.txt").read_bytes()
+
+
 def test_a_future_checkpoint_format_is_a_clear_error(tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "flat", tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
