@@ -13,21 +13,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 import untok
 from conftest import TINY, shakespeare
 from untok.cli import main
-from untok.coder import Adaptation, Learner, Stepper
+from untok.coder import Adaptation, ChunkStreams, Learner, Row, Stepper
 from untok.compression import (
     AUTO_COMPILE,
     CHUNK,
+    CODED,
     CPU_KINDS,
     CRC,
+    FORMAT_VERSION,
     HEADER,
     HEADERS,
     PRECISION,
+    STORED,
     CompressionError,
-    _read_chunks,
+    Header,
+    _batches,
+    _read_blocks,
     batch_rows,
     compiles,
     decompress,
@@ -75,9 +81,25 @@ def sample() -> bytes:
     return shakespeare().read_bytes()[-5000:]  # val text, not trained on
 
 
-def container_overhead(chunks: int) -> int:
-    """Header + CRC, chunk table + CRC."""
-    return HEADER.size + CHUNK.size * chunks + 2 * CRC.size
+def container_overhead(blocks: int) -> int:
+    """Header + CRC, table (an entry per batch) + CRC."""
+    return HEADER.size + CHUNK.size * blocks + 2 * CRC.size
+
+
+def per_chunk_body(data: bytes, model: torch.nn.Module, header: Header) -> bytes:
+    """The table and payloads of a version 1-4 file: a range-coder stream and a table entry
+    per chunk, as untok wrote them before version 5."""
+    stepper, table, payloads = Stepper(model, header), bytearray(), []
+    for batch in _batches(header):
+        chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
+        rows = [Row(chunk, encode=True) for chunk in chunks]
+        stepper.run(ChunkStreams(rows), [len(c) for c in chunks], tqdm(disable=True))
+        for chunk, row in zip(chunks, rows, strict=True):
+            coded = row.encoder.get_compressed().astype("<u4").tobytes()
+            method, payload = (CODED, coded) if len(coded) < len(chunk) else (STORED, chunk)
+            payloads.append(payload)
+            table += CHUNK.pack(len(payload), method, zlib.crc32(chunk))
+    return bytes(table) + CRC.pack(zlib.crc32(table)) + b"".join(payloads)
 
 
 def roundtrip(data: bytes, model, **options) -> bytes:
@@ -101,14 +123,20 @@ def test_roundtrip_random_binary(trained) -> None:
     """A text model would expand random bytes: such chunks are stored as they are."""
     data = os.urandom(3000)
     blob = roundtrip(data, trained, chunk_size=700, batch_size=2)
-    assert len(blob) == len(data) + container_overhead(chunks=5)
+    assert len(blob) == len(data) + container_overhead(blocks=3)
     mixed = data[:1400] + shakespeare().read_bytes()[-2800:]
     blob = roundtrip(mixed, trained, chunk_size=700, batch_size=3)
     assert len(blob) < 1400 + 2800 * 5 / 8
+    # the first batch mixes two random chunks with text: coded, its random chunks stored
+    # inside it (bits 0 and 1 of its bitmap)
+    blocks = _read_blocks(blob, parse_header(blob))
+    assert [method for _, method, _ in blocks] == [CODED, CODED]
+    assert blocks[0][0][0] == 0b011 and blocks[0][0][1:1401] == data[:1400]
 
 
 def test_text_compresses_to_the_models_cross_entropy(trained, sample: bytes) -> None:
-    """The compressed payload is the model's bits per byte, plus a few bytes per chunk."""
+    """The compressed payload is the model's bits per byte, plus a few bytes per batch (one
+    range-coder stream codes the batch's 4 chunks)."""
     chunk = 1250
     blob = roundtrip(sample, trained, chunk_size=chunk, batch_size=4)
     bits = 0.0
@@ -119,7 +147,7 @@ def test_text_compresses_to_the_models_cross_entropy(trained, sample: bytes) -> 
             bits -= logits.log_softmax(-1)[torch.arange(len(piece)), piece].sum().item()
     bits /= math.log(2)
     assert 8 * len(blob) / len(sample) < 5.0
-    overhead = container_overhead(chunks=4) + 4 * 8  # each range coder ends within 64 bits
+    overhead = container_overhead(blocks=1) + 8  # a range coder ends within 64 bits
     assert bits / 8 <= len(blob) <= bits / 8 * 1.002 + overhead
 
 
@@ -183,7 +211,7 @@ def test_compiled_step_roundtrip_is_recorded_and_adapts(trained, sample: bytes) 
     adapted = roundtrip(text, trained, chunk_size=300, batch_size=4, compiled=True,
                         adapt_lr=3e-3, adapt_every=16)
     # the compiled step coded with the adapted weights (on 2 KB the total need not shrink)
-    payloads = [[chunk for chunk, _, _ in _read_chunks(b, parse_header(b))]
+    payloads = [[block for block, _, _ in _read_blocks(b, parse_header(b))]
                 for b in (blob, adapted)]
     assert payloads[0] != payloads[1]
 
@@ -200,19 +228,24 @@ def test_large_inputs_compile_in_few_shapes(trained) -> None:
 
 
 def test_earlier_versions_still_decode(trained, sample: bytes) -> None:
-    """A version-1 header (no flags byte) and a version-2 one (no window) are read as
-    eager files over the model's whole context, adapting every weight; version 3 has the
-    layout of 4."""
-    blob = compress(sample[:1200], trained, chunk_size=500, batch_size=2)
+    """Versions 1-4 code every chunk as a stream of its own. A version-1 header (no flags
+    byte) and a version-2 one (no window) are read as eager files over the model's whole
+    context, adapting every weight; versions 3 and 4 have the layout of 5."""
+    text = sample[:1200]
+    blob = compress(text, trained, chunk_size=500, batch_size=2, adapt_lr=1e-3,
+                    adapt_scope="all")
     fields = list(HEADER.unpack_from(blob))
-    assert fields[1] == 4 and fields[-3:-1] == [0, 0]
+    assert fields[1] == FORMAT_VERSION == 5 and fields[-3:-1] == [0, 0]
+    body = per_chunk_body(text, trained, dataclasses.replace(parse_header(blob), version=4))
     for version, head in ((1, HEADERS[1].pack(fields[0], 1, *fields[2:-3])),
                           (2, HEADERS[2].pack(fields[0], 2, *fields[2:-2])),
-                          (3, HEADERS[3].pack(fields[0], 3, *fields[2:]))):
-        old = head + CRC.pack(zlib.crc32(head)) + blob[HEADER.size + CRC.size:]
+                          (3, HEADERS[3].pack(fields[0], 3, *fields[2:])),
+                          (4, HEADERS[4].pack(fields[0], 4, *fields[2:]))):
+        old = head + CRC.pack(zlib.crc32(head)) + body
         header = parse_header(old)
         assert header.version == version and header.window == 0
-        assert header.adaptation.scope == "all" and decompress(old, trained) == sample[:1200]
+        assert header.adaptation.scope == "all" and decompress(old, trained) == text
+    assert len(blob) < len(old)  # one stream per batch: smaller than a stream per chunk
     future = bytearray(blob)
     future[8] = 9
     with pytest.raises(CompressionError, match="format version 9 is not supported"):
@@ -331,7 +364,8 @@ def test_flipped_bit_is_caught(trained, blob: bytes, where: str) -> None:
     position = {"header": 60, "table": 110, "payload": len(blob) - 40}[where]
     damaged = bytearray(blob)
     damaged[position] ^= 0x10
-    message = {"header": "header fails", "table": "table fails", "payload": "chunk 4"}[where]
+    message = {"header": "header fails", "table": "table fails",
+               "payload": "chunks 0-4"}[where]
     with pytest.raises(CompressionError, match=message):
         decompress(bytes(damaged), trained)
 
@@ -423,7 +457,7 @@ def test_cli_damaged_file_writes_nothing(capsys, checkpoint: Path, blob: bytes,
     packed.write_bytes(bytes(damaged))
     code, err = cli(capsys, "decompress", packed, "-m", checkpoint, "-q")
     assert code == 2
-    assert err.startswith("untok: error: chunk 4 (bytes 4,000-") and err.count("\n") == 1
+    assert err.startswith("untok: error: chunks 0-4 (bytes 0-5,000)") and err.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.utk"]
 
 

@@ -51,9 +51,10 @@ def quantize(logits: torch.Tensor) -> np.ndarray:
 
 
 class Row:
-    """One chunk in a batch: ``pick`` gets the chunk's next byte given the model's integer
-    frequencies Float64[1, 256] for it, by encoding the known byte (``encode``), decoding
-    it (``words`` given) or reading it from a stored chunk (neither)."""
+    """One chunk with a range-coder stream of its own (formats 1-4): ``pick`` gets the
+    chunk's next byte given the model's integer frequencies Float64[1, 256] for it, by
+    encoding the known byte (``encode``), decoding it (``words`` given) or reading it from
+    a stored chunk (neither)."""
 
     def __init__(self, raw: bytes = b"", *, encode: bool = False,
                  words: np.ndarray | None = None) -> None:
@@ -69,6 +70,64 @@ class Row:
             self.encoder.encode(self.symbols[self.position:self.position + 1], _CODER, freqs)
         self.position += 1
         return self.raw[self.position - 1]
+
+
+class ChunkStreams:
+    """The bytes of a batch whose chunks each have a stream of their own (formats 1-4)."""
+
+    def __init__(self, rows: list[Row]) -> None:
+        self.rows = rows
+
+    def pick(self, live: int, freqs: np.ndarray) -> np.ndarray:
+        """The next byte of rows ``[0, live)``, given their frequencies Float64[>= live,
+        256]."""
+        return np.array([row.pick(freqs[i:i + 1]) for i, row in enumerate(self.rows[:live])])
+
+
+class BatchStream:
+    """One range-coder stream for a whole batch (format 5): at every step the next byte of
+    each row still running is coded in row order, all of them in one call. The rows still
+    running are always the first ones (only a file's last chunk is shorter than the others),
+    and one stream ends once per batch instead of once per chunk.
+
+    Encodes ``chunks`` when given, else decodes ``words`` into chunks of ``lengths``. The
+    rows of ``stored`` (Bool[rows]) are not in the stream: their bytes are known on both
+    sides (``chunks`` holds them when decoding), so a chunk the model would expand costs
+    its own size. ``bits`` (Float64[rows]) is what each row has cost so far when encoding.
+    """
+
+    def __init__(self, lengths: list[int], *, chunks: list[bytes] | None = None,
+                 words: np.ndarray | None = None, stored: np.ndarray | None = None) -> None:
+        self.lengths = lengths
+        self.stored = np.zeros(len(lengths), bool) if stored is None else stored
+        self.bytes = np.zeros((max(lengths, default=0), len(lengths)), np.int32)  # (step, row)
+        for row, chunk in enumerate(chunks or []):
+            self.bytes[:len(chunk), row] = np.frombuffer(chunk, np.uint8)
+        self.encoder = stream.queue.RangeEncoder() if words is None else None
+        self.decoder = stream.queue.RangeDecoder(words) if words is not None else None
+        self.bits = np.zeros(len(lengths))
+        self.step = 0
+
+    def pick(self, live: int, freqs: np.ndarray) -> np.ndarray:
+        """As :meth:`ChunkStreams.pick`."""
+        column = self.bytes[self.step, :live]
+        coded = ~self.stored[:live] if self.stored.any() else slice(None)
+        if self.encoder is not None:
+            self.encoder.encode(column[coded], _CODER, freqs[:live][coded])
+            self.bits[:live] += PRECISION - np.log2(freqs[np.arange(live), column])
+        else:
+            column[coded] = self.decoder.decode(_CODER, freqs[:live][coded])
+        self.step += 1
+        return column
+
+    def compressed(self) -> bytes:
+        """The encoded stream: 32-bit little-endian words."""
+        return self.encoder.get_compressed().astype("<u4").tobytes()
+
+    def chunks(self) -> list[bytes]:
+        """The bytes of every row."""
+        return [self.bytes[:length, row].astype(np.uint8).tobytes()
+                for row, length in enumerate(self.lengths)]
 
 
 _CODER = stream.model.Categorical(perfect=False)
@@ -138,30 +197,32 @@ class Stepper:
         self.model.load_state_dict(self.source.state_dict())  # (copies into the same tensors)
         return Learner(self.model, self.header.adaptation, rows, steps)
 
-    def run(self, rows: list[Row], lengths: list[int], bar: tqdm) -> None:
-        """Step over ``len(rows)`` chunks side by side, each from a fresh state and a BOS,
-        asking every unfinished row for its next byte. Finished rows are fed byte 0, so
-        every step has the same shape on both sides; a compiled step always gets
-        ``batch_size`` rows (a short last batch is padded with empty ones)."""
-        if self.header.compiled and len(rows) < self.header.batch_size:
-            padding = self.header.batch_size - len(rows)
-            rows, lengths = [*rows, *[Row()] * padding], [*lengths, *[0] * padding]
+    def run(self, stream: ChunkStreams | BatchStream, lengths: list[int], bar: tqdm) -> None:
+        """Step over ``len(lengths)`` chunks side by side (longest first), each from a fresh
+        state and a BOS, taking the next byte of every unfinished row from ``stream``.
+        Finished rows are fed byte 0, so every step has the same shape on both sides; a
+        compiled step always gets ``batch_size`` rows (a short last batch is padded with
+        empty ones)."""
+        if lengths != sorted(lengths, reverse=True):
+            raise ValueError("the rows of a batch must be ordered longest first")
+        if self.header.compiled and len(lengths) < self.header.batch_size:
+            lengths = [*lengths, *[0] * (self.header.batch_size - len(lengths))]
         model, steps = self.model, max(lengths)
         device = next(model.parameters()).device
         window = {"window": self.header.window} if self.header.window else {}
-        state = model.new_state(len(rows), **window)
-        units = torch.full((len(rows), 1), BOS, device=device)
-        next_units = [0] * len(rows)
-        learner = self.learner(len(rows), steps)
+        state = model.new_state(len(lengths), **window)
+        units = torch.full((len(lengths), 1), BOS, device=device)
+        next_units = np.zeros(len(lengths), np.int64)
+        learner = self.learner(len(lengths), steps)
         try:
             for t in range(steps):
                 scores, state = model.step(state, units)
                 freqs = quantize(scores[:, -1].byte_logits)
-                live = [row for row, length in enumerate(lengths) if t < length]
-                for row in live:
-                    next_units[row] = rows[row].pick(freqs[row:row + 1])
+                live = sum(t < length for length in lengths)
+                next_units[:live] = stream.pick(live, freqs)
+                next_units[live:] = 0
                 units = torch.tensor(next_units, device=device)[:, None]
-                bar.update(len(live))
+                bar.update(live)
                 if learner:
                     learner.observe(t, units[:, 0], live)
         finally:
@@ -198,11 +259,9 @@ class Learner:
         # for every length of the list)
         self.entered = inputs[0].detach()
 
-    def observe(self, t: int, units: torch.Tensor, live: list[int]) -> None:
-        if len(live) == len(units):  # (every row: a slice, not an index list)
-            self.units[:, t + 1] = units
-        else:
-            self.units[live, t + 1] = units[live]
+    def observe(self, t: int, units: torch.Tensor, live: int) -> None:
+        """The bytes ``units`` (Long[B]) of step ``t``, of which rows [0, live) are real."""
+        self.units[:live, t + 1] = units[:live]
         if self.hook is not None:
             self.states.append(self.entered)
         if (t + 1) % self.every:

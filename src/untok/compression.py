@@ -32,6 +32,8 @@ from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
     ADAPT_SCOPES,
     PRECISION,
     Adaptation,
+    BatchStream,
+    ChunkStreams,
     CompressionError,
     Row,
     Stepper,
@@ -44,8 +46,10 @@ from untok.shipped import default_model
 SUFFIX = ".utk"
 MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
 # 2 adds the flags byte (a compiled step), 3 the attention window and the adapting
-# parameters, 4 the tail scope (layout of 3); files of every earlier version still decode
-FORMAT_VERSION = 4
+# parameters, 4 the tail scope (layout of 3), 5 one range-coder stream and one table entry
+# per batch instead of per chunk (layout of 3); files of every earlier version still decode
+FORMAT_VERSION = 5
+BATCH_STREAMS = 5  # the first version coding each batch as one stream (BatchStream)
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
 # chunks per batch, threads, adaptation learning rate and interval, flags, attention window
@@ -53,7 +57,7 @@ DEVICES = ("cpu", "cuda", "mps")
 # CRC-32
 HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBHB")
 HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: struct.Struct("<8sHBB32sQ32sIHHfHB"),
-           3: HEADER, 4: HEADER}  # by format version
+           3: HEADER, 4: HEADER, 5: HEADER}  # by format version
 # torch.backends.cpu.get_cpu_capability(): the kernels, hence the float arithmetic, differ
 # between them ("": not recorded, a GPU, or a kind this untok does not know)
 CPU_KINDS = ("", "DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256", "SVE")
@@ -61,7 +65,9 @@ COMPILED = 1  # flags: the step was torch.compile'd (static shapes); the decoder
 ADAPT_MLP = 2  # flags: only the MLP weights adapt (Adaptation.scope "mlp")
 ADAPT_TAIL = 4  # flags: the tail adapts from the coding steps' states (scope "tail")
 SCOPE_FLAGS = {"all": 0, "mlp": ADAPT_MLP, "tail": ADAPT_TAIL}
-CHUNK = struct.Struct("<IBI")  # payload bytes, method (CODED or STORED), CRC-32 of the original
+# a table entry per block (a batch from version 5, a chunk before): payload bytes, method
+# (CODED or STORED), CRC-32 of the original bytes
+CHUNK = struct.Struct("<IBI")
 CODED, STORED = 0, 1  # a chunk the model would expand is stored as it is
 CRC = struct.Struct("<I")
 
@@ -88,6 +94,13 @@ class Header:
     def chunk_bounds(self, index: int) -> tuple[int, int]:
         start = index * self.chunk_size
         return start, min(start + self.chunk_size, self.length)
+
+    def blocks(self) -> list[list[int]]:
+        """The chunks of each block of the file (one table entry and one payload each): a
+        batch from version 5, every chunk alone before."""
+        if self.version >= BATCH_STREAMS:
+            return list(_batches(self))
+        return [[index] for index in range(self.num_chunks)]
 
 
 def weights_sha256(model: nn.Module) -> bytes:
@@ -249,13 +262,10 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     with _progress_bar(len(data), "compress", progress) as bar:
         for batch in _batches(header):
             chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
-            rows = [Row(chunk, encode=True) for chunk in chunks]
-            stepper.run(rows, [len(c) for c in chunks], bar)
-            for chunk, row in zip(chunks, rows, strict=True):
-                coded = row.encoder.get_compressed().astype("<u4").tobytes()
-                method, payload = (CODED, coded) if len(coded) < len(chunk) else (STORED, chunk)
-                payloads.append(payload)
-                table += CHUNK.pack(len(payload), method, zlib.crc32(chunk))
+            raw, coded = b"".join(chunks), _encode_batch(stepper, chunks, bar)
+            method, payload = (CODED, coded) if len(coded) < len(raw) else (STORED, raw)
+            payloads.append(payload)
+            table += CHUNK.pack(len(payload), method, zlib.crc32(raw))
     head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
                        header.batch_size, header.threads, header.adaptation.lr,
@@ -263,6 +273,56 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                        CPU_KINDS.index(header.cpu))
     return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
                      CRC.pack(zlib.crc32(table)), *payloads])
+
+
+def _decode_batch(stepper: Stepper, header: Header, batch: list[int], lengths: list[int],
+                  blocks: dict[tuple[int, ...], tuple[bytes, int, int]], bar: tqdm
+                  ) -> list[tuple[list[int], bytes]]:
+    """The bytes of each block of ``batch`` (chunk indices), decoded or read as stored."""
+    if header.version >= BATCH_STREAMS:
+        payload, method, _ = blocks[tuple(batch)]
+        if method == STORED:
+            bar.update(len(payload))
+            return [(batch, payload)]
+        flags = -(-len(batch) // 8)
+        stored = np.unpackbits(np.frombuffer(payload[:flags], np.uint8), count=len(batch),
+                               bitorder="little").astype(bool)
+        known, offset = [], flags
+        for length, keep in zip(lengths, stored, strict=True):
+            known.append(payload[offset:offset + length] if keep else b"")
+            offset += length if keep else 0
+        if len(payload) < offset or (len(payload) - offset) % 4:
+            raise CompressionError(f"the file is damaged: {_name(batch)} has an impossible "
+                                   "size")
+        words = np.frombuffer(payload[offset:], "<u4").astype(np.uint32)
+        stream = BatchStream(lengths, chunks=known, words=words, stored=stored)
+        stepper.run(stream, lengths, bar)
+        return [(batch, b"".join(stream.chunks()))]
+    rows = [Row(payload) if method == STORED
+            else Row(words=np.frombuffer(payload, "<u4").astype(np.uint32))
+            for payload, method, _ in (blocks[(i,)] for i in batch)]
+    if any(row.decoder is not None for row in rows):
+        stepper.run(ChunkStreams(rows), lengths, bar)
+    else:
+        bar.update(sum(lengths))
+    return [([i], bytes(row.raw)) for i, row in zip(batch, rows, strict=True)]
+
+
+def _encode_batch(stepper: Stepper, chunks: list[bytes], bar: tqdm) -> bytes:
+    """The payload of a coded batch: a bitmap of the chunks stored as they are (those the
+    model would expand: the batch is coded again without them, which only a batch mixing
+    such chunks with others pays for), their bytes, then the stream of the others."""
+    lengths = [len(chunk) for chunk in chunks]
+    stream = BatchStream(lengths, chunks=chunks)
+    stepper.run(stream, lengths, bar)
+    expands = stream.bits >= 8 * np.array(lengths)
+    if expands.all():
+        return b"".join(chunks)  # (stored whole by the caller)
+    if expands.any():
+        stream = BatchStream(lengths, chunks=chunks, stored=expands)
+        stepper.run(stream, lengths, _progress_bar(0, "", False))
+    stored = b"".join(chunk for chunk, keep in zip(chunks, expands, strict=True) if keep)
+    return np.packbits(expands, bitorder="little").tobytes() + stored + stream.compressed()
 
 
 def _flags(header: Header) -> int:
@@ -304,16 +364,18 @@ def parse_header(blob: bytes) -> Header:
                   version=version)
 
 
-def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
-    """(payload, method, CRC-32 of the original bytes) of every chunk, sizes checked."""
+def _read_blocks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
+    """(payload, method, CRC-32 of the original bytes) of every block (see
+    :meth:`Header.blocks`), sizes checked."""
+    blocks = header.blocks()
     start = HEADERS[header.version].size + CRC.size
-    end = start + header.num_chunks * CHUNK.size
+    end = start + len(blocks) * CHUNK.size
     if len(blob) < end + CRC.size:
         raise CompressionError("the file is truncated (its chunk table is incomplete)")
     table = blob[start:end]
     if zlib.crc32(table) != CRC.unpack_from(blob, end)[0]:
         raise CompressionError("the file is damaged: its chunk table fails its CRC check")
-    entries = [CHUNK.unpack_from(table, i * CHUNK.size) for i in range(header.num_chunks)]
+    entries = [CHUNK.unpack_from(table, i * CHUNK.size) for i in range(len(blocks))]
     offset = end + CRC.size
     expected = offset + sum(size for size, _, _ in entries)
     if len(blob) < expected:
@@ -322,16 +384,21 @@ def _read_chunks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
     if len(blob) > expected:
         raise CompressionError(f"the file is damaged: {len(blob) - expected:,} unexpected "
                                "bytes after the last chunk")
-    chunks = []
-    for index, (size, method, crc) in enumerate(entries):
-        stored_size = header.chunk_bounds(index)[1] - header.chunk_bounds(index)[0]
-        if method not in (CODED, STORED) or (method == CODED and size % 4) or (
+    out = []
+    for chunks, (size, method, crc) in zip(blocks, entries, strict=True):
+        stored_size = header.chunk_bounds(chunks[-1])[1] - header.chunk_bounds(chunks[0])[0]
+        per_chunk = header.version < BATCH_STREAMS  # (a batch's payload has a prefix)
+        if method not in (CODED, STORED) or (method == CODED and per_chunk and size % 4) or (
                 method == STORED and size != stored_size):
-            raise CompressionError(f"the file is damaged: chunk {index} has an impossible "
+            raise CompressionError(f"the file is damaged: {_name(chunks)} has an impossible "
                                    "size or method")
-        chunks.append((blob[offset:offset + size], method, crc))
+        out.append((blob[offset:offset + size], method, crc))
         offset += size
-    return chunks
+    return out
+
+
+def _name(chunks: list[int]) -> str:
+    return f"chunk {chunks[0]}" if len(chunks) == 1 else f"chunks {chunks[0]}-{chunks[-1]}"
 
 
 @torch.no_grad()
@@ -345,7 +412,7 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
     bytes that fail the SHA-256 recorded by the encoder.
     """
     header = parse_header(blob)
-    chunks = _read_chunks(blob, header)
+    entries = _read_blocks(blob, header)  # (checked before any model is loaded)
     model = default_model() if model is None else model
     model.eval()
     if weights_sha256(model) != header.model_sha256:
@@ -366,28 +433,26 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
             f"{header.cpu} CPU")
     out = bytearray()
     stepper = Stepper(model, header)
+    blocks = dict(zip(map(tuple, header.blocks()), entries, strict=True))
     with _threads(header.threads), _progress_bar(header.length, "decompress", progress) as bar:
         for batch in _batches(header):
-            rows = [Row(payload) if method == STORED
-                    else Row(words=np.frombuffer(payload, "<u4").astype(np.uint32))
-                    for payload, method, _ in (chunks[i] for i in batch)]
             lengths = [end - start for start, end in map(header.chunk_bounds, batch)]
-            if any(row.decoder is not None for row in rows):
-                try:
-                    stepper.run(rows, lengths, bar)
-                except Exception as exc:  # garbage in a damaged payload can stop a decoder
-                    raise CompressionError(f"chunks {batch[0]}-{batch[-1]} cannot be decoded "
-                                           f"(the file is damaged): {exc}") from None
-            else:
-                bar.update(sum(lengths))
-            for index, row in zip(batch, rows, strict=True):
-                if zlib.crc32(row.raw) != chunks[index][2]:
-                    start, end = header.chunk_bounds(index)
+            try:
+                decoded = _decode_batch(stepper, header, batch, lengths, blocks, bar)
+            except CompressionError:
+                raise
+            except Exception as exc:  # garbage in a damaged payload can stop a decoder
+                raise CompressionError(f"{_name(batch)} cannot be decoded (the file is "
+                                       f"damaged): {exc}") from None
+            for chunks, raw in decoded:
+                if zlib.crc32(raw) != blocks[tuple(chunks)][2]:
+                    start, end = header.chunk_bounds(chunks[0])[0], \
+                        header.chunk_bounds(chunks[-1])[1]
                     raise CompressionError(
-                        f"chunk {index} (bytes {start:,}-{end:,}) does not decode to what was "
-                        "compressed: the file is damaged there, or it was compressed with "
-                        "another untok/torch version or machine")
-                out += row.raw
+                        f"{_name(chunks)} (bytes {start:,}-{end:,}) does not decode to what "
+                        "was compressed: the file is damaged there, or it was compressed "
+                        "with another untok/torch version or machine")
+                out += raw
     if hashlib.sha256(out).digest() != header.sha256:
         raise CompressionError("the decoded bytes fail the SHA-256 recorded at compression")
     return bytes(out)
