@@ -10,12 +10,13 @@ both directions (every untok file is decompressed and checked equal). The compil
 one-off compile is timed apart (``compile_seconds``) and the speeds are of the coding after
 it, as in a second run of the command (the compiled kernels are cached on disk).
 
-``--baseline CKPT`` also codes every file with another model under the coding options
-that were the defaults before the tail adaptation (every weight adapting at 1e-3 every 32
-bytes, an eager step), in the same run: the speed ratio is measured, not taken from an older table.
+``--baseline-src DIR`` also codes every file with an earlier untok (``DIR``: the ``src``
+directory of a checkout of an older commit) and its own shipped model and defaults, in a
+subprocess of the same run: the ratios are measured, not taken from an older table.
 
     python bench/compress_default.py
-    python bench/compress_default.py --baseline /path/to/previous/shipped/model
+    git worktree add /tmp/previous ac01405
+    python bench/compress_default.py --baseline-src /tmp/previous/src
     python bench/compress_default.py --bytes 8000 --classes wikipedia   # quick look
 """
 
@@ -24,6 +25,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +39,6 @@ from common import SHARED, median, require, write_result
 from untok.compression import AUTO_COMPILE, DEFAULTS, compress, decompress, parse_header
 from untok.compression_io import classic_sizes
 from untok.hardware import measure_matmul_peak
-from untok.models import load
 from untok.shipped import default_model
 
 
@@ -102,10 +106,10 @@ def speeds(row: dict) -> str:
 
 
 def render(figures: dict) -> str:
-    baseline = "baseline_options" in figures
+    baseline = "baseline" in figures
     lines = ["| file class | untok default | untok static | xz -9e | zstd -19 | bzip2 -9 | "
              "gzip -9 | default KB/s (comp / decomp) | compiled KB/s |"
-             + (" baseline bpb | baseline KB/s | compiled vs baseline |" if baseline
+             + (" previous bpb | previous KB/s | default vs previous |" if baseline
                 else ""), "|---" * (12 if baseline else 9) + "|"]
     for row in figures["classes"].values():
         c, d, fast = row["classic_bpb"], row["default"], row["compiled"]
@@ -115,12 +119,14 @@ def render(figures: dict) -> str:
         if baseline:
             b = row["baseline"]
             line += (f" {b['bpb']:.3f} | {speeds(b)} | "
-                     f"{fast['compress_kb_per_s'] / b['compress_kb_per_s']:.1f}x / "
-                     f"{fast['decompress_kb_per_s'] / b['decompress_kb_per_s']:.1f}x |")
+                     f"{d['compress_kb_per_s'] / b['compress_kb_per_s']:.2f}x / "
+                     f"{d['decompress_kb_per_s'] / b['decompress_kb_per_s']:.2f}x |")
         lines.append(line)
     lines.append("")
     if baseline:
-        lines.append(f"Baseline: {figures['baseline']} with {figures['baseline_options']}.")
+        lines.append(f"Previous: the untok of {figures['baseline']} with its shipped model and "
+                     f"its defaults {figures['baseline_options']}, run in a subprocess after "
+                     "each class.")
     lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
                  f"{figures['default_options']} (adaptation: "
                  f"{figures['default_adaptation']}; the step compiles from "
@@ -140,10 +146,34 @@ def parse_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--bytes", type=int, default=60_000)
     parser.add_argument("--classes", nargs="+", default=list(CLASSES), choices=list(CLASSES))
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--baseline", default=None, metavar="CKPT",
-                        help="also code every file with this model under the previous "
-                             "defaults (every weight adapting at 1e-3)")
+    parser.add_argument("--baseline-src", default=None, metavar="DIR",
+                        help="also code every file with the untok whose package is under DIR "
+                             "(the src/ of an older checkout), its shipped model and defaults")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+def previous(args: argparse.Namespace, name: str) -> dict:
+    """The figures of class ``name`` coded by the untok under ``--baseline-src``."""
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline_src)}
+    command = [sys.executable, __file__, "--worker", "--classes", name, "--bytes",
+               str(args.bytes), "--repeats", str(args.repeats)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).parent)
+    if done.returncode:
+        raise SystemExit(f"the baseline failed on {name}: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worker(args: argparse.Namespace) -> None:
+    """--worker: one class with this process's untok and its defaults, as a JSON line."""
+    import untok
+
+    model, options = default_model(), dataclasses.asdict(DEFAULTS)
+    compress(b"warm up the step " * 200, model, **options)
+    for _, _, data in class_files(args):
+        print(json.dumps({**code(data, model, options, args.repeats), "options": options,
+                          "untok": str(Path(untok.__file__).parent)}))
 
 
 def class_files(args: argparse.Namespace) -> Iterator[tuple[str, str, bytes]]:
@@ -159,6 +189,8 @@ def class_files(args: argparse.Namespace) -> Iterator[tuple[str, str, bytes]]:
 
 def main() -> None:
     args = parse_arguments(__doc__)
+    if args.worker:
+        return worker(args)
     model = default_model()
     default_options = dataclasses.asdict(DEFAULTS)  # what `untok compress` uses
     static_options = {**default_options, "adapt_lr": 0.0}
@@ -174,12 +206,6 @@ def main() -> None:
                "warm_up_bytes": len(warm_up), "auto_compile": AUTO_COMPILE,
                "static_options": static_options, "compile_seconds": compile_seconds,
                "threads": torch.get_num_threads(), "classes": {}}
-    baseline = load(args.baseline) if args.baseline else None
-    baseline_options = {**default_options, "adapt_lr": 1e-3, "adapt_every": 32,
-                        "adapt_scope": "all", "compiled": False}  # (the previous defaults)
-    if baseline is not None:
-        compress(warm_up, baseline, **baseline_options)
-        figures.update(baseline=args.baseline, baseline_options=baseline_options)
     for name, what, data in class_files(args):
         classic = classic_sizes(data)
         figures["classes"][name] = row = {
@@ -188,8 +214,10 @@ def main() -> None:
             "default": code(data, model, default_options, args.repeats),
             "compiled": code(data, model, compiled_options, args.repeats),
             "static": code(data, model, static_options, args.repeats)}
-        if baseline is not None:
-            row["baseline"] = code(data, baseline, baseline_options, args.repeats)
+        if args.baseline_src:
+            row["baseline"] = previous(args, name)
+            figures.update(baseline=row["baseline"].pop("untok"),
+                           baseline_options=row["baseline"].pop("options"))
         print(f"{name}: default {row['default']['bpb']:.3f}, static {row['static']['bpb']:.3f},"
               f" xz {row['classic_bpb']['xz -9e']:.3f} bpb; "
               f"{row['default']['compress_kb_per_s']:.1f} KB/s", flush=True)

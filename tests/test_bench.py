@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import untok.shipped as shipped
 from conftest import SHARED
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -214,14 +213,17 @@ def test_gpu_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_compress_default_smoke(tmp_path):
+    """The baseline is this very tree, run in a subprocess: it must code the same bytes."""
+    source = Path(__file__).resolve().parents[1] / "src"
     figures = run_bench(tmp_path, "compress_default.py", "--bytes", "4000", "--classes",
-                        "wikipedia", "python", "--baseline", str(shipped.SHIPPED))
+                        "wikipedia", "python", "--baseline-src", str(source))
     for row in figures["classes"].values():
         assert {"xz -9e", "gzip -9", "bzip2 -9"} <= set(row["classic_bpb"])
         for kind in ("default", "compiled", "static", "baseline"):
             assert {"bpb", "compress_kb_per_s", "decompress_kb_per_s"} <= set(row[kind])
+        assert row["baseline"]["bytes"] == row["default"]["bytes"]
     assert figures["default_adaptation"]["lr"] > 0 == figures["static_options"]["adapt_lr"]
-    assert figures["baseline_options"]["adapt_scope"] == "all"
+    assert figures["baseline_options"] == figures["default_options"]
     assert len(figures["matmul_peak_gflops"]) == 2
 
 
