@@ -210,13 +210,12 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     model); :func:`decompress` with the same weights (on the same kind of device) gives
     ``data`` back exactly.
 
-    The data is cut into chunks of ``chunk_size`` bytes, each coded from a fresh model state
-    (so it decodes on its own); ``batch_size`` chunks are coded side by side. By default
-    (``chunk_size=None``) the chunks fill one batch: ``ceil(len / batch_size)`` bytes each,
-    at least ``MIN_CHUNK``. A chunk that
-    the model would expand is stored as it is. With ``adapt_lr > 0`` a copy of the model
-    learns from each batch as it is coded (see :class:`Adaptation`): smaller files, but a
-    damaged chunk then spoils the rest of its batch too. ``compiled`` codes through the
+    The data is cut into chunks of ``chunk_size`` bytes, each coded from a fresh model state;
+    ``batch_size`` chunks are coded side by side as one range-coder stream (a batch decodes
+    on its own). By default (``chunk_size=None``) the chunks fill one batch:
+    ``ceil(len / batch_size)`` bytes each, at least ``MIN_CHUNK``. A chunk that the model
+    would expand is stored as it is. With ``adapt_lr > 0`` a copy of the model learns from
+    each batch as it is coded (see :class:`Adaptation`). ``compiled`` codes through the
     ``torch.compile``'d one-unit step (faster once compiled; recorded, and the decoder
     compiles the same step) where the family has one; None: for inputs of at least
     ``AUTO_COMPILE`` bytes. ``adapt_scope`` says which weights adapt (see
@@ -452,7 +451,7 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
                     start, end = header.chunk_bounds(chunks[0])[0], \
                         header.chunk_bounds(chunks[-1])[1]
                     raise CompressionError(
-                        f"{_name(chunks)} (bytes {start:,}-{end:,}) does not decode to what "
+                        f"bytes {start:,}-{end:,} ({_name(chunks)}) do not decode to what "
                         "was compressed: the file is damaged there, or it was compressed "
                         "with another untok/torch version or machine")
                 out += raw

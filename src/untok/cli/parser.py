@@ -154,16 +154,15 @@ def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
                    "general byte model shipped with untok)")
     p.add_argument("-o", "--out", help="output file (default FILE.utk; - = stdout)")
     p.add_argument("--chunk-size", type=_positive_int, default=DEFAULTS.chunk_size,
-                   help="bytes per independently decodable chunk (default: the file split "
-                   f"evenly over --batch-size chunks, at least {MIN_CHUNK} bytes each)")
+                   help="bytes per chunk, each coded from a fresh state (default: the file "
+                   f"split evenly over --batch-size chunks, at least {MIN_CHUNK} bytes each)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
-                   help=f"chunks coded side by side (default {DEFAULTS.batch_size})")
+                   help="chunks coded side by side as one stream, the unit that decodes on "
+                        f"its own (default {DEFAULTS.batch_size}; 1: every chunk alone)")
     p.add_argument("--adapt-lr", type=float, default=DEFAULTS.adapt_lr,
                    help="keep training a copy of the model on the file as it is coded, with "
                         "this Adam learning rate (default: the scope's, " + ", ".join(
-                            f"{scope} {lr:g}" for scope, lr in ADAPT_LR.items()) + "; 0 = off: "
-                        "every chunk then decodes on its own, while with adaptation a "
-                        "damaged chunk spoils the rest of its batch)")
+                            f"{scope} {lr:g}" for scope, lr in ADAPT_LR.items()) + "; 0 = off)")
     p.add_argument("--adapt-every", type=_positive_int, default=DEFAULTS.adapt_every,
                    help="bytes per row between adaptation steps (default: the scope's, " +
                    ", ".join(f"{scope} {every}" for scope, every in ADAPT_EVERY.items()) + ")")
