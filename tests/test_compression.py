@@ -370,6 +370,18 @@ def test_flipped_bit_is_caught(trained, blob: bytes, where: str) -> None:
         decompress(bytes(damaged), trained)
 
 
+def test_a_payload_of_impossible_size_is_caught(trained, blob: bytes) -> None:
+    """A table that checks out but gives a coded batch a size its stream cannot have."""
+    start = HEADER.size + CRC.size
+    size, method, crc = CHUNK.unpack_from(blob, start)
+    assert method == CODED
+    table = CHUNK.pack(size + 1, method, crc)
+    damaged = (blob[:start] + table + CRC.pack(zlib.crc32(table))
+               + blob[start + CHUNK.size + CRC.size:] + b"\x00")
+    with pytest.raises(CompressionError, match="payload of chunks 0-4 has an impossible"):
+        decompress(damaged, trained)
+
+
 def test_bad_options(trained) -> None:
     with pytest.raises(CompressionError, match="chunk size"):
         compress(b"abc", trained, chunk_size=0)

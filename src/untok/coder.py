@@ -130,6 +130,44 @@ class BatchStream:
                 for row, length in enumerate(self.lengths)]
 
 
+def encode_batch(stepper: Stepper, chunks: list[bytes], bar: tqdm) -> bytes:
+    """The payload of a coded batch (format 5): a bitmap of the chunks stored as they are
+    (bit i of byte i // 8: those the model would expand; the batch is then coded again
+    without them, which only a batch mixing such chunks with others pays for), their bytes,
+    then the stream of the others. Every chunk stored: their bytes alone."""
+    lengths = [len(chunk) for chunk in chunks]
+    coder = BatchStream(lengths, chunks=chunks)
+    stepper.run(coder, lengths, bar)
+    expands = coder.bits >= 8 * np.array(lengths)
+    if expands.all():
+        return b"".join(chunks)
+    if expands.any():
+        coder = BatchStream(lengths, chunks=chunks, stored=expands)
+        stepper.run(coder, lengths, tqdm(disable=True))
+    stored = b"".join(chunk for chunk, keep in zip(chunks, expands, strict=True) if keep)
+    return np.packbits(expands, bitorder="little").tobytes() + stored + coder.compressed()
+
+
+def decode_batch(stepper: Stepper, payload: bytes, lengths: list[int], bar: tqdm,
+                 name: str) -> bytes:
+    """The bytes of the chunks (of ``lengths``) of a coded batch's ``payload``
+    (:func:`encode_batch`); ``name`` says which chunks in an error."""
+    flags = -(-len(lengths) // 8)
+    stored = np.unpackbits(np.frombuffer(payload[:flags], np.uint8), count=len(lengths),
+                           bitorder="little").astype(bool)
+    known, offset = [], flags
+    for length, keep in zip(lengths, stored, strict=True):
+        known.append(payload[offset:offset + length] if keep else b"")
+        offset += length if keep else 0
+    if len(payload) < offset or (len(payload) - offset) % 4:
+        raise CompressionError(f"the file is damaged: the payload of {name} has an impossible "
+                               "size")
+    words = np.frombuffer(payload[offset:], "<u4").astype(np.uint32)
+    coder = BatchStream(lengths, chunks=known, words=words, stored=stored)
+    stepper.run(coder, lengths, bar)
+    return b"".join(coder.chunks())
+
+
 _CODER = stream.model.Categorical(perfect=False)
 
 

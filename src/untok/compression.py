@@ -32,11 +32,12 @@ from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
     ADAPT_SCOPES,
     PRECISION,
     Adaptation,
-    BatchStream,
     ChunkStreams,
     CompressionError,
     Row,
     Stepper,
+    decode_batch,
+    encode_batch,
     quantize,
     resolve_scope,
 )
@@ -264,7 +265,7 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     with _progress_bar(len(data), "compress", progress) as bar:
         for batch in _batches(header):
             chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
-            raw, coded = b"".join(chunks), _encode_batch(stepper, chunks, bar)
+            raw, coded = b"".join(chunks), encode_batch(stepper, chunks, bar)
             method, payload = (CODED, coded) if len(coded) < len(raw) else (STORED, raw)
             payloads.append(payload)
             table += CHUNK.pack(len(payload), method, zlib.crc32(raw))
@@ -286,20 +287,7 @@ def _decode_batch(stepper: Stepper, header: Header, batch: list[int], lengths: l
         if method == STORED:
             bar.update(len(payload))
             return [(batch, payload)]
-        flags = -(-len(batch) // 8)
-        stored = np.unpackbits(np.frombuffer(payload[:flags], np.uint8), count=len(batch),
-                               bitorder="little").astype(bool)
-        known, offset = [], flags
-        for length, keep in zip(lengths, stored, strict=True):
-            known.append(payload[offset:offset + length] if keep else b"")
-            offset += length if keep else 0
-        if len(payload) < offset or (len(payload) - offset) % 4:
-            raise CompressionError(f"the file is damaged: {_name(batch)} has an impossible "
-                                   "size")
-        words = np.frombuffer(payload[offset:], "<u4").astype(np.uint32)
-        stream = BatchStream(lengths, chunks=known, words=words, stored=stored)
-        stepper.run(stream, lengths, bar)
-        return [(batch, b"".join(stream.chunks()))]
+        return [(batch, decode_batch(stepper, payload, lengths, bar, _name(batch)))]
     rows = [Row(payload) if method == STORED
             else Row(words=np.frombuffer(payload, "<u4").astype(np.uint32))
             for payload, method, _ in (blocks[(i,)] for i in batch)]
@@ -308,23 +296,6 @@ def _decode_batch(stepper: Stepper, header: Header, batch: list[int], lengths: l
     else:
         bar.update(sum(lengths))
     return [([i], bytes(row.raw)) for i, row in zip(batch, rows, strict=True)]
-
-
-def _encode_batch(stepper: Stepper, chunks: list[bytes], bar: tqdm) -> bytes:
-    """The payload of a coded batch: a bitmap of the chunks stored as they are (those the
-    model would expand: the batch is coded again without them, which only a batch mixing
-    such chunks with others pays for), their bytes, then the stream of the others."""
-    lengths = [len(chunk) for chunk in chunks]
-    stream = BatchStream(lengths, chunks=chunks)
-    stepper.run(stream, lengths, bar)
-    expands = stream.bits >= 8 * np.array(lengths)
-    if expands.all():
-        return b"".join(chunks)  # (stored whole by the caller)
-    if expands.any():
-        stream = BatchStream(lengths, chunks=chunks, stored=expands)
-        stepper.run(stream, lengths, _progress_bar(0, "", False))
-    stored = b"".join(chunk for chunk, keep in zip(chunks, expands, strict=True) if keep)
-    return np.packbits(expands, bitorder="little").tobytes() + stored + stream.compressed()
 
 
 def _flags(header: Header) -> int:
@@ -392,8 +363,8 @@ def _read_blocks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
         per_chunk = header.version < BATCH_STREAMS  # (a batch's payload has a prefix)
         if method not in (CODED, STORED) or (method == CODED and per_chunk and size % 4) or (
                 method == STORED and size != stored_size):
-            raise CompressionError(f"the file is damaged: {_name(chunks)} has an impossible "
-                                   "size or method")
+            raise CompressionError(f"the file is damaged: the payload of {_name(chunks)} has "
+                                   "an impossible size or method")
         out.append((blob[offset:offset + size], method, crc))
         offset += size
     return out
