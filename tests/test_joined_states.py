@@ -105,3 +105,31 @@ def test_cache_attends_only_to_the_window_of_its_units():
                                  torch.tensor([capacity + 3, capacity + 4]))
     assert mask.sum(-1).tolist() == [capacity - 1, capacity]  # two units: the first
     # must not see the second
+
+
+def test_rows_join_and_leave_without_copying_the_batch():
+    """Joining writes the new rows into spare rows of the buffers (which double when
+    full); a row leaving moves only the rows that fill its place; the others keep their
+    keys and values."""
+    from untok.nn.attention import KVCache
+
+    def one(start: int, value: float) -> KVCache:
+        cache = KVCache.empty(1, 1, 4, 2, torch.device("cpu"), torch.float32, start=start)
+        cache.append(torch.full((1, 1, 1, 2), value), torch.full((1, 1, 1, 2), value),
+                     torch.tensor([start]))
+        return cache
+
+    cache = one(5, 0.0)
+    buffers = []
+    for row in range(1, 5):
+        cache = cache.join(one(5, float(row)), 5)
+        buffers.append(cache.reserve[0].data_ptr())
+    assert cache.reserve[0].shape[0] == 8 and cache.k.shape[0] == 5
+    assert buffers[2] == buffers[1] and buffers[3] != buffers[2]  # 3 -> 4 rows: in place
+    assert cache.k[:, 0, 5 % 4, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    kept = cache.select(torch.tensor([0, 4, 2, 3]))  # row 1 leaves, the last takes its place
+    assert kept.reserve[0].data_ptr() == buffers[3]
+    assert kept.k[:, 0, 5 % 4, 0].tolist() == [0.0, 4.0, 2.0, 3.0]
+    assert kept.starts.tolist() == [5, 5, 5, 5]
+    with pytest.raises(ValueError, match="cannot join"):
+        kept.join(KVCache.empty(1, 2, 4, 2, torch.device("cpu"), torch.float32, start=5), 5)

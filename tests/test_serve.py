@@ -291,6 +291,31 @@ def test_full_cohorts_open_new_ones():
         running.stop()
 
 
+def test_prompts_that_fill_the_context_batch_with_others(served, client):
+    """A prompt of the whole context (the longest allowed) and short ones decode side by
+    side, each as it does alone; rows that finish early leave the batch in the middle."""
+    long = "x" * (TINY.context - 1)  # with BOS: the context
+    asks = [(long, 20), ("a", 5), ("b", 30), (long, 12), ("c", 25)]
+
+    def ask(i: int) -> str:
+        prompt, n = asks[i]
+        return client.completions.create(model="tiny", prompt=prompt, max_tokens=n,
+                                         seed=i).choices[0].text
+
+    alone = [ask(i) for i in range(len(asks))]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        assert list(pool.map(ask, range(len(asks)))) == alone
+
+
+def test_leaving_rows_are_replaced_by_the_last():
+    from untok.serve.engine import fill_gaps
+
+    assert fill_gaps([0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert fill_gaps([0, 2, 3, 5]) == [0, 5, 2, 3]
+    assert fill_gaps([4, 5]) == [4, 5]
+    assert fill_gaps([1, 3, 4]) == [3, 1, 4]
+
+
 def test_engine_calls_run_on_its_thread_with_its_threads():
     """Model work handed to the engine runs on its worker thread (the one thread that
     computes), with the engine's thread count; a failure reaches the caller."""

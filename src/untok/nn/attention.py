@@ -83,6 +83,10 @@ class KVCache:
     twice, in slot ``p % capacity`` and ``capacity`` slots above it, so that its window is
     always one slice: it costs what a cache beginning at 0 does. A ``static`` cache (for a
     compiled step: shapes never change) always attends over every slot, empty ones masked.
+
+    :meth:`join` and :meth:`select` consume the cache they are called on: their result
+    reuses its buffers (``reserve``), which keep room for more rows, so that a row joining
+    or leaving copies only the rows that move, not the whole batch.
     """
 
     k: torch.Tensor  # (B, H, slots, d): slots = capacity, or 2 capacity (begun late)
@@ -93,6 +97,8 @@ class KVCache:
     end: int = 0  # the position after the newest unit
     static: bool = False
     starts: torch.Tensor | None = None  # Long[B]: each row's first position (None: first)
+    reserve: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows >= B, H, slots, d)
+    # each: the buffers whose first B rows are k and v (None: k and v themselves)
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int,
@@ -120,13 +126,20 @@ class KVCache:
         capacity, n = self.capacity, k.shape[2]
         if n > capacity:
             raise ValueError(f"cannot add {n} units to a KV cache of {capacity}")
-        slots, copies = positions % capacity, self.k.shape[2] // capacity
+        copies = self.k.shape[2] // capacity
         B, H, _, d = self.k.shape
-        for cache, new in ((self.k, k), (self.v, v)):  # (autocast: bf16 into the cache)
-            cache.view(B, H, copies, capacity, d).index_copy_(
-                3, slots, new.to(cache.dtype)[:, :, None].expand(B, H, copies, n, d))
-        self.positions.view(copies, capacity).index_copy_(1, slots,
-                                                          positions.expand(copies, n))
+        if n == 1 and not self.static:  # (a decoding step: its slot is known here)
+            slot = self.end % capacity
+            for cache, new in ((self.k, k), (self.v, v)):  # (autocast: bf16 into the cache)
+                cache.view(B, H, copies, capacity, d)[:, :, :, slot] = new.to(cache.dtype)
+            self.positions.view(copies, capacity)[:, slot] = self.end
+        else:
+            slots = positions % capacity
+            for cache, new in ((self.k, k), (self.v, v)):
+                cache.view(B, H, copies, capacity, d).index_copy_(
+                    3, slots, new.to(cache.dtype)[:, :, None].expand(B, H, copies, n, d))
+            self.positions.view(copies, capacity).index_copy_(1, slots,
+                                                              positions.expand(copies, n))
         window = slice(None)
         if not self.static:
             self.end += n
@@ -148,21 +161,46 @@ class KVCache:
             self.end += count
 
     def select(self, rows: torch.Tensor) -> KVCache:
-        """The cache of the batch rows ``rows`` (Long[B'])."""
+        """The cache of the batch rows ``rows`` (Long[B'], B' <= B), in that order. Rows
+        that keep their index are not copied (a server removing row i moves the last row
+        there)."""
+        n = rows.shape[0]
+        if n > self.k.shape[0]:
+            raise ValueError(f"cannot select {n} rows of a cache of {self.k.shape[0]}")
+        keys, values = self.reserve or (self.k, self.v)
+        moved = (rows != torch.arange(n, device=rows.device)).nonzero()[:, 0]
+        for buffer in (keys, values):  # (gathered before written: any order is safe)
+            buffer[moved] = buffer[rows[moved]]
         starts = None if self.starts is None else self.starts[rows]
-        return KVCache(self.k[rows], self.v[rows], self.positions, self.capacity, self.first,
-                       self.end, self.static, starts)
+        return KVCache(keys[:n], values[:n], self.positions, self.capacity, self.first,
+                       self.end, self.static, starts, (keys, values))
 
     def join(self, other: KVCache, start: int) -> KVCache:
         """This batch with the rows of ``other`` appended: a cache on the same clock whose
-        units begin at position ``start`` (it filled only the slots of its own units)."""
+        units begin at position ``start`` (it filled only the slots of its own units). The
+        buffers double their rows when full."""
         B, B2 = self.k.shape[0], other.k.shape[0]
+        if other.k.shape[1:] != self.k.shape[1:]:
+            raise ValueError(f"cannot join a cache of shape {tuple(other.k.shape[1:])} to one "
+                             f"of {tuple(self.k.shape[1:])}")
         starts = self.starts if self.starts is not None else \
             torch.full((B,), self.first, dtype=torch.long, device=self.k.device)
         starts = torch.cat([starts, starts.new_full((B2,), start)])
-        return KVCache(torch.cat([self.k, other.k]), torch.cat([self.v, other.v]),
+        keys, values = self.reserve or (self.k, self.v)
+        if keys.shape[0] < B + B2:
+            keys, values = (self._grown(x, B, max(B + B2, 2 * B)) for x in (keys, values))
+        keys[B:B + B2], values[B:B + B2] = other.k, other.v
+        return KVCache(keys[:B + B2], values[:B + B2],
                        torch.maximum(self.positions, other.positions), self.capacity,
-                       min(self.first, start), max(self.end, other.end), self.static, starts)
+                       min(self.first, start), max(self.end, other.end), self.static, starts,
+                       (keys, values))
+
+    @staticmethod
+    def _grown(buffer: torch.Tensor, used: int, rows: int) -> torch.Tensor:
+        """A buffer of ``rows`` rows beginning with the first ``used`` of ``buffer``."""
+        grown = buffer.new_empty((rows, *buffer.shape[1:]))
+        grown[:used] = buffer[:used]
+        return grown
 
 
 class CausalSelfAttention(nn.Module):

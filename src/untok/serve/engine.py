@@ -106,6 +106,14 @@ def deliver(items: list[tuple[Sequence, Event]]) -> None:
         seq.queue.put_nowait(event)
 
 
+def fill_gaps(keep: list[int]) -> list[int]:
+    """An order of the kept rows ``keep`` (ascending) that moves fewest: a kept row
+    among the first ``len(keep)`` stays, and the others fill the gaps."""
+    n, kept = len(keep), set(keep)
+    movers = iter(i for i in keep if i >= n)
+    return [i if i in kept else next(movers) for i in range(n)]
+
+
 def alternatives(scores: Scores, units: Any, k: int) -> tuple[tuple[bytes, float], ...]:
     """The ``k`` most likely next text units of a one-position ``scores`` (B = 1) with
     their log-probabilities, for models whose scores are plain logits (others: none)."""
@@ -140,7 +148,8 @@ class Engine:
         self.units = model.units
         self.device = next(model.parameters()).device
         self.max_batch = max_batch if capabilities(model).joins_rows else 1
-        self.base = model.config.context
+        self.base = model.config.context + 1  # (every prompt then begins after 0: its
+        # cache has the layout of the cohort's, see KVCache.empty)
         self.clock_limit = 64 * model.config.context
         self.pending: deque[Sequence] = deque()
         self.calls: deque[tuple[Future, Callable, tuple]] = deque()
@@ -270,23 +279,23 @@ class Engine:
 
     def _round(self, cohort: Cohort) -> None:
         """One unit for every sequence of ``cohort``, then one batched step."""
-        live = [seq for seq in cohort.rows if not seq.cancelled]
-        kept, chosen = [], []
-        for seq, value in zip(live, self._sample(cohort, live), strict=True):
-            if self._accept(seq, value, cohort):
-                kept.append(seq)
-                chosen.append(value)
-        if not kept:
+        live = [i for i, seq in enumerate(cohort.rows) if not seq.cancelled]
+        chosen = {}  # row -> its next unit, for the rows that go on
+        for i, value in zip(live, self._sample(cohort, [cohort.rows[i] for i in live]),
+                            strict=True):
+            if self._accept(cohort.rows[i], value, cohort):
+                chosen[i] = value
+        if not chosen:
             self.cohorts.remove(cohort)
             return
-        if len(kept) < len(cohort.rows):
-            rows = [i for i, seq in enumerate(cohort.rows) if seq in kept]
+        rows = fill_gaps(list(chosen))
+        if len(rows) < len(cohort.rows):
             cohort.state = cohort.state.select(torch.tensor(rows, device=self.device))
-        cohort.rows = kept
+        cohort.rows = [cohort.rows[i] for i in rows]
         scores, cohort.state = self.model.step(
-            cohort.state, torch.tensor(chosen, device=self.device)[:, None])
+            cohort.state, torch.tensor([chosen[i] for i in rows], device=self.device)[:, None])
         cohort.scores = scores[:, -1]
-        for i, seq in enumerate(kept):
+        for i, seq in enumerate(cohort.rows):
             seq.scores, seq.row = None, i
 
     def _sample(self, cohort: Cohort, seqs: list[Sequence]) -> list[int]:
