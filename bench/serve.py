@@ -7,7 +7,8 @@ runs on rather than ending at once) is served by ``untok serve`` in a subprocess
 1. batch 1: time to first byte and the per-byte interval, through the server (the
    ``openai`` client, streaming) and in-process (``untok.generate``), side by side;
 2. 1, 4 and 16 concurrent streaming clients (threads): aggregate bytes/s and the p50/p90
-   interval between a stream's chunks.
+   interval between a stream's chunks, medians of ``--repeats`` interleaved runs, and
+   the decoding engine alone at the same loads.
 
     python bench/serve.py                  # about 7 minutes
     python bench/serve.py --minutes 0.05 --bytes 32 --clients 1,2   # a smoke run
@@ -128,6 +129,19 @@ def engine_only(model, clients: int, max_bytes: int, threads: int) -> dict:
         engine.close()
 
 
+def repeated(measure, clients: list[int], repeats: int) -> list[dict]:
+    """``measure(n)`` for each load ``n`` of ``clients``, ``repeats`` times interleaved
+    (1, 4, 16, 1, 4, 16, ...: a slow spell of a shared machine hits every load): per
+    load, the median of each figure and the runs' bytes/s."""
+    runs = [[measure(n) for n in clients] for _ in range(repeats)]
+    rows = []
+    for i, n in enumerate(clients):
+        mine = [run[i] for run in runs]
+        row = {key: float(np.median([r[key] for r in mine])) for key in mine[0]}
+        rows.append({**row, "clients": n, "runs_bytes_per_s": [r["bytes_per_s"] for r in mine]})
+    return rows
+
+
 def latency_row(name: str, r: dict) -> dict:
     return {"path": name, "first_ms": 1e3 * r["first"],
             "gap_p50_ms": 1e3 * float(np.percentile(r["gaps"], 50)),
@@ -142,14 +156,21 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0,
                         help="training budget (long enough that the model writes text)")
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each load, interleaved (medians are reported)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="serve this checkpoint instead of training one")
     args = parser.parse_args()
+    clients = [int(n) for n in args.clients.split(",")]
     data = require(SHARED / "tinyshakespeare.txt")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "untok", "train", "--preset", args.preset,
-                        "--data", str(data), "--minutes", str(args.minutes), "--out",
-                        f"{tmp}/run", "--quiet", "--set", "train.eval_every=100000"],
-                       check=True)
-        checkpoint = Path(tmp) / "run" / "last"
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            subprocess.run([sys.executable, "-m", "untok", "train", "--preset", args.preset,
+                            "--data", str(data), "--minutes", str(args.minutes), "--out",
+                            f"{tmp}/run", "--quiet", "--set", "train.eval_every=100000"],
+                           check=True)
+            checkpoint = Path(tmp) / "run" / "last"
         threads = max(torch.get_num_threads() - 1, 1)  # what untok serve gives its engine
         torch.set_num_threads(1)  # the server gets the other core
         model = load(checkpoint)
@@ -164,18 +185,21 @@ def main() -> None:
                                    in_process(model, "Once upon a time", args.bytes)),
                        latency_row("untok serve (openai client, streaming)",
                                    stream_once(client, "Once upon a time", args.bytes, 0))]
-            loads = [concurrent(client, int(n), args.bytes) for n in args.clients.split(",")]
+            loads = repeated(lambda n: concurrent(client, n, args.bytes), clients,
+                             args.repeats)
         finally:
             server.terminate()
             server.wait(timeout=30)
-        engine = [engine_only(model, int(n), args.bytes, threads)
-                  for n in args.clients.split(",")]
+        engine = repeated(lambda n: engine_only(model, n, args.bytes, threads), clients,
+                          args.repeats)
     one = loads[0]["bytes_per_s"]
     for row in loads:
         row["speedup"] = row["bytes_per_s"] / one
         row["gap_p90_ratio"] = row["gap_p90_ms"] / loads[0]["gap_p90_ms"]
-    figures = {"preset": args.preset, "params": sum(p.numel() for p in model.parameters()),
-               "bytes_per_stream": args.bytes, "latency": latency, "load": loads,
+    figures = {"preset": args.preset if args.checkpoint is None else str(args.checkpoint),
+               "params": sum(p.numel() for p in model.parameters()),
+               "bytes_per_stream": args.bytes, "repeats": args.repeats, "latency": latency,
+               "load": loads,
                "engine": engine}
     table = render(figures)
     print(table)
@@ -190,7 +214,9 @@ def render(f: dict) -> str:
     for r in f["latency"]:
         lines.append(f"| {r['path']} | {r['first_ms']:.1f} | {r['gap_p50_ms']:.2f} | "
                      f"{r['gap_p90_ms']:.2f} | {r['bytes_per_s']:.0f} |")
-    lines += ["", "| concurrent streams | aggregate bytes/s | x one stream | per-chunk p50 ms "
+    lines += ["", f"Concurrent streaming clients (medians of {f.get('repeats', 1)} interleaved "
+              "runs):", "",
+              "| concurrent streams | aggregate bytes/s | x one stream | per-chunk p50 ms "
               "| p90 ms | p90 x one | first byte p50 ms |", "|---|---|---|---|---|---|---|"]
     for r in f["load"]:
         lines.append(f"| {r['clients']} | {r['bytes_per_s']:.0f} | {r['speedup']:.2f} | "

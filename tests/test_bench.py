@@ -183,8 +183,9 @@ def test_tokun_smoke(tmp_path):
 def test_serve_smoke(tmp_path):
     pytest.importorskip("fastapi")
     figures = run_bench(tmp_path, "serve.py", "--minutes", "0.05", "--bytes", "16",
-                        "--clients", "1,2")
+                        "--clients", "1,2", "--repeats", "2")
     assert [row["clients"] for row in figures["load"]] == [1, 2]
+    assert all(len(row["runs_bytes_per_s"]) == 2 for row in figures["load"])
     for row in figures["load"]:
         assert {"bytes_per_s", "speedup", "gap_p90_ms", "gap_p90_ratio"} <= set(row)
     assert len(figures["latency"]) == 2
