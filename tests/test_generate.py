@@ -148,3 +148,23 @@ def test_invalid_utf8_prompt_is_fine(tiny_model):
 def test_invalid_sampler(sampler, tiny_model):
     with pytest.raises(ConfigError):
         generate_text(tiny_model, "x", sampler=sampler)
+
+
+def test_decoding_runs_without_autograd(tiny_model):
+    """Every step of a generation runs in inference mode, including those taken while the
+    caller iterates (the generator itself, not only the call that made it)."""
+    from untok.generate import generate
+
+    modes = []
+    step = tiny_model.step
+
+    def recording(*args, **kwargs):
+        modes.append(torch.is_inference_mode_enabled())
+        return step(*args, **kwargs)
+
+    tiny_model.step = recording
+    try:
+        assert len(b"".join(generate(tiny_model, "ab", max_bytes=5, seed=0))) <= 5
+    finally:
+        del tiny_model.step
+    assert len(modes) >= 2 and all(modes)

@@ -110,7 +110,6 @@ def sample_next(scores: Scores, sampler: SamplerConfig,
     return scores.choose(lambda logits: pick(logits, sampler, generator))
 
 
-@torch.inference_mode()
 def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 256,
              sampler: SamplerConfig | None = None, seed: int | None = None,
              stop: Iterable[str | bytes] = (), use_cache: bool = True,
@@ -138,6 +137,7 @@ def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 25
                      [to_bytes(s) for s in stop if s], use_cache)
 
 
+@torch.inference_mode()  # (on the generator itself: each resumption runs in it)
 def _generate(model: nn.Module, ids: list[int], max_bytes: int, sampler: SamplerConfig,
               seed: int | None, stops: list[bytes], use_cache: bool) -> Iterator[bytes]:
     device = next(model.parameters()).device
