@@ -137,7 +137,8 @@ def generate(model: nn.Module, prompt: str | bytes = b"", *, max_bytes: int = 25
                      [to_bytes(s) for s in stop if s], use_cache)
 
 
-@torch.inference_mode()  # (on the generator itself: each resumption runs in it)
+@torch.no_grad()  # (on the generator itself: each resumption runs in it; not inference
+# mode, whose tensors the model's lazy caches would keep and training could not use)
 def _generate(model: nn.Module, ids: list[int], max_bytes: int, sampler: SamplerConfig,
               seed: int | None, stops: list[bytes], use_cache: bool) -> Iterator[bytes]:
     device = next(model.parameters()).device
