@@ -55,14 +55,16 @@ class FlatState:
     position: int = 0
 
     def select(self, rows: torch.Tensor) -> FlatState:
-        """The state of the batch rows ``rows`` (Long[B'])."""
+        """The state of the batch rows ``rows`` (Long[B']). Consumes this state (its
+        caches' buffers are reused: see :class:`untok.nn.attention.KVCache`)."""
         layers = [layer.select(rows) if isinstance(layer, KVCache) else layer[rows]
                   for layer in self.layers]
         return FlatState(layers, self.past[rows], self.position)
 
     def join(self, other: FlatState, start: int) -> FlatState:
         """This batch with the rows of ``other`` (same position) appended, their units
-        beginning at position ``start`` (see :class:`untok.nn.attention.KVCache`)."""
+        beginning at position ``start`` (see :class:`untok.nn.attention.KVCache`).
+        Consumes this state, as :meth:`select` does."""
         if other.position != self.position:
             raise ValueError("joined decoding states must be at the same position")
         layers = [mine.join(theirs, start) if isinstance(mine, KVCache) else

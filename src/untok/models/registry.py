@@ -42,7 +42,8 @@ class Capabilities:
     batch_decoding: bool = True  # new_state(B) for B > 1
     # decoding states that sequences begun at different times can share:
     # ``new_state(B, position=p)`` starts at position p, a state has ``position``,
-    # ``select(rows)`` and ``join(other, start)`` (untok serve batches requests with them)
+    # ``select(rows)`` and ``join(other, start)``, each consuming the state it is called
+    # on (untok serve batches requests with them)
     joins_rows: bool = False
     compiled_decoding: bool = False  # has a static-shape decode_one to torch.compile
     # ``new_state(B, window=w)``: attention over the last w units only while decoding
