@@ -149,9 +149,10 @@ def text_ids(model, length: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_no_character_sees_a_later_one_even_inside_its_chunk():
+@pytest.mark.parametrize("previous", [False, True])
+def test_no_character_sees_a_later_one_even_inside_its_chunk(previous):
     torch.manual_seed(0)
-    model = build_model(config(LM)).eval()
+    model = build_model(config(LM, f"model.chunks.previous_char={str(previous).lower()}")).eval()
     ids = text_ids(model, 24)
     base = model(ids).hidden
     for t in range(24):  # every position, so every place inside a chunk
@@ -163,9 +164,10 @@ def test_no_character_sees_a_later_one_even_inside_its_chunk():
 
 
 @torch.no_grad()
-def test_step_one_character_at_a_time_equals_forward_across_chunk_boundaries():
+@pytest.mark.parametrize("previous", [False, True])
+def test_step_one_character_at_a_time_equals_forward_across_chunk_boundaries(previous):
     torch.manual_seed(0)
-    model = build_model(config(LM)).eval()
+    model = build_model(config(LM, f"model.chunks.previous_char={str(previous).lower()}")).eval()
     ids = text_ids(model, 23, seed=1)
     full = model(ids).hidden
     state = model.new_state(1)
@@ -173,6 +175,24 @@ def test_step_one_character_at_a_time_equals_forward_across_chunk_boundaries():
     rest = [model.step(state, ids[:, t:t + 1])[0].hidden for t in range(6, 23)]
     torch.testing.assert_close(torch.cat([first.hidden, *rest], 1), full, atol=1e-5,
                                rtol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("previous", [False, True])
+def test_a_chunks_first_slot_reads_the_character_before_it(previous):
+    """With the context vector silenced, a chunk's first character is predicted from the
+    last character of the chunk before (``previous_char``) or from nothing."""
+    torch.manual_seed(0)
+    model = build_model(config(LM, f"model.chunks.previous_char={str(previous).lower()}")).eval()
+    model.context_in.weight.zero_()
+    model.context_in.bias.zero_()
+    ids = text_ids(model, 12)
+    base = model(ids).hidden
+    for t in range(4):  # the characters of chunk 0
+        changed = ids.clone()
+        changed[0, t] = ord("#") if ids[0, t] != ord("#") else ord("%")
+        moved = (model(changed).hidden - base).abs().amax(-1)[0, 3]  # predicts character 4
+        assert (moved > 0) == (previous and t == 3), (t, moved)
 
 
 def save_ae(tmp_path, model=None):

@@ -184,7 +184,9 @@ class ChunksConfig:
     ``encoder`` names an autoencoder checkpoint whose encoder the model starts from (empty:
     a fresh encoder), ``train_encoder = false`` keeps it frozen, and ``decoder_layers``
     causal blocks of ``decoder_dim`` (0: the model's ``dim``) run over a chunk's
-    characters to predict the next one."""
+    characters to predict the next one; with ``previous_char`` the first of them also reads
+    the last character of the chunk before (as every later one reads the character before
+    it)."""
 
     width: int = 3
     levels: tuple[int, ...] = (4,)
@@ -196,6 +198,7 @@ class ChunksConfig:
     train_encoder: bool = True
     decoder_layers: int = 1
     decoder_dim: int = 0
+    previous_char: bool = False
 
     @property
     def size(self) -> int:

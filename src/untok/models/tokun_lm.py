@@ -12,6 +12,8 @@ and the characters of chunk c before j, and nothing else:
     decoder slots of chunk c:  [ctx(c-1), char cG, char cG+1, ..., char cG+G-2]
     slot j predicts:            char cG+j
 
+(with ``chunks.previous_char`` slot 0 also reads char cG-1, the last of the chunk before)
+
 so P(text) is the product of proper distributions, ``untok eval`` reports bits per UTF-8
 byte and per character that are a true code length, and changing a character moves no
 prediction of an earlier one, in its chunk or before. The encoder is trained with the model
@@ -46,12 +48,14 @@ GEOMETRY = ("width", "levels", "dim", "byte_dim")  # what an encoder checkpoint 
 @dataclass
 class ChunkState:
     """Incremental decoding: the backbone's caches over finished chunks, how many there
-    are, the context vector after them Float[B, D], and the characters of the chunk being
-    written Long[B, k] (k < G)."""
+    are, the context vector after them Float[B, D], the characters of the chunk being
+    written Long[B, k] (k < G), and the last character before it Long[B] (CP_PAD before
+    the first chunk)."""
 
     layers: list
     context: torch.Tensor
     chars: torch.Tensor
+    previous: torch.Tensor
     position: int = 0
 
 
@@ -117,14 +121,19 @@ class TokunLM(nn.Module):
         self.blocks.advance(layers, x.shape[1])
         return self.norm(h)
 
-    def _slots(self, context: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
-        """The decoder over chunks: contexts Float[..., D] and the characters before each
-        slot Long[..., k] (k < G) -> Float[..., k + 1, d], slot j predicting character j.
-        Every slot reads the context; slot j > 0 also the character before it."""
+    def _slots(self, context: torch.Tensor, chars: torch.Tensor,
+               previous: torch.Tensor) -> torch.Tensor:
+        """The decoder over chunks: contexts Float[..., D], the characters before each
+        slot Long[..., k] (k < G) and the last character of the chunk before Long[...] ->
+        Float[..., k + 1, d], slot j predicting character j. Every slot reads the context;
+        slot j > 0 also the character before it, and slot 0 ``previous`` where
+        ``chunks.previous_char`` is set."""
         chars = self.char_in(self._chars(chars))  # (..., k, d)
-        x = self.context_in(context)[..., None, :] + torch.cat(
-            [self.first_slot.expand(*chars.shape[:-2], 1, -1), chars], -2)  # (..., k + 1, d)
-        lead = x.shape[:-2]
+        first = self.first_slot.expand(*chars.shape[:-2], 1, -1)
+        if self.config.chunks.previous_char:
+            first = first + self.char_in(self._chars(previous[..., None]))
+        x = self.context_in(context)[..., None, :] + torch.cat([first, chars], -2)
+        lead = x.shape[:-2]  # (x: (..., k + 1, d))
         return self.decoder_norm(self.decoder(x.flatten(0, -3))).view(*lead, *x.shape[-2:])
 
     def forward(self, ids: torch.Tensor) -> CodepointScores:
@@ -137,7 +146,8 @@ class TokunLM(nn.Module):
             chunks = torch.cat([chunks, chunks.new_full((B, 1, G), CP_PAD)], 1)
         contexts = torch.cat([self.start.expand(B, 1, -1),
                               self._contexts(chunks[:, :count - 1])], 1)  # (B, count, D)
-        states = self._slots(contexts, chunks[..., :-1])  # (B, count, G, d)
+        previous = torch.cat([chunks.new_full((B, 1), CP_PAD), chunks[:, :-1, -1]], 1)
+        states = self._slots(contexts, chunks[..., :-1], previous)  # (B, count, G, d)
         return CodepointScores(states.flatten(1, 2)[:, 1:T + 1], self.head)
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
@@ -151,9 +161,10 @@ class TokunLM(nn.Module):
 
     def new_state(self, batch_size: int) -> ChunkState:
         weight = self.norm.weight
+        empty = torch.zeros(batch_size, 0, dtype=torch.long, device=weight.device)
         return ChunkState(self.blocks.new_state(batch_size, weight.device, weight.dtype),
-                          self.start.expand(batch_size, -1),
-                          torch.zeros(batch_size, 0, dtype=torch.long, device=weight.device))
+                          self.start.expand(batch_size, -1), empty,
+                          empty.new_full((batch_size,), CP_PAD))
 
     def step(self, state: ChunkState, ids: torch.Tensor
              ) -> tuple[CodepointScores, ChunkState]:
@@ -167,8 +178,9 @@ class TokunLM(nn.Module):
                 state.context = self._contexts(state.chars[:, None], state.layers,
                                                state.position)[:, 0]
                 state.position += 1
+                state.previous = state.chars[:, -1]
                 state.chars = state.chars[:, :0]
-            states.append(self._slots(state.context, state.chars)[:, -1])  # (B, d)
+            states.append(self._slots(state.context, state.chars, state.previous)[:, -1])
         return CodepointScores(torch.stack(states, 1), self.head), state
 
     def num_params(self) -> int:
@@ -216,4 +228,5 @@ register(Family(
     summary=lambda c: f"{chunk_summary('tokun-lm', c)}, backbone dim {c.dim} x "
                       f"{c.num_layers}, context {c.context}",
     examples={"transformer": TINY, "mmfree": {**TINY, "backbone": "mmfree"},
-              "levels-2x2": {**TINY, "chunks": {**TINY["chunks"], "levels": [2, 2]}}}))
+              "levels-2x2": {**TINY, "chunks": {**TINY["chunks"], "levels": [2, 2]}},
+              "previous-char": {**TINY, "chunks": {**TINY["chunks"], "previous_char": True}}}))
