@@ -184,9 +184,9 @@ class ChunksConfig:
     ``encoder`` names an autoencoder checkpoint whose encoder the model starts from (empty:
     a fresh encoder), ``train_encoder = false`` keeps it frozen, and ``decoder_layers``
     causal blocks of ``decoder_dim`` (0: the model's ``dim``) run over a chunk's
-    characters to predict the next one; with ``previous_char`` the first of them also reads
-    the last character of the chunk before (as every later one reads the character before
-    it)."""
+    characters to predict the next one; with ``previous_char`` a chunk's first slot also
+    reads the last character of the chunk before (as every later slot reads the character
+    before it)."""
 
     width: int = 3
     levels: tuple[int, ...] = (4,)
