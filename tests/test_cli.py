@@ -115,3 +115,17 @@ def test_module_and_console_script_help():
                 [os.path.join(os.path.dirname(sys.executable), "untok"), "train", "--help"]):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "usage: untok" in result.stdout
+
+
+def test_a_torchrun_process_keeps_its_output_and_exit_status(tmp_path):
+    """Under torchrun (WORLD_SIZE > 1) `python -m untok` ends without interpreter shutdown;
+    what it printed and its exit status must still come through."""
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    env.pop("PYTHONUNBUFFERED", None)  # what is printed waits in a buffer, as usual
+    listed = subprocess.run([sys.executable, "-m", "untok", "presets"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "mmfree-base" in listed.stdout.splitlines()[-1]
+    failed = subprocess.run([sys.executable, "-m", "untok", "eval", str(tmp_path / "none"),
+                             "--data", str(tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("untok: error:")
