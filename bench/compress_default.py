@@ -8,7 +8,10 @@ untok with the shipped model as ``untok compress`` runs it by default, the same 
 static (no adaptation), and gzip -9, bzip2 -9, xz -9e, zstd -19 on the same bytes; KB/s of
 both directions (every untok file is decompressed and checked equal). The compiled step's
 one-off compile is timed apart (``compile_seconds``) and the speeds are of the coding after
-it, as in a second run of the command (the compiled kernels are cached on disk).
+it, as in a second run of the command (the compiled kernels are cached on disk). With
+``--repeats N`` each of N rounds codes every class once in every way (the baseline too),
+and the speeds are the medians over the rounds: a class's figure then spans the whole run,
+not the one stretch of this shared machine's load when its turn came.
 
 ``--baseline-src DIR`` also codes every file with an earlier untok (``DIR``: the ``src``
 directory of a checkout of an older commit) and its own shipped model and defaults, in a
@@ -85,20 +88,25 @@ CLASSES = {
 }
 
 
-def code(data: bytes, model: torch.nn.Module, options: dict, repeats: int) -> dict:
-    """Size and median KB/s of compressing and decompressing ``data`` (checked equal)."""
-    encode, decode = [], []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        blob = compress(data, model, **options)
-        encode.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        if decompress(blob, model) != data:
-            raise SystemExit(f"round trip failed with {options}")
-        decode.append(time.perf_counter() - started)
-    return {"bytes": len(blob), "bpb": 8 * len(blob) / len(data),
-            "compress_kb_per_s": len(data) / 1e3 / median(encode),
-            "decompress_kb_per_s": len(data) / 1e3 / median(decode)}
+def code_once(data: bytes, model: torch.nn.Module, options: dict) -> dict:
+    """Size and seconds of compressing and decompressing ``data`` once (checked equal)."""
+    started = time.perf_counter()
+    blob = compress(data, model, **options)
+    encode = time.perf_counter() - started
+    started = time.perf_counter()
+    decoded = decompress(blob, model)
+    decode = time.perf_counter() - started
+    if decoded != data:
+        raise SystemExit(f"round trip failed with {options}")
+    return {"bytes": len(blob), "encode_s": encode, "decode_s": decode}
+
+
+def summary(samples: list[dict], length: int) -> dict:
+    """Bits per byte and median KB/s of both directions over ``samples`` of one input."""
+    return {"bytes": samples[0]["bytes"], "bpb": 8 * samples[0]["bytes"] / length,
+            "compress_kb_per_s": length / 1e3 / median([s["encode_s"] for s in samples]),
+            "decompress_kb_per_s": length / 1e3 / median([s["decode_s"] for s in samples]),
+            "repeats": len(samples)}
 
 
 def speeds(row: dict) -> str:
@@ -157,7 +165,7 @@ def previous(args: argparse.Namespace, name: str) -> dict:
     """The figures of class ``name`` coded by the untok under ``--baseline-src``."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline_src)}
     command = [sys.executable, __file__, "--worker", "--classes", name, "--bytes",
-               str(args.bytes), "--repeats", str(args.repeats)]
+               str(args.bytes), "--repeats", "1"]
     done = subprocess.run(command, env=env, capture_output=True, text=True,
                           cwd=Path(__file__).parent)
     if done.returncode:
@@ -172,8 +180,9 @@ def worker(args: argparse.Namespace) -> None:
     model, options = default_model(), dataclasses.asdict(DEFAULTS)
     compress(b"warm up the step " * 200, model, **options)
     for _, _, data in class_files(args):
-        print(json.dumps({**code(data, model, options, args.repeats), "options": options,
-                          "untok": str(Path(untok.__file__).parent)}))
+        print(json.dumps({"samples": [code_once(data, model, options)
+                                      for _ in range(args.repeats)],
+                          "options": options, "untok": str(Path(untok.__file__).parent)}))
 
 
 def class_files(args: argparse.Namespace) -> Iterator[tuple[str, str, bytes]]:
@@ -206,18 +215,23 @@ def main() -> None:
                "warm_up_bytes": len(warm_up), "auto_compile": AUTO_COMPILE,
                "static_options": static_options, "compile_seconds": compile_seconds,
                "threads": torch.get_num_threads(), "classes": {}}
-    for name, what, data in class_files(args):
-        classic = classic_sizes(data)
+    runs = {"default": default_options, "compiled": compiled_options, "static": static_options}
+    files = list(class_files(args))
+    samples = {name: {kind: [] for kind in [*runs, "baseline"]} for name, _, _ in files}
+    for round_ in range(args.repeats):  # (round robin: each median spans the whole run)
+        for name, _, data in files:
+            for kind, options in runs.items():
+                samples[name][kind].append(code_once(data, model, options))
+            if args.baseline_src:
+                done = previous(args, name)
+                samples[name]["baseline"] += done["samples"]
+                figures.update(baseline=done["untok"], baseline_options=done["options"])
+        print(f"round {round_ + 1} of {args.repeats} done", flush=True)
+    for name, what, data in files:
         figures["classes"][name] = row = {
             "what": what, "input_bytes": len(data),
-            "classic_bpb": {k: 8 * v / len(data) for k, v in classic.items() if v},
-            "default": code(data, model, default_options, args.repeats),
-            "compiled": code(data, model, compiled_options, args.repeats),
-            "static": code(data, model, static_options, args.repeats)}
-        if args.baseline_src:
-            row["baseline"] = previous(args, name)
-            figures.update(baseline=row["baseline"].pop("untok"),
-                           baseline_options=row["baseline"].pop("options"))
+            "classic_bpb": {k: 8 * v / len(data) for k, v in classic_sizes(data).items() if v},
+            **{kind: summary(runs, len(data)) for kind, runs in samples[name].items() if runs}}
         print(f"{name}: default {row['default']['bpb']:.3f}, static {row['static']['bpb']:.3f},"
               f" xz {row['classic_bpb']['xz -9e']:.3f} bpb; "
               f"{row['default']['compress_kb_per_s']:.1f} KB/s", flush=True)

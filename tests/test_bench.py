@@ -214,14 +214,17 @@ def test_gpu_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_compress_default_smoke(tmp_path):
-    """The baseline is this very tree, run in a subprocess: it must code the same bytes."""
+    """The baseline is this very tree, run in a subprocess: it must code the same bytes.
+    Each repeat goes round every class (and the baseline), so every kind has one sample
+    per round."""
     source = Path(__file__).resolve().parents[1] / "src"
     figures = run_bench(tmp_path, "compress_default.py", "--bytes", "4000", "--classes",
-                        "wikipedia", "python", "--baseline-src", str(source))
+                        "wikipedia", "python", "--baseline-src", str(source), "--repeats", "2")
     for row in figures["classes"].values():
         assert {"xz -9e", "gzip -9", "bzip2 -9"} <= set(row["classic_bpb"])
         for kind in ("default", "compiled", "static", "baseline"):
             assert {"bpb", "compress_kb_per_s", "decompress_kb_per_s"} <= set(row[kind])
+            assert row[kind]["repeats"] == 2
         assert row["baseline"]["bytes"] == row["default"]["bytes"]
     assert figures["default_adaptation"]["lr"] > 0 == figures["static_options"]["adapt_lr"]
     assert figures["baseline_options"] == figures["default_options"]
