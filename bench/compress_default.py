@@ -133,8 +133,8 @@ def render(figures: dict) -> str:
     lines.append("")
     if baseline:
         lines.append(f"Previous: the untok of {figures['baseline']} with its shipped model and "
-                     f"its defaults {figures['baseline_options']}, run in a subprocess after "
-                     "each class.")
+                     f"its defaults {figures['baseline_options']}, run in a subprocess in each "
+                     "round.")
     lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
                  f"{figures['default_options']} (adaptation: "
                  f"{figures['default_adaptation']}; the step compiles from "
@@ -231,7 +231,7 @@ def main() -> None:
         figures["classes"][name] = row = {
             "what": what, "input_bytes": len(data),
             "classic_bpb": {k: 8 * v / len(data) for k, v in classic_sizes(data).items() if v},
-            **{kind: summary(runs, len(data)) for kind, runs in samples[name].items() if runs}}
+            **{kind: summary(kept, len(data)) for kind, kept in samples[name].items() if kept}}
         print(f"{name}: default {row['default']['bpb']:.3f}, static {row['static']['bpb']:.3f},"
               f" xz {row['classic_bpb']['xz -9e']:.3f} bpb; "
               f"{row['default']['compress_kb_per_s']:.1f} KB/s", flush=True)
