@@ -12,6 +12,7 @@ runs on rather than ending at once) is served by ``untok serve`` in a subprocess
 
     python bench/serve.py                  # about 7 minutes
     python bench/serve.py --minutes 0.05 --bytes 32 --clients 1,2   # a smoke run
+    python bench/serve.py --set model.kv_heads=2 --result serve_gqa  # 2 key/value heads
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ def main() -> None:
                         help="runs of each load, interleaved (medians are reported)")
     parser.add_argument("--checkpoint", type=Path,
                         help="serve this checkpoint instead of training one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the model it trains (repeatable), e.g. "
+                             "model.kv_heads=2")
+    parser.add_argument("--result", default="serve",
+                        help="name of the results in bench/results/ (default: serve)")
     args = parser.parse_args()
     clients = [int(n) for n in args.clients.split(",")]
     data = require(SHARED / "tinyshakespeare.txt")
@@ -168,7 +174,8 @@ def main() -> None:
         if checkpoint is None:
             subprocess.run([sys.executable, "-m", "untok", "train", "--preset", args.preset,
                             "--data", str(data), "--minutes", str(args.minutes), "--out",
-                            f"{tmp}/run", "--quiet", "--set", "train.eval_every=100000"],
+                            f"{tmp}/run", "--quiet", "--set", "train.eval_every=100000",
+                            *[arg for item in args.set for arg in ("--set", item)]],
                            check=True)
             checkpoint = Path(tmp) / "run" / "last"
         threads = max(torch.get_num_threads() - 1, 1)  # what untok serve gives its engine
@@ -196,14 +203,16 @@ def main() -> None:
     for row in loads:
         row["speedup"] = row["bytes_per_s"] / one
         row["gap_p90_ratio"] = row["gap_p90_ms"] / loads[0]["gap_p90_ms"]
-    figures = {"preset": args.preset if args.checkpoint is None else str(args.checkpoint),
+    trained = " ".join([args.preset, *args.set])
+    figures = {"preset": trained if args.checkpoint is None else str(args.checkpoint),
                "params": sum(p.numel() for p in model.parameters()),
+               "kv_heads": model.config.kv_heads or model.config.num_heads,
                "bytes_per_stream": args.bytes, "repeats": args.repeats, "latency": latency,
                "load": loads,
                "engine": engine}
     table = render(figures)
     print(table)
-    print("wrote", write_result("serve", figures, table))
+    print("wrote", write_result(args.result, figures, table))
 
 
 def render(f: dict) -> str:

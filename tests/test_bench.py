@@ -183,7 +183,8 @@ def test_tokun_smoke(tmp_path):
 def test_serve_smoke(tmp_path):
     pytest.importorskip("fastapi")
     figures = run_bench(tmp_path, "serve.py", "--minutes", "0.05", "--bytes", "16",
-                        "--clients", "1,2", "--repeats", "2")
+                        "--clients", "1,2", "--repeats", "2", "--set", "model.kv_heads=2")
+    assert figures["preset"] == "small model.kv_heads=2" and figures["kv_heads"] == 2
     assert [row["clients"] for row in figures["load"]] == [1, 2]
     assert all(len(row["runs_bytes_per_s"]) == 2 for row in figures["load"])
     for row in figures["load"]:
