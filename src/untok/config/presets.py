@@ -97,10 +97,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 16, "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 100,
                   "eval_every": 200, "eval_bytes": 65536},
     },
-    "tokun-4x4": {  # 16 characters -> one 256-wide vector, merged 4 then 4
+    "tokun-4x4": {  # 16 characters -> one 256-wide vector, merged 4 then 4 (10-minute
+        # multilingual runs: lr 2e-2 94.99%, 1e-2 98.02%, 5e-3 98.59 and 99.47%, 2.5e-3 99.98%)
         "model": {"family": "tokun", "unit": "codepoint", "context": 256,
                   "chunks": {"levels": [4, 4], "dim": 256}},
-        "train": {"batch_size": 16, "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 100,
+        "train": {"batch_size": 16, "lr": 2.5e-3, "weight_decay": 0.0, "warmup_steps": 100,
                   "eval_every": 200, "eval_bytes": 65536},
     },
     "tokun-lm-tiny": {  # unit tests
