@@ -131,6 +131,26 @@ def test_context_words_are_candidates_from_their_first_appearance_on():
     assert float(lp[0, 4]) == pytest.approx(float(words[4, units.dict_size]), abs=1e-6)
 
 
+def test_target_log_probs_equal_the_full_distribution_and_train_finitely():
+    """candidate_log_prob scores only the targets (and a normaliser per position): the same
+    numbers as gathering from the whole distribution, with finite gradients at positions
+    that have no context word yet."""
+    units = units_with(["the", "cat", "sat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units)
+    ids = torch.tensor([[units.bos, *units.encode(b"the Zorg sat Qix the Zorg cat Qix")]])
+    scores = model(ids[:, :-1])
+    lp, escaped = scores.candidate_log_prob(ids[:, 1:])
+    (-lp.sum()).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+               if p.grad is not None)
+    with torch.no_grad():
+        whole = model(ids[:, :-1])
+        whole._word_log_probs()  # (computed first: candidate_log_prob then gathers from it)
+        expected, expected_escaped = whole.candidate_log_prob(ids[:, 1:])
+    torch.testing.assert_close(lp.detach(), expected)
+    assert escaped.tolist() == expected_escaped.tolist() and int(escaped.sum()) == 2
+
+
 def test_step_carries_the_context_words():
     units = units_with(["the", "cat", "sat"])
     model = build_model(resolve(preset_name="tfree-tiny").model, units=units).eval()

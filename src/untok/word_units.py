@@ -114,6 +114,7 @@ class WordUnits:
         self.hash = (hash_size, ids_per_trigram, lowercase_ids, seed)
         self.spelling = Spelling(spelling or [])
         self._codes: dict[int, np.ndarray] = {}
+        self._distinct: dict[int, np.ndarray] = {}
 
     def id_of(self, word: str) -> int:
         if word not in self.index:
@@ -132,6 +133,13 @@ class WordUnits:
             self._codes[i] = hash_whole(f"special {i - self.num_content}", v, m, seed) \
                 if i >= self.num_content else word_code(self.words[i], v, m, k, seed)
         return self._codes[i]
+
+    def distinct_ids(self, i: int) -> np.ndarray:
+        """The distinct hashed ids of word ``i``, ascending (Int64[n]): its multi-label
+        target."""
+        if i not in self._distinct:
+            self._distinct[i] = np.unique(self.code(i))
+        return self._distinct[i]
 
     def bytes_of(self, i: int) -> bytes:
         """The bytes of word ``i``."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from untok.files import cache_dir, write_atomic
 from untok.models.base import init_residuals, init_standard
 from untok.models.registry import Capabilities, Family, TrainingData, register, shape_summary
 from untok.nn.attention import Rope
+from untok.nn.pattern_scores import pattern_scores, with_outside
 from untok.nn.speller import Speller
 from untok.nn.stacks import make_stack
 from untok.scores import Pick, Scores
@@ -189,49 +189,43 @@ class TFreeLM(nn.Module):
         return index, values * (1 / sizes + 1 / outside)[index[0]], 1 / outside
 
     def dictionary(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dictionary's pattern (Float[D, v] CSR) and ``1 / (v - |w|)`` (Float[D])."""
+        """The dictionary's patterns with the outside means (:func:`with_outside`): CSR
+        Float[D, v + 1] and its transpose, what :func:`pattern_scores` takes."""
         cached = self._dictionary
         if cached is None or cached[0].device != device:
             index, values, per_outside = self._patterns(list(range(self.units.dict_size)))
-            shape = (self.units.dict_size, self.config.words.hash_size)
-            pattern = torch.sparse_coo_tensor(index, values, shape, check_invariants=True)
-            with warnings.catch_warnings():  # CSR is "beta", and 60x faster than COO here
-                warnings.simplefilter("ignore", UserWarning)
-                csr = pattern.coalesce().to_sparse_csr()
-            cached = (csr.to(device), per_outside.to(device))
+            matrices = with_outside(index, values, per_outside, self.config.words.hash_size)
+            cached = tuple(m.to(device) for m in matrices)
             self._dictionary = cached
         return cached
 
-    def word_logits(self, logits: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
-        """Float[N, v + 1] head logits and Long[N, E] context words -> Float[N, D + E + 1]:
-        the scaled scores of the dictionary, of the context words (-inf where none) and
-        the escape (last). In fp32 under any autocast: each score sums ~m x 3 w
+    def word_logits(self, logits: torch.Tensor, extras: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float[N, v + 1] head logits and Long[N, E] context words -> the scaled scores of
+        the candidates in three parts: the dictionary Float[D, N] (words first: the layout
+        the sparse product writes), the context words Float[N, E] (-inf where none) and
+        the escape Float[N, 1]. In fp32 under any autocast: each score sums ~m x 3 w
         probabilities, and the sparse kernels have no bf16 version."""
         with torch.autocast(logits.device.type, enabled=False):
             return self._word_logits(logits, extras)
 
-    def _word_logits(self, logits: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
+    def _word_logits(self, logits: torch.Tensor, extras: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p = torch.sigmoid(logits[:, :-1].float())
-        total = p.sum(-1)
-        pattern, per_outside = self.dictionary(p.device)
         scale = 20.0 * self.log_temperature.exp()
         escape = (logits[:, -1:].float() + self.escape_bias)
-        score = torch.sparse.mm(pattern, p.T).T  # (N, D): folded inside sums
-        if torch.is_grad_enabled():  # (training: the temperature learns)
-            score = (score - torch.outer(total, per_outside)) * scale
-        else:
-            score.sub_(torch.outer(total, per_outside)).mul_(scale)
-        if extras.shape[-1]:
-            extra = extras.clamp(min=0)
-            unique, where = extra.unique(return_inverse=True)
-            index, values, per_out = self._patterns(unique.tolist())
-            dense = torch.zeros(len(unique), p.shape[-1], device=p.device)
-            dense.index_put_((index[0].to(p.device), index[1].to(p.device)),
-                             values.to(p.device), accumulate=True)
-            own = p @ dense.T - torch.outer(total, per_out.to(p.device))  # (N, U)
-            own = (own.gather(1, where) * scale).masked_fill(extras < 0, -torch.inf)
-            score = torch.cat([score, own], -1)
-        return torch.cat([score, escape], -1)
+        score = pattern_scores(p, scale, *self.dictionary(p.device))  # (D, N)
+        if not extras.shape[-1]:
+            return score, p.new_zeros(len(p), 0), escape
+        total = p.sum(-1)
+        unique, where = extras.clamp(min=0).unique(return_inverse=True)
+        index, values, per_out = self._patterns(unique.tolist())
+        dense = torch.zeros(len(unique), p.shape[-1], device=p.device)
+        dense.index_put_((index[0].to(p.device), index[1].to(p.device)),
+                         values.to(p.device), accumulate=True)
+        own = p @ dense.T - torch.outer(total, per_out.to(p.device))  # (N, U)
+        own = (own.gather(1, where) * scale).masked_fill(extras < 0, -torch.inf)
+        return score, own, escape
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -257,15 +251,15 @@ class TFreeLM(nn.Module):
 
     def _positives(self, targets: torch.Tensor, keep: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = [], []
-        for row in torch.nonzero(keep)[:, 0].tolist():
-            ids = np.unique(self.units.code(int(targets[row])))
-            rows.append(np.full(len(ids), row))
-            cols.append(ids)
+        """The (row, id) pairs of the kept targets' multi-label positives, Long[nnz] each."""
+        rows = torch.nonzero(keep)[:, 0].tolist()
+        words = targets.tolist()
+        cols = [self.units.distinct_ids(words[row]) for row in rows]
         if not rows:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         device = targets.device
-        return (torch.from_numpy(np.concatenate(rows)).to(device),
+        rows = np.repeat(rows, [len(c) for c in cols])
+        return (torch.from_numpy(rows).to(device),
                 torch.from_numpy(np.concatenate(cols)).to(device))
 
     def _softmax_loss(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
@@ -335,27 +329,44 @@ class WordScores(Scores):
         return WordScores(self.hidden[index], self.logits[index], self.model,
                           self.extras[index])
 
+    def _candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The candidates' scores (see :meth:`TFreeLM.word_logits`), N positions."""
+        flat = self.logits.reshape(-1, self.logits.shape[-1])
+        return self.model.word_logits(flat, self.extras.reshape(flat.shape[0], -1))
+
     def _word_log_probs(self) -> torch.Tensor:
         """log P over the dictionary, the context words and the escape, Float[N, D + E + 1]
         (computed once)."""
         if self._log_probs is None:
-            flat = self.logits.reshape(-1, self.logits.shape[-1])
-            extras = self.extras.reshape(flat.shape[0], -1)
-            self._log_probs = F.log_softmax(self.model.word_logits(flat, extras), dim=-1)
+            words, own, escape = self._candidates()
+            self._log_probs = F.log_softmax(torch.cat([words.T, own, escape], -1), dim=-1)
         return self._log_probs
 
     def candidate_log_prob(self, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log P of each target's candidate (a dictionary word, a context word or the
-        escape), Float like ``targets`` (0 at BOS/EOS/PAD), and whether it is escaped."""
-        lp = self._word_log_probs()
-        flat = targets.flatten().to(lp.device)
+        escape), Float like ``targets`` (0 at BOS/EOS/PAD), and whether it is escaped.
+        Only the targets' scores and each position's normaliser are computed: no
+        distribution over every candidate."""
         d = self.model.units.dict_size
+        flat = targets.flatten().to(self.logits.device)
         extras = self.extras.reshape(flat.shape[0], -1)
         match = (extras == flat[:, None]) & (flat[:, None] >= d)  # (N, E)
         other = torch.cat([match, ~match.any(-1, keepdim=True)], -1).int().argmax(-1)
         escape = d + extras.shape[-1]
         column = torch.where(flat < d, flat, d + other)  # a context word, or the escape
-        out = lp.gather(1, column[:, None])[:, 0]
+        if self._log_probs is not None:
+            out = self._log_probs.gather(1, column[:, None])[:, 0]
+        else:
+            words, own, escaped = self._candidates()
+            normaliser = torch.logsumexp(torch.stack(
+                [words.logsumexp(0), own.logsumexp(-1), escaped[:, 0]]), 0)
+            in_dictionary = words.gather(0, column.clamp(max=d - 1)[None, :])[0]
+            picked = torch.where(column < d, in_dictionary, escaped[:, 0])
+            if extras.shape[-1]:
+                in_context = (column >= d) & (column < escape)
+                context = own.gather(1, (column - d).clamp(0, extras.shape[-1] - 1)[:, None])
+                picked = torch.where(in_context, context[:, 0], picked)
+            out = picked - normaliser
         special = flat >= self.model.units.num_content
         out = out.masked_fill(special, 0.0)
         return out.reshape(targets.shape), ((column == escape) & ~special).reshape(
