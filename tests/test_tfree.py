@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,26 @@ def test_target_log_probs_equal_the_full_distribution_and_train_finitely():
         expected, expected_escaped = whole.candidate_log_prob(ids[:, 1:])
     torch.testing.assert_close(lp.detach(), expected)
     assert escaped.tolist() == expected_escaped.tolist() and int(escaped.sum()) == 2
+
+
+def test_the_multilabel_loss_is_added_with_its_weight():
+    """loss = softmax cross-entropy + multilabel_weight x the multi-label loss; at 0 the
+    multi-label term is not computed at all."""
+    units = units_with(["the", "cat", "sat"])
+    model = build_model(resolve(preset_name="tfree-tiny").model, units=units)
+    ids = torch.tensor([[units.bos, *units.encode(b"the cat sat the Zorg cat")]])
+
+    def loss_at(weight: float) -> float:
+        model.config = replace(model.config, words=replace(model.config.words,
+                                                           multilabel_weight=weight))
+        with torch.no_grad():
+            return float(model.loss(ids[:, :-1], ids[:, 1:]))
+
+    softmax_only, one, three = loss_at(0.0), loss_at(1.0), loss_at(3.0)
+    assert one > softmax_only
+    assert three - softmax_only == pytest.approx(3 * (one - softmax_only), rel=1e-5)
+    with pytest.raises(UntokError, match="multilabel_weight"):
+        resolve(preset_name="tfree-tiny", overrides=["model.words.multilabel_weight=-1"])
 
 
 def test_step_carries_the_context_words():

@@ -140,7 +140,9 @@ class WordsConfig:
     trigram. The dictionary holds the ``dict_size`` most frequent words of the train split
     (plus the special words); ``dictionary`` is filled in when training starts (the cached
     file it was built into) and the words travel in the checkpoint's ``units.json``.
-    ``pos_weight`` weighs the sparse positives of the multi-label loss; ``edge_weight``
+    ``multilabel_weight`` weighs the multi-label loss (a mean over the v outputs) against
+    the word softmax's cross-entropy (0: the softmax alone); ``pos_weight`` weighs its
+    sparse positives; ``edge_weight``
     scales the ids of a word's first and last trigram when scoring words;
     ``softmax_positions`` is how many positions a batch (whole rows; 0: all) also train
     the word softmax's cross-entropy, the code length evaluation reports."""
@@ -149,6 +151,7 @@ class WordsConfig:
     ids_per_trigram: int = 8
     lowercase_ids: int = 2
     dict_size: int = 16384
+    multilabel_weight: float = 10.0
     pos_weight: float = 100.0
     edge_weight: float = 1.0
     softmax_positions: int = 0
@@ -164,6 +167,8 @@ class WordsConfig:
               "words of the train split that the model scores; 16384 by default)")
         check(self.pos_weight > 0 and self.edge_weight >= 0,
               "model.words.pos_weight must be > 0 and model.words.edge_weight >= 0")
+        check(self.multilabel_weight >= 0, "model.words.multilabel_weight must be >= 0 "
+              "(0: train the word softmax alone)")
         check(self.softmax_positions >= 0, "model.words.softmax_positions must be >= 0 "
               "(0: every position of a batch trains the word softmax)")
 

@@ -47,7 +47,6 @@ from untok.scores import Pick, Scores
 from untok.word_units import END, WordUnits, fit_dictionary
 from untok.words import is_special
 
-LOSS_SCALE = 10.0  # the multi-label loss is a mean over the hash_size outputs per word
 MAX_SPELLING = 64  # bytes of a sampled escape word at most
 
 
@@ -234,20 +233,23 @@ class TFreeLM(nn.Module):
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Weighted binary cross-entropy against the next word's id set (positives gathered
-        from indices; no dense target), plus the word softmax's cross-entropy."""
+        """The word softmax's cross-entropy plus ``multilabel_weight`` x the weighted binary
+        cross-entropy against the next word's id set, a mean over the v outputs (positives
+        gathered from indices; no dense target)."""
         hidden, logits = self._outputs(self._embed(ids))  # (B, T, D), (B, T, v + 1)
         keep = targets != self.units.pad
         if mask is not None:
             keep &= mask
+        softmax = self._softmax_loss(hidden, logits, ids, targets, keep)
+        w = self.config.words
+        if not w.multilabel_weight:
+            return softmax
         words = logits[..., :-1].flatten(0, 1)  # (N, v)
         rows, cols = self._positives(targets.flatten(), keep.flatten())
         pos = words[rows, cols]
-        weight = self.config.words.pos_weight
         per_row = F.softplus(words).sum(-1)[keep.flatten()].sum() - F.softplus(pos).sum() \
-            + weight * F.softplus(-pos).sum()
-        bce = LOSS_SCALE * per_row / (keep.sum().clamp(min=1) * words.shape[-1])
-        return bce + self._softmax_loss(hidden, logits, ids, targets, keep)
+            + w.pos_weight * F.softplus(-pos).sum()
+        return softmax + w.multilabel_weight * per_row / (keep.sum().clamp(min=1) * w.hash_size)
 
     def _positives(self, targets: torch.Tensor, keep: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
