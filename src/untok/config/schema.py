@@ -151,7 +151,7 @@ class WordsConfig:
     ids_per_trigram: int = 8
     lowercase_ids: int = 2
     dict_size: int = 16384
-    multilabel_weight: float = 10.0
+    multilabel_weight: float = 0.25
     pos_weight: float = 100.0
     edge_weight: float = 1.0
     softmax_positions: int = 0
