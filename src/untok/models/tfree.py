@@ -254,13 +254,13 @@ class TFreeLM(nn.Module):
     def _positives(self, targets: torch.Tensor, keep: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (row, id) pairs of the kept targets' multi-label positives, Long[nnz] each."""
-        rows = torch.nonzero(keep)[:, 0].tolist()
+        kept = torch.nonzero(keep)[:, 0].tolist()
         words = targets.tolist()
-        cols = [self.units.distinct_ids(words[row]) for row in rows]
-        if not rows:
+        cols = [self.units.distinct_ids(words[row]) for row in kept]
+        if not kept:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        rows = np.repeat(np.array(kept, dtype=np.int64), [len(c) for c in cols])
         device = targets.device
-        rows = np.repeat(rows, [len(c) for c in cols])
         return (torch.from_numpy(rows).to(device),
                 torch.from_numpy(np.concatenate(cols)).to(device))
 
