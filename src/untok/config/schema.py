@@ -140,12 +140,10 @@ class WordsConfig:
     trigram. The dictionary holds the ``dict_size`` most frequent words of the train split
     (plus the special words); ``dictionary`` is filled in when training starts (the cached
     file it was built into) and the words travel in the checkpoint's ``units.json``.
-    ``multilabel_weight`` weighs the multi-label loss (a mean over the v outputs) against
-    the word softmax's cross-entropy (0: the softmax alone); ``pos_weight`` weighs its
-    sparse positives; ``edge_weight``
-    scales the ids of a word's first and last trigram when scoring words;
-    ``softmax_positions`` is how many positions a batch (whole rows; 0: all) also train
-    the word softmax's cross-entropy, the code length evaluation reports."""
+    ``multilabel_weight`` weighs the multi-label loss (0: the word softmax alone),
+    ``pos_weight`` its sparse positives; ``edge_weight`` scales the ids of a word's first
+    and last trigram when scoring words; ``softmax_positions``: positions of a batch
+    (whole rows; 0: all) that train the word softmax (the code length evaluation reports)."""
 
     hash_size: int = 8192
     ids_per_trigram: int = 8
@@ -165,10 +163,8 @@ class WordsConfig:
         check(self.ids_per_trigram >= 1, "model.words.ids_per_trigram must be >= 1")
         check(self.dict_size >= 1, "model.words.dict_size must be >= 1 (the most frequent "
               "words of the train split that the model scores; 16384 by default)")
-        check(self.pos_weight > 0 and self.edge_weight >= 0,
-              "model.words.pos_weight must be > 0 and model.words.edge_weight >= 0")
-        check(self.multilabel_weight >= 0, "model.words.multilabel_weight must be >= 0 "
-              "(0: train the word softmax alone)")
+        check(self.pos_weight > 0 and min(self.edge_weight, self.multilabel_weight) >= 0,
+              "model.words.pos_weight must be > 0, edge_weight and multilabel_weight >= 0")
         check(self.softmax_positions >= 0, "model.words.softmax_positions must be >= 0 "
               "(0: every position of a batch trains the word softmax)")
 
