@@ -359,11 +359,11 @@ class WordScores(Scores):
         if self._log_probs is not None:
             out = self._log_probs.gather(1, column[:, None])[:, 0]
         else:
-            words, own, escaped = self._candidates()
+            words, own, escape_score = self._candidates()
             normaliser = torch.logsumexp(torch.stack(
-                [words.logsumexp(0), own.logsumexp(-1), escaped[:, 0]]), 0)
+                [words.logsumexp(0), own.logsumexp(-1), escape_score[:, 0]]), 0)
             in_dictionary = words.gather(0, column.clamp(max=d - 1)[None, :])[0]
-            picked = torch.where(column < d, in_dictionary, escaped[:, 0])
+            picked = torch.where(column < d, in_dictionary, escape_score[:, 0])
             if extras.shape[-1]:
                 in_context = (column >= d) & (column < escape)
                 context = own.gather(1, (column - d).clamp(0, extras.shape[-1] - 1)[:, None])
