@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, require, train_all, training_rate, write_result
+from common import RESULTS, ROOT, SHARED, command, require, train_all, training_rate, write_result
 from options import language_stores, multilingual_data
 from quality import VAL_BYTES, run_bpe, split_bytes
 from untok.config import resolve
@@ -180,9 +180,11 @@ def render(figures: dict) -> str:
     if "multilingual" in figures:
         m = figures["multilingual"]
         names = list(m)
+        run = figures.get("multilingual_run")
         out += [f"Multilingual: {figures['minutes']:g} minutes each, side by side on one core "
                 "each, trained on all 25 languages (all lines but the last 100), val = the "
-                "last 100 lines of each: bits per UTF-8 byte / bits per character", "",
+                "last 100 lines of each: bits per UTF-8 byte / bits per character"
+                + (f" (run of {run['date']}: `{run['command']}`)" if run else ""), "",
                 "| language | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for lang in m[names[0]]["languages"]:
             out.append(f"| {lang} | " + " | ".join(
@@ -209,6 +211,19 @@ def render(figures: dict) -> str:
     return "\n".join(out)
 
 
+def previous_multilingual() -> dict:
+    """The multilingual section of the last results file (and when and how it ran)."""
+    path = RESULTS / "tfree.json"
+    if not path.is_file():
+        return {}
+    last = json.loads(path.read_text())
+    if "multilingual" not in last["figures"]:
+        return {}
+    run = last["figures"].get("multilingual_run") or {"date": last["date"][:10],
+                                                      "command": last["command"]}
+    return {"multilingual": last["figures"]["multilingual"], "multilingual_run": run}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,6 +241,10 @@ def main() -> None:
         figures["quality"] = quality(args.minutes, args.max_eval)
         if not args.no_multilingual:
             figures["multilingual"] = multilingual(args.minutes, args.runs, args.max_eval)
+            figures["multilingual_run"] = {"date": time.strftime("%Y-%m-%d"),
+                                           "command": command()}
+        else:  # the last run's multilingual figures stay, with their own date and command
+            figures.update(previous_multilingual())
     table = render(figures)
     print(table)
     name = "tfree_fertility" if args.fertility_only else "tfree"

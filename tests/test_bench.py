@@ -152,11 +152,35 @@ def test_tfree_smoke(tmp_path):
     assert compact <= 4096 * 192 / 4  # a quarter of the BPE model's table
     assert set(figures["multilingual"]) == {"T-Free", "flat bytes"}
     assert len(figures["multilingual"]["T-Free"]["languages"]) == 25
+    assert "tfree.py" in figures["multilingual_run"]["command"]
     for row in figures["quality"].values():
         assert {"val_bpb", "embedding_head_params", "params", "train_bytes_per_s"} <= set(row)
     assert len(figures["fertility"]) == 25
     assert {"T-Free words", "UTF-8 bytes", "BPE-4k", "BPE-32k"} <= \
         set(figures["fertility"]["eng"])
+
+
+def test_tfree_keeps_the_last_multilingual_section(tmp_path, monkeypatch):
+    """--no-multilingual keeps the last run's multilingual figures, with when and how
+    they were made (rendered beside the section)."""
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import tfree
+
+    monkeypatch.setattr(tfree, "RESULTS", tmp_path)
+    assert tfree.previous_multilingual() == {}
+    section = {"T-Free": {"languages": {"eng": {"bpb": 2.0, "bits_per_char": 2.1}},
+                          "val_bpb": 2.0, "bits_per_char": 2.1, "steps": 5}}
+    (tmp_path / "tfree.json").write_text(json.dumps(
+        {"date": "2026-12-02 05:50:04", "command": "python tfree.py --minutes 10",
+         "figures": {"multilingual": section}}))
+    kept = tfree.previous_multilingual()
+    assert kept == {"multilingual": section, "multilingual_run": {
+        "date": "2026-12-02", "command": "python tfree.py --minutes 10"}}
+    fertility = {"eng": {name: {"per_100_bytes": 20.0, "per_word": 1.5}
+                         for name in ("T-Free words", "UTF-8 bytes")}}
+    table = tfree.render({"minutes": 10, "fertility": fertility, **kept})
+    assert "run of 2026-12-02: `python tfree.py --minutes 10`" in table
 
 
 @pytest.mark.slow
