@@ -14,6 +14,7 @@ generation bytes/s at batch 1 (512 bytes, greedy, medians of 3).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from untok.config import resolve
 from untok.data.ingest import open_data
 from untok.data.loader import TrainSampler, UnitStream
 from untok.evaluate import evaluate
-from untok.generate import SamplerConfig, generate
+from untok.generate import SamplerConfig, compile_decoding, generate
 from untok.models import load
 from untok.train.trainer import train
 
@@ -52,7 +53,13 @@ def train_entropy_model(minutes: float, out: Path) -> Path:
     return out / "last"
 
 
-def generation_rate(model: torch.nn.Module, num_bytes: int, repeats: int = 3) -> float:
+def generation_rate(model: torch.nn.Module, num_bytes: int, repeats: int = 3,
+                    compiled: bool = False) -> float:
+    """Median bytes/s of greedy generation at batch 1; ``compiled``: of a copy through
+    ``compile_decoding``, after one short generation that compiles it."""
+    if compiled:
+        model = compile_decoding(copy.deepcopy(model))
+        sum(1 for _ in generate(model, b"The ", max_bytes=16, sampler=SamplerConfig(temperature=0)))
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -72,7 +79,7 @@ def mean_patch_len(model: torch.nn.Module, store) -> float | None:
 
 
 def run(name: str, spec: dict, minutes: float, entropy_model: Path | None, out: Path,
-        gen_bytes: int, eval_bytes: int | None) -> dict:
+        gen_bytes: int, eval_bytes: int | None, compiled: bool) -> dict:
     overrides = [*spec.get("set", []), *data_overrides(minutes)]
     if name == "blt-entropy":
         overrides.append(f"model.patching.entropy_model={str(entropy_model)!r}")
@@ -87,6 +94,8 @@ def run(name: str, spec: dict, minutes: float, entropy_model: Path | None, out: 
            "train_bytes_per_s": result.units_seen / result.seconds,
            "params": model.num_params(), "mean_patch_len": mean_patch_len(model, store),
            "generate_bytes_per_s": generation_rate(model, gen_bytes),
+           "generate_compiled_bytes_per_s":
+               generation_rate(model, gen_bytes, compiled=True) if compiled else None,
            "flops_per_byte": model.flops_per_byte()}
     if hasattr(model, "patcher"):
         row["patching"] = {k: getattr(model.config.patching, k) for k in
@@ -107,6 +116,7 @@ def run_bpe_row(minutes: float) -> dict:
     tokens = row["steps"] * t.batch_size * shape.context
     row.update(train_bytes_per_s=tokens * row["bytes_per_token"] / (60 * minutes),
                mean_patch_len=row["bytes_per_token"], generate_bytes_per_s=None,
+               generate_compiled_bytes_per_s=None,
                flops_per_byte=row["flops_per_token"] / row["bytes_per_token"])
     print("bpe", row, flush=True)
     return row
@@ -120,6 +130,8 @@ def main() -> None:
     parser.add_argument("--entropy-minutes", type=float, default=5.0)
     parser.add_argument("--entropy-model", help="reuse this entropy model checkpoint")
     parser.add_argument("--generate-bytes", type=int, default=512)
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip compiled generation (compiling takes ~30 s per model)")
     parser.add_argument("--eval-bytes", type=int, help="score only the first N val bytes "
                         "(default: the whole val split)")
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS),
@@ -138,24 +150,30 @@ def main() -> None:
                 max_bytes=65536)["bpb"]
         rows = {name: run_bpe_row(args.budget_minutes) if name == "bpe" else
                 run(name, CONTENDERS[name], args.budget_minutes, entropy_model, out,
-                    args.generate_bytes, args.eval_bytes) for name in args.only}
+                    args.generate_bytes, args.eval_bytes, args.compiled)
+                for name in args.only}
     flat = rows.get("flat")
     table = ["| contender | params | val bpb | train bytes/s | mean patch (bytes) | train "
-             "FLOPs/byte | generate bytes/s | vs flat |", "|---|---|---|---|---|---|---|---|"]
+             "FLOPs/byte | generate bytes/s (eager / compiled) | vs flat (eager / compiled) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         patch = f"{r['mean_patch_len']:.2f}" if r["mean_patch_len"] else "1"
-        generated = r["generate_bytes_per_s"]
-        versus = f"{generated / flat['generate_bytes_per_s']:.2f}x" \
-            if flat and generated else "-"
+        rates = [r["generate_bytes_per_s"], r.get("generate_compiled_bytes_per_s")]
+        bases = [flat and flat["generate_bytes_per_s"],
+                 flat and flat.get("generate_compiled_bytes_per_s")]
+        generated = " / ".join(f"{x:,.0f}" if x else "-" for x in rates)
+        versus = " / ".join(f"{x / b:.2f}x" if x and b else "-"
+                            for x, b in zip(rates, bases, strict=True))
         table.append(f"| {name} | {r['params'] / 1e6:.1f}M | {r['val_bpb']:.3f} | "
                      f"{r['train_bytes_per_s']:,.0f} | {patch} | "
-                     f"{r['flops_per_byte'] / 1e6:.1f}M | "
-                     f"{f'{generated:,.0f}' if generated else '-'} | {versus} |")
+                     f"{r['flops_per_byte'] / 1e6:.1f}M | {generated} | {versus} |")
     entropy = "" if entropy_bpb is None else \
         f"; entropy model (`entropy-small`, {args.entropy_minutes:g} min, not counted) at " \
         f"{entropy_bpb:.3f} val bpb"
     table.append(f"\n{args.budget_minutes:g} minutes of training each{entropy}. Generation: "
-                 f"batch 1, greedy, {args.generate_bytes} bytes, eager.")
+                 f"batch 1, greedy, {args.generate_bytes} bytes, medians of 3; compiled: "
+                 "`compile_decoding` (BLT: its encoder and decoder byte steps), compile time "
+                 "not counted.")
     text = "\n".join(table)
     print(text)
     figures = {"budget_minutes": args.budget_minutes, "entropy_minutes": args.entropy_minutes,

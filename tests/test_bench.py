@@ -64,13 +64,15 @@ def test_quality_smoke(tmp_path):
 @pytest.mark.slow
 def test_blt_smoke(tmp_path):
     figures = run_bench(tmp_path, "blt.py", "--budget-minutes", "0.05", "--entropy-minutes",
-                        "0.05", "--eval-bytes", "2048", "--generate-bytes", "8")
+                        "0.05", "--eval-bytes", "2048", "--generate-bytes", "8",
+                        "--no-compiled")
     assert set(figures["contenders"]) == {"flat", "blt-entropy", "blt-space", "blt-fixed4",
                                           "blt-learned", "bpe"}
     for name, row in figures["contenders"].items():
         assert {"val_bpb", "train_bytes_per_s", "mean_patch_len", "generate_bytes_per_s",
                 "params", "flops_per_byte"} <= set(row), name
         assert row["flops_per_byte"] > 0, name
+        assert row["generate_compiled_bytes_per_s"] is None, name  # --no-compiled
     assert figures["contenders"]["blt-entropy"]["patching"]["threshold"] is not None
     assert figures["entropy_model_val_bpb"] > 0
 

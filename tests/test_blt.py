@@ -124,6 +124,29 @@ def test_step_equals_forward(kind, entropy_ckpt):
     assert state.patches == int(starts.sum()) - 1  # every patch but the open one closed
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["space", "entropy", "learned"])
+def test_compiled_decoding_matches_eager(kind, entropy_ckpt):
+    """The compiled byte steps (static caches, every patch-memory slot masked) score as the
+    forward pass does, and generate what eager decoding does past the context, where the
+    local caches and the ring of completed patches wrap."""
+    from untok.generate import SamplerConfig, compile_decoding, generate_text
+
+    eager = make(kind, entropy_ckpt)
+    compiled = compile_decoding(make(kind, entropy_ckpt))
+    assert compiled.static_decoding
+    assert kind != "entropy" or compiled.patcher.entropy_model.static_decoding
+    ids = sample_ids(1, 44, seed=3)
+    with torch.no_grad():
+        scores, state = compiled.step(compiled.new_state(1), ids)
+        torch.testing.assert_close(scores.logits, eager(ids).logits, atol=1e-4, rtol=1e-4)
+    assert state.memory.filled.sum() == 1 + state.patches
+    greedy = SamplerConfig(temperature=0)
+    long = 8 * eager.config.context  # >= 64 patches of at most 6 bytes: the ring wraps
+    assert generate_text(compiled, b"the cat", max_bytes=long, sampler=greedy) == \
+        generate_text(eager, b"the cat", max_bytes=long, sampler=greedy)
+
+
 def test_patcher_step_equals_forward(entropy_ckpt):
     for kind in PATCHERS:
         patcher = make(kind, entropy_ckpt).patcher

@@ -187,12 +187,17 @@ def compile_decoding(model: nn.Module, mode: str | None = None) -> nn.Module:
     The step has static shapes, so it compiles once (tens of seconds on a CPU) and then
     decodes faster: worth it for long generations and servers, not for one short sample.
     ``mode="reduce-overhead"`` also captures the step in a CUDA graph (one launch per unit
-    instead of one per kernel: what batch-1 decoding on a GPU is bound by). Models whose
-    family lacks ``compiled_decoding`` are returned unchanged.
+    instead of one per kernel: what batch-1 decoding on a GPU is bound by). The functions
+    compiled are the model's ``compiled_steps``, and those of models inside it (a BLT's
+    entropy model); models whose family lacks ``compiled_decoding`` are returned unchanged.
     """
-    if capabilities(model).compiled_decoding:
-        model.static_decoding = True  # fixed-shape caches from now on
-        model.decode_one = torch.compile(model.decode_one, dynamic=False, mode=mode)
+    for module in model.modules():
+        steps = getattr(module, "compiled_steps", ())
+        if steps and capabilities(module).compiled_decoding:
+            module.static_decoding = True  # fixed-shape caches from now on
+            for name in steps:
+                setattr(module, name, torch.compile(getattr(module, name), dynamic=False,
+                                                    mode=mode))
     return model
 
 

@@ -32,7 +32,7 @@ from untok.data.loader import TrainSampler, UnitStream
 from untok.errors import ConfigError
 from untok.files import sha256_file
 from untok.models.base import init_residuals, init_standard, next_unit_loss
-from untok.models.flat import FlatLM
+from untok.models.flat import STATIC_TABLES, FlatLM
 from untok.models.registry import (
     Capabilities,
     Family,
@@ -50,7 +50,7 @@ from untok.nn.embeddings import (
     make_ngrams,
     update_past,
 )
-from untok.nn.patch_pooling import CrossAttention, PatchPooling
+from untok.nn.patch_pooling import CrossAttention, PatchMemory, PatchPooling
 from untok.nn.routing import (
     BoundaryRouter,
     confidence,
@@ -84,7 +84,7 @@ class BLTState:
     encoder: list[KVCache]
     decoder: list[KVCache]
     global_caches: list  # the global backbone's state (see untok.nn.stacks)
-    patch_keys: list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (1, H, S, d)
+    memory: PatchMemory  # what the decoder's cross-attention reads
     open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
     position: int = 0
     patches: int = 0  # completed patches
@@ -97,6 +97,8 @@ class BLTState:
 
 class BLT(nn.Module):
     """Byte Latent Transformer satisfying the ByteLM protocol (one sequence per ``step``)."""
+
+    compiled_steps = ("encode_byte", "decode_byte")  # see untok.generate.compile_decoding
 
     def __init__(self, config: ModelConfig, units: Units | None = None) -> None:
         super().__init__()
@@ -248,30 +250,56 @@ class BLT(nn.Module):
         local = self.config.local
         weight = self.embed.table.weight
         device, dtype = weight.device, weight.dtype
-
+        static = getattr(self, "static_decoding", False)  # set by compile_decoding
         local_head = local.dim // local.num_heads
         start = self.start.expand(1, 1, -1)
         return BLTState(
             patcher=self.patcher.new_state(1, device),
             past=empty_past(self.ngrams, 1, device),
-            encoder=self.encoder.new_state(1, device, dtype),
-            decoder=[KVCache.empty(1, local.num_heads, local.window, local_head, device, dtype)
-                     for _ in range(local.decoder_layers)],
+            encoder=self.encoder.new_state(1, device, dtype, static),
+            decoder=[KVCache.empty(1, local.num_heads, local.window, local_head, device, dtype,
+                                   static) for _ in range(local.decoder_layers)],
             global_caches=self.blocks.new_state(1, device, dtype),
-            patch_keys=[layer.cross.keys_values(start) for layer in self.decoder])
+            memory=PatchMemory.start([layer.cross.keys_values(start) for layer in self.decoder],
+                                     self.config.context))
 
     def step(self, state: BLTState, ids: torch.Tensor) -> tuple[Logits, BLTState]:
         """Feed Long[1, n] bytes one at a time; return their scores (shape (1, n))."""
         logits = [self._step_one(state, ids[:, i]) for i in range(ids.shape[1])]
         return Logits(torch.stack(logits, dim=1), self.units), state
 
+    def encode_byte(self, byte: torch.Tensor, positions: torch.Tensor,
+                    tables: tuple[torch.Tensor, torch.Tensor], encoder: list[KVCache],
+                    past: torch.Tensor) -> torch.Tensor:
+        """The encoder state Float[1, 1, D] of one new byte Long[1, 1] at ``positions``
+        (Long[1]), filling the encoder's caches: tensors only and static shapes, one of the
+        functions :func:`untok.generate.compile_decoding` compiles."""
+        h = embed_with_ngrams(self.embed, self.ngrams, byte, past)
+        return self.encoder.step(h, encoder, positions, tables)
+
+    def decode_byte(self, h: torch.Tensor, positions: torch.Tensor,
+                    tables: tuple[torch.Tensor, torch.Tensor], decoder: list[KVCache],
+                    memory: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+                    ) -> torch.Tensor:
+        """Next-byte logits Float[1, V] from the encoder state ``h`` (Float[1, 1, D]):
+        cross-attention to the completed patches (``memory``, see :meth:`PatchMemory.read`)
+        and the decoder's windowed layers, filling their caches; compiled as
+        :meth:`encode_byte` is."""
+        cos, sin = tables[0][positions], tables[1][positions]
+        x = h
+        for layer, cache, (k, v, mask) in zip(self.decoder, decoder, memory, strict=True):
+            x = layer.cross(x, k, v, mask)
+            x = layer.block(x, cos, sin, cache, positions)
+        return self.head(self.norm(x))[:, 0]
+
     def _step_one(self, state: BLTState, byte: torch.Tensor) -> torch.Tensor:
+        static = getattr(self, "static_decoding", False)
         t = torch.tensor([state.position], device=byte.device)
-        cos, sin = self.local_rope.tables(state.position + 1, byte.device)
-        cos, sin = cos[t], sin[t]
-        h = embed_with_ngrams(self.embed, self.ngrams, byte[:, None], state.past)  # (1, 1, D)
+        # a compiled step takes the RoPE tables whole (see FlatLM.step)
+        end = max(state.position + 1, STATIC_TABLES) if static else state.position + 1
+        tables = self.local_rope.tables(end, byte.device)
+        h = self.encode_byte(byte[:, None], t, tables, state.encoder, state.past)
         state.past = update_past(state.past, byte[:, None])
-        h = self.encoder.step(h, state.encoder, t)
         prob = None
         if self.router is not None:
             previous = None if state.last_state is None else state.last_state[:, 0]
@@ -282,13 +310,12 @@ class BLT(nn.Module):
                 self._close_patch(state)
             state.open_weight = prob
         state.open_patch.append(h)
-        x = h
-        for layer, cache, (k, v) in zip(self.decoder, state.decoder, state.patch_keys,
-                                        strict=True):
-            x = layer.cross(x, k, v)
-            x = layer.block(x, cos, sin, cache, t)
+        logits = self.decode_byte(h, t, tables, state.decoder, state.memory.read(static))
+        self.encoder.advance(state.encoder, 1)
+        for cache in state.decoder:
+            cache.advance(1)
         state.position += 1
-        return self.head(self.norm(x))[:, 0]
+        return logits
 
     def _close_patch(self, state: BLTState) -> None:
         """Pool the finished patch, run one global step, expose it to the decoder."""
@@ -299,13 +326,7 @@ class BLT(nn.Module):
         g = self._global(vector, state.global_caches, position)
         if self.router is not None:
             g = state.smoothed = smooth_one(g, state.open_weight, state.smoothed)
-        keep = self.config.context  # the decoder reads at most this many patches
-        for i, layer in enumerate(self.decoder):
-            k, v = layer.cross.keys_values(g)
-            old_k, old_v = state.patch_keys[i]
-            old_k = torch.cat([old_k[:, :, :1], old_k[:, :, 1:][:, :, -keep + 1:], k], dim=2)
-            old_v = torch.cat([old_v[:, :, :1], old_v[:, :, 1:][:, :, -keep + 1:], v], dim=2)
-            state.patch_keys[i] = (old_k, old_v)
+        state.memory.add([layer.cross.keys_values(g) for layer in self.decoder])
         state.patches += 1
         state.open_patch = []
 
@@ -394,6 +415,7 @@ def validate_blt(c: ModelConfig) -> None:
 
 def blt_capabilities(config: ModelConfig) -> Capabilities:
     return Capabilities(can_compress=True, batch_decoding=False, patches=True,
+                        compiled_decoding=True,  # the byte-level stacks (the global is eager)
                         export_ternary=config.backbone == "mmfree")
 
 

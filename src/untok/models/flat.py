@@ -83,6 +83,8 @@ def head_of(config: ModelConfig) -> str:
 class FlatLM(nn.Module):
     """A decoder-only model over units, satisfying the model protocol."""
 
+    compiled_steps = ("decode_one",)  # see untok.generate.compile_decoding
+
     def __init__(self, config: ModelConfig, units: Units | None = None) -> None:
         super().__init__()
         self.config = c = config

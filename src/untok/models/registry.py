@@ -45,7 +45,7 @@ class Capabilities:
     # ``select(rows)`` and ``join(other, start)``, each consuming the state it is called
     # on (untok serve batches requests with them)
     joins_rows: bool = False
-    compiled_decoding: bool = False  # has a static-shape decode_one to torch.compile
+    compiled_decoding: bool = False  # its ``compiled_steps`` have static shapes
     # ``new_state(B, window=w)``: attention over the last w units only while decoding
     windowed_decoding: bool = False
     # ``tail_entry()`` (the module whose input is the residual stream before the model's

@@ -1,7 +1,9 @@
 """The BLT's cross-attention layers: bytes reading patches, and patches pooled from their
-bytes."""
+bytes; the memory of completed patches that decoding reads."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,3 +65,48 @@ class PatchPooling(nn.Module):
         k, v = self.attn.keys_values(h)
         slots = self.attn(queries, k, v, mask[:, None])
         return self.proj(slots.view(B, num_patches, self.slots * D))
+
+
+@dataclass
+class PatchMemory:
+    """What the decoder's cross-attention reads while decoding, per decoder layer: slot 0
+    holds the keys and values of the start vector, slots 1 .. ``capacity`` a ring of the
+    last ``capacity`` completed patches' (patch p in slot 1 + p % capacity). Cross-attention
+    has no positions, so the order of the slots does not matter."""
+
+    keys: list[torch.Tensor]  # per decoder layer (1, H, 1 + capacity, d)
+    values: list[torch.Tensor]  # per decoder layer (1, H, 1 + capacity, d)
+    filled: torch.Tensor  # Bool[1 + capacity]: slots holding a patch (or the start)
+    patches: int = 0  # patches added so far
+
+    @classmethod
+    def start(cls, start_kvs: list[tuple[torch.Tensor, torch.Tensor]], capacity: int
+              ) -> PatchMemory:
+        """A memory holding the start vector's keys/values (per layer (1, H, 1, d))."""
+        keys, values = [], []
+        for k, v in start_kvs:
+            for buffers, new in ((keys, k), (values, v)):
+                buffer = new.new_zeros(*new.shape[:2], 1 + capacity, new.shape[3])
+                buffer[:, :, :1] = new
+                buffers.append(buffer)
+        filled = torch.zeros(1 + capacity, dtype=torch.bool, device=keys[0].device)
+        filled[0] = True
+        return cls(keys, values, filled)
+
+    def add(self, kvs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write one completed patch's keys/values (per layer (1, H, 1, d))."""
+        slot = 1 + self.patches % (self.filled.shape[0] - 1)
+        for i, (k, v) in enumerate(kvs):
+            self.keys[i][:, :, slot] = k[:, :, 0]
+            self.values[i][:, :, slot] = v[:, :, 0]
+        self.filled[slot] = True
+        self.patches += 1
+
+    def read(self, static: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Per layer: keys, values and the mask of the slots to attend to. Static (a
+        compiled step): every slot, unfilled ones masked; else only the filled ones."""
+        pairs = zip(self.keys, self.values, strict=True)
+        if static:
+            return [(k, v, self.filled[None]) for k, v in pairs]
+        used = min(1 + self.patches, self.filled.shape[0])
+        return [(k[:, :, :used], v[:, :, :used], None) for k, v in pairs]
