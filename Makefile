@@ -40,6 +40,8 @@ bench: $(VENV)/.installed-dev,data,bench,serve
 	$(BIN)/python bench/core.py --train-minutes 2
 	$(BIN)/python bench/blt.py --budget-minutes 1 --entropy-minutes 1 --eval-bytes 32768 \
 		--generate-bytes 128
+	$(BIN)/python bench/blt_shapes.py --minutes 1 --runs bench/results/quick/runs/blt-shapes \
+		--eval-bytes 32768 --generate-bytes 128
 	$(BIN)/python bench/mmfree.py --budget-minutes 1 --lengths 1024 8192 --eval-bytes 32768
 	$(BIN)/python bench/compress.py --runs bench/results/quick/runs --minutes 2 --val-bytes 32768
 	$(BIN)/python bench/distributed.py --steps 16

@@ -78,6 +78,21 @@ def test_blt_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_blt_shapes_smoke(tmp_path):
+    shape = "global 256, local 64, 1+1"
+    figures = run_bench(tmp_path, "blt_shapes.py", "--minutes", "0.05", "--runs",
+                        str(tmp_path / "runs"), "--only", shape, "--eval-bytes", "2048",
+                        "--generate-bytes", "8", "--no-compiled")
+    assert set(figures["shapes"]) == {"flat (enwik8-small)", shape}
+    for name, row in figures["shapes"].items():
+        assert {"params", "flops_per_byte", "global_share", "steps", "train_bytes_per_s",
+                "val_bpb", "mean_patch_len", "generate_bytes_per_s"} <= set(row), name
+    assert figures["shapes"]["flat (enwik8-small)"]["global_share"] is None
+    assert 0 < figures["shapes"][shape]["global_share"] < 1
+    assert figures["shapes"][shape]["overrides"][-1] == "model.local.decoder_layers=1"
+
+
+@pytest.mark.slow
 def test_mmfree_smoke(tmp_path):
     figures = run_bench(tmp_path, "mmfree.py", "--lengths", "64", "--budget-minutes", "0.05",
                         "--eval-bytes", "2048")

@@ -265,7 +265,9 @@ class BLT(nn.Module):
 
     def step(self, state: BLTState, ids: torch.Tensor) -> tuple[Logits, BLTState]:
         """Feed Long[1, n] bytes one at a time; return their scores (shape (1, n))."""
-        logits = [self._step_one(state, ids[:, i]) for i in range(ids.shape[1])]
+        # (n, 1) with standard strides: a compiled step recompiles for a slice's strides
+        columns = ids.t().clone(memory_format=torch.contiguous_format)
+        logits = [self._step_one(state, column) for column in columns]
         return Logits(torch.stack(logits, dim=1), self.units), state
 
     def encode_byte(self, byte: torch.Tensor, positions: torch.Tensor,
@@ -340,26 +342,29 @@ class BLT(nn.Module):
         p = self.config.patching
         return {"fixed": p.patch_size, "space": 5.0}.get(p.kind, p.target_len)
 
+    @staticmethod
+    def _matmul_weights(modules: list[nn.Module]) -> int:
+        return sum(m.weight.numel() for mod in modules for m in mod.modules()
+                   if isinstance(m, nn.Linear))
+
+    def global_flops_per_byte(self) -> float:
+        """Training FLOPs per byte of the global model and the pooling: 6 x their weights
+        once per patch of the expected mean length."""
+        return 6 * self._matmul_weights([self.blocks, self.pool]) / self.mean_patch_len_hint()
+
     def flops_per_byte(self) -> float:
-        """Training FLOPs per byte: 6 x local matmul weights, 6 x global weights per patch
-        (patches of the expected mean length), attention, and the entropy model's forward
-        (2 x its weights)."""
+        """Training FLOPs per byte: 6 x local matmul weights, the global share
+        (:meth:`global_flops_per_byte`), attention, and the entropy model's forward (2 x its
+        weights)."""
         local = self.config.local
-
-        def matmul(modules) -> int:
-            return sum(m.weight.numel() for mod in modules for m in mod.modules()
-                       if isinstance(m, nn.Linear))
-
         routed = [self.router] if self.router is not None else []
-        per_byte = 6 * matmul([self.encoder, self.decoder, self.head, *routed])
-        per_patch = 6 * matmul([self.blocks, self.pool])
+        per_byte = 6 * self._matmul_weights([self.encoder, self.decoder, self.head, *routed])
         attention = 6 * (local.encoder_layers + 2 * local.decoder_layers) * local.window * \
             local.dim
-        flops = per_byte + attention + per_patch / self.mean_patch_len_hint()
+        flops = per_byte + attention + self.global_flops_per_byte()
         if self.patcher.entropy_model is not None:
             flops += self.patcher.entropy_model.flops_per_byte() / 3
         return float(flops)
-
 
 
 def prepare_blt(config: ModelConfig, data: TrainingData | None) -> ModelConfig:

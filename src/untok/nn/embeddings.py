@@ -61,9 +61,12 @@ class HashNgramEmbedding(nn.Module):
 
 
 def update_past(past: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The last ``past.shape[1]`` units after appending ``ids`` (both Long[B, *])."""
+    """The last ``past.shape[1]`` units after appending ``ids`` (both Long[B, *]), with
+    standard strides (a compiled step recompiles for a slice's strides)."""
     keep = past.shape[1]
-    return torch.cat([past, ids], dim=1)[:, -keep:] if keep else past
+    if not keep:
+        return past
+    return torch.cat([past, ids], dim=1)[:, -keep:].clone(memory_format=torch.contiguous_format)
 
 
 class WaveEmbedding(nn.Module):
