@@ -25,16 +25,22 @@ from untok.data.ingest import open_data
 from untok.evaluate import evaluate
 from untok.models import load
 
-SPACE = ["model.patching.kind='space'"]
-SMALL_LOCAL = ["model.local.dim=96", "model.local.decoder_layers=1"]
+
+def shape(global_dim: int, heads: int, local_dim: int, decoder_layers: int) -> list[str]:
+    """Space patching, the global width and heads, the local width and decoder depth (the
+    encoder has one layer)."""
+    return ["model.patching.kind='space'", f"model.dim={global_dim}",
+            f"model.num_heads={heads}", f"model.local.dim={local_dim}",
+            f"model.local.decoder_layers={decoder_layers}"]
+
+
 SHAPES = {  # name: overrides of blt-small (None: the flat model's recipe)
     "flat (enwik8-small)": None,
-    "blt-small (global 256, local 128, 1+2)": SPACE,
-    "global 256, local 96, 1+1": [*SPACE, *SMALL_LOCAL],
-    "global 256, local 64, 1+1": [*SPACE, "model.local.dim=64",
-                                  "model.local.decoder_layers=1"],
-    "global 192, local 96, 1+1": [*SPACE, *SMALL_LOCAL, "model.dim=192", "model.num_heads=6"],
-    "global 384, local 96, 1+1": [*SPACE, *SMALL_LOCAL, "model.dim=384", "model.num_heads=6"],
+    "global 256, local 128, 1+2 (blt-small before)": shape(256, 8, 128, 2),
+    "global 256, local 96, 1+1": shape(256, 8, 96, 1),
+    "global 256, local 64, 1+1": shape(256, 8, 64, 1),
+    "global 192, local 96, 1+1 (blt-small now)": shape(192, 6, 96, 1),
+    "global 384, local 96, 1+1": shape(384, 6, 96, 1),
 }
 
 
@@ -82,6 +88,7 @@ def render(rows: dict, minutes: float, gen_bytes: int) -> str:
                      f" | {share} | {r['steps']} | {r['train_bytes_per_s']:,.0f} | "
                      f"{r['val_bpb']:.3f} | {patch} | {generated} | {versus} |")
     lines.append(f"\n{minutes:g} minutes of training each on one core, two runs at a time; "
+                 "encoder one layer; "
                  "global share: of the training FLOPs per byte at the expected patch length; "
                  f"generation: batch 1, greedy, {gen_bytes} bytes, one thread, medians of 3, "
                  "compile time not counted.")
@@ -99,6 +106,9 @@ def main() -> None:
                         help="skip compiled generation (compiling takes ~30 s per model)")
     parser.add_argument("--eval-bytes", type=int, help="score only the first N val bytes "
                         "(default: the whole val split)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the runs already in --runs again instead of training "
+                        "them (after a change to generation)")
     parser.add_argument("--only", nargs="+", choices=list(SHAPES), default=list(SHAPES),
                         help="shapes to run (the flat model always runs)")
     args = parser.parse_args()
@@ -108,9 +118,10 @@ def main() -> None:
     names = ["flat (enwik8-small)", *[n for n in args.only if n != "flat (enwik8-small)"]]
     folders = {name: root / f"shape{i}" for i, name in enumerate(names)}
     data = [f"data.path={str(SHARED / 'enwik8-4M')!r}", f"data.val_bytes={VAL_BYTES}"]
-    train_all({name: (folders[name], [*data, *(SHAPES[name] or [])]) for name in names},
-              args.minutes,
-              jobs=2, recipe={name: recipe(root, SHAPES[name] is None) for name in names})
+    todo = [n for n in names if not (args.reuse and (folders[n] / "last").is_dir())]
+    train_all({name: (folders[name], [*data, *(SHAPES[name] or [])]) for name in todo},
+              args.minutes, jobs=2,
+              recipe={name: recipe(root, SHAPES[name] is None) for name in todo})
     torch.set_num_threads(1)  # generation measured as the runs trained: one core
     rows = {name: measure(folders[name], store, args.generate_bytes, args.compiled,
                           args.eval_bytes) for name in names}

@@ -49,11 +49,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
                   "log_every": 1},
     },
-    "blt-small": {  # CPU: global 256 x 4 over patches, local 128-wide byte layers
-        "model": {"family": "blt", "dim": 256, "num_layers": 4, "num_heads": 8,
+    "blt-small": {  # CPU: global 192 x 4 over patches, local 96-wide byte layers, 1 + 1
+        # (the best of bench/blt_shapes.py at 10 minutes; the global model holds half the
+        # training FLOPs per byte)
+        "model": {"family": "blt", "dim": 192, "num_layers": 4, "num_heads": 6,
                   "context": 512, "embedding": {"ngrams": [3, 4, 5, 6, 7, 8]},
-                  "local": {"dim": 128, "num_heads": 4, "encoder_layers": 1,
-                            "decoder_layers": 2, "window": 128, "slots": 2}},
+                  "local": {"dim": 96, "num_heads": 4, "encoder_layers": 1,
+                            "decoder_layers": 1, "window": 128, "slots": 2}},
         "train": {"batch_size": 16, "lr": 2e-3, "warmup_steps": 100},
     },
     "blt-base": {  # GPU: global 768 x 12, local 384-wide

@@ -12,14 +12,12 @@ the decoder through a moving average over patches.
 
 Causality: patch starts depend on bytes <= t (see :mod:`untok.patching`); the byte at t
 reads only patches that ended before t's patch began, so no global state it reads contains
-t or later. Generation keeps a cache at every level: a new byte costs one encoder and one
-decoder step, plus one pooling and one global step when it closes a patch.
+t or later. Generation (:mod:`untok.models.blt_decoding`) keeps a cache at every level.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +30,8 @@ from untok.data.loader import TrainSampler, UnitStream
 from untok.errors import ConfigError
 from untok.files import sha256_file
 from untok.models.base import init_residuals, init_standard, next_unit_loss
-from untok.models.flat import STATIC_TABLES, FlatLM
+from untok.models.blt_decoding import BLTDecoding
+from untok.models.flat import FlatLM
 from untok.models.registry import (
     Capabilities,
     Family,
@@ -41,26 +40,23 @@ from untok.models.registry import (
     register,
     shape_summary,
 )
-from untok.nn.attention import KVCache, LocalWindow, Rope
+from untok.nn.attention import LocalWindow, Rope
 from untok.nn.blocks import TransformerBlock
 from untok.nn.embeddings import (
     ByteEmbedding,
     embed_with_ngrams,
-    empty_past,
     make_ngrams,
-    update_past,
 )
-from untok.nn.patch_pooling import CrossAttention, PatchMemory, PatchPooling
+from untok.nn.patch_pooling import CrossAttention, PatchPooling
 from untok.nn.routing import (
     BoundaryRouter,
     confidence,
     patch_weights,
     ratio_loss,
-    smooth_one,
     smooth_patches,
 )
 from untok.nn.stacks import TransformerStack, make_stack
-from untok.patching import Patcher, PatcherState, fit_threshold
+from untok.patching import Patcher, fit_threshold
 from untok.scores import Logits
 from untok.units import VOCAB_SIZE, ByteUnits, Units
 
@@ -75,30 +71,9 @@ class DecoderLayer(nn.Module):
         self.block = TransformerBlock(dim, num_heads, hidden, eps, dropout)
 
 
-@dataclass
-class BLTState:
-    """Decoding state of one sequence at every level."""
-
-    patcher: PatcherState
-    past: torch.Tensor  # Long[1, history]: last bytes, for hash n-grams
-    encoder: list[KVCache]
-    decoder: list[KVCache]
-    global_caches: list  # the global backbone's state (see untok.nn.stacks)
-    memory: PatchMemory  # what the decoder's cross-attention reads
-    open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
-    position: int = 0
-    patches: int = 0  # completed patches
-    # learned patching: the last encoder state (1, 1, D), the boundary probability of the
-    # open patch's first byte (1,), the last smoothed global output (1, 1, G)
-    last_state: torch.Tensor | None = None
-    open_weight: torch.Tensor | None = None
-    smoothed: torch.Tensor | None = None
-
-
-class BLT(nn.Module):
+class BLT(BLTDecoding, nn.Module):
     """Byte Latent Transformer satisfying the ByteLM protocol (one sequence per ``step``)."""
 
-    compiled_steps = ("encode_byte", "decode_byte")  # see untok.generate.compile_decoding
 
     def __init__(self, config: ModelConfig, units: Units | None = None) -> None:
         super().__init__()
@@ -176,14 +151,6 @@ class BLT(nn.Module):
 
     # -- whole windows -----------------------------------------------------------------------
 
-    def _global(self, patches: torch.Tensor, caches: list | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch vectors Float[B, P, G] -> global outputs (causal over patches). With
-        ``caches`` (decoding one patch at ``positions``), they are updated in place."""
-        if caches is None:
-            return self.global_norm(self.blocks(patches))
-        return self.global_norm(self.blocks.step(patches, caches, positions))
-
     def forward(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> Logits:
         """Scores of the next byte at every position of ``ids`` Long[B, T]."""
         return Logits(self._run(ids, entropies)[0], self.units)
@@ -214,7 +181,7 @@ class BLT(nn.Module):
             starts, _ = self.patcher(ids)
         patch_ids = starts.long().cumsum(1) - 1  # (B, T): the patch of every byte
         num_patches = int(patch_ids.max()) + 1
-        g = self._global(self.pool(h, patch_ids, num_patches))  # (B, P, G)
+        g = self.global_norm(self.blocks(self.pool(h, patch_ids, num_patches)))  # (B, P, G)
         scale = ratio = None
         if probs is not None:
             g = smooth_patches(g, patch_weights(probs, starts, num_patches))
@@ -240,97 +207,6 @@ class BLT(nn.Module):
         if ratio is not None:
             loss = loss + self.config.patching.ratio_weight * ratio
         return loss
-
-    # -- one byte at a time --------------------------------------------------------------------
-
-    def new_state(self, batch_size: int) -> BLTState:
-        if batch_size != 1:
-            raise ValueError("BLT decodes one sequence at a time (patches close at "
-                             "different bytes in different sequences)")
-        local = self.config.local
-        weight = self.embed.table.weight
-        device, dtype = weight.device, weight.dtype
-        static = getattr(self, "static_decoding", False)  # set by compile_decoding
-        local_head = local.dim // local.num_heads
-        start = self.start.expand(1, 1, -1)
-        return BLTState(
-            patcher=self.patcher.new_state(1, device),
-            past=empty_past(self.ngrams, 1, device),
-            encoder=self.encoder.new_state(1, device, dtype, static),
-            decoder=[KVCache.empty(1, local.num_heads, local.window, local_head, device, dtype,
-                                   static) for _ in range(local.decoder_layers)],
-            global_caches=self.blocks.new_state(1, device, dtype),
-            memory=PatchMemory.start([layer.cross.keys_values(start) for layer in self.decoder],
-                                     self.config.context))
-
-    def step(self, state: BLTState, ids: torch.Tensor) -> tuple[Logits, BLTState]:
-        """Feed Long[1, n] bytes one at a time; return their scores (shape (1, n))."""
-        # (n, 1) with standard strides: a compiled step recompiles for a slice's strides
-        columns = ids.t().clone(memory_format=torch.contiguous_format)
-        logits = [self._step_one(state, column) for column in columns]
-        return Logits(torch.stack(logits, dim=1), self.units), state
-
-    def encode_byte(self, byte: torch.Tensor, positions: torch.Tensor,
-                    tables: tuple[torch.Tensor, torch.Tensor], encoder: list[KVCache],
-                    past: torch.Tensor) -> torch.Tensor:
-        """The encoder state Float[1, 1, D] of one new byte Long[1, 1] at ``positions``
-        (Long[1]), filling the encoder's caches: tensors only and static shapes, one of the
-        functions :func:`untok.generate.compile_decoding` compiles."""
-        h = embed_with_ngrams(self.embed, self.ngrams, byte, past)
-        return self.encoder.step(h, encoder, positions, tables)
-
-    def decode_byte(self, h: torch.Tensor, positions: torch.Tensor,
-                    tables: tuple[torch.Tensor, torch.Tensor], decoder: list[KVCache],
-                    memory: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-                    ) -> torch.Tensor:
-        """Next-byte logits Float[1, V] from the encoder state ``h`` (Float[1, 1, D]):
-        cross-attention to the completed patches (``memory``, see :meth:`PatchMemory.read`)
-        and the decoder's windowed layers, filling their caches; compiled as
-        :meth:`encode_byte` is."""
-        cos, sin = tables[0][positions], tables[1][positions]
-        x = h
-        for layer, cache, (k, v, mask) in zip(self.decoder, decoder, memory, strict=True):
-            x = layer.cross(x, k, v, mask)
-            x = layer.block(x, cos, sin, cache, positions)
-        return self.head(self.norm(x))[:, 0]
-
-    def _step_one(self, state: BLTState, byte: torch.Tensor) -> torch.Tensor:
-        static = getattr(self, "static_decoding", False)
-        t = torch.tensor([state.position], device=byte.device)
-        # a compiled step takes the RoPE tables whole (see FlatLM.step)
-        end = max(state.position + 1, STATIC_TABLES) if static else state.position + 1
-        tables = self.local_rope.tables(end, byte.device)
-        h = self.encode_byte(byte[:, None], t, tables, state.encoder, state.past)
-        state.past = update_past(state.past, byte[:, None])
-        prob = None
-        if self.router is not None:
-            previous = None if state.last_state is None else state.last_state[:, 0]
-            prob, state.last_state = self.router.step(h[:, 0], previous), h
-        start, _ = self.patcher.step(state.patcher, byte, prob)
-        if bool(start[0]):
-            if state.open_patch:
-                self._close_patch(state)
-            state.open_weight = prob
-        state.open_patch.append(h)
-        logits = self.decode_byte(h, t, tables, state.decoder, state.memory.read(static))
-        self.encoder.advance(state.encoder, 1)
-        for cache in state.decoder:
-            cache.advance(1)
-        state.position += 1
-        return logits
-
-    def _close_patch(self, state: BLTState) -> None:
-        """Pool the finished patch, run one global step, expose it to the decoder."""
-        h = torch.cat(state.open_patch, dim=1)  # (1, L, D)
-        patch_ids = torch.zeros(1, h.shape[1], dtype=torch.long, device=h.device)
-        vector = self.pool(h, patch_ids, 1)  # (1, 1, G)
-        position = torch.tensor([state.patches], device=h.device)
-        g = self._global(vector, state.global_caches, position)
-        if self.router is not None:
-            g = state.smoothed = smooth_one(g, state.open_weight, state.smoothed)
-        state.memory.add([layer.cross.keys_values(g) for layer in self.decoder])
-        state.patches += 1
-        state.open_patch = []
 
     # -- accounting ----------------------------------------------------------------------------
 
