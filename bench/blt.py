@@ -172,7 +172,7 @@ def main() -> None:
         f"{entropy_bpb:.3f} val bpb"
     table.append(f"\n{args.budget_minutes:g} minutes of training each{entropy}. Generation: "
                  f"batch 1, greedy, {args.generate_bytes} bytes, medians of 3; compiled: "
-                 "`compile_decoding` (BLT: its encoder and decoder byte steps), compile time "
+                 "`compile_decoding` (BLT: its byte and global steps), compile time "
                  "not counted.")
     text = "\n".join(table)
     print(text)
