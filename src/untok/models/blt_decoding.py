@@ -40,12 +40,16 @@ class BLTState:
     memory: PatchMemory  # what the decoder's cross-attention reads
     open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
     position: int = 0
-    patches: int = 0  # completed patches
     # learned patching: the last encoder state (1, 1, D), the boundary probability of the
     # open patch's first byte (1,), the last smoothed global output (1, 1, G)
     last_state: torch.Tensor | None = None
     open_weight: torch.Tensor | None = None
     smoothed: torch.Tensor | None = None
+
+    @property
+    def patches(self) -> int:
+        """Completed patches."""
+        return self.memory.patches
 
 
 class BLTDecoding:
@@ -180,5 +184,4 @@ class BLTDecoding:
         if self.router is not None:
             g = state.smoothed = smooth_one(g, state.open_weight, state.smoothed)
         state.memory.add([layer.cross.keys_values(g) for layer in self.decoder])
-        state.patches += 1
         state.open_patch = []
