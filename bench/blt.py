@@ -6,7 +6,9 @@ the same budget:
 flat (``recipes/enwik8-small.toml``), BLT with entropy, space, fixed(4) and learned
 patching (preset ``blt-small``; learned: target 4 bytes per patch). Reports val bpb on
 the whole 200,000-byte val split, training bytes/s, mean patch length on val, and
-generation bytes/s at batch 1 (512 bytes, greedy, medians of 3).
+generation bytes/s at batch 1 (512 bytes, greedy, medians of 3), eager and compiled
+(``compile_decoding``; ``--no-compiled`` skips it). The shapes behind ``blt-small`` are
+chosen by ``bench/blt_shapes.py``.
 
     python bench/blt.py --budget-minutes 10
 """
