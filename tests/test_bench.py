@@ -14,13 +14,13 @@ from conftest import SHARED
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run_bench(tmp_path, script, *args):
+def run_bench(tmp_path, script, *args, timeout=600):
     pytest.importorskip("transformers")
     if not (SHARED / "enwik8-4M").is_file():
         pytest.skip("reference corpora missing")
     env = {**os.environ, "UNTOK_BENCH_RESULTS": str(tmp_path)}
     result = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH, env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / script.replace(".py", ".json")).read_text())
     assert {"machine", "command", "figures", "date"} <= set(record)
@@ -65,7 +65,7 @@ def test_quality_smoke(tmp_path):
 def test_blt_smoke(tmp_path):
     figures = run_bench(tmp_path, "blt.py", "--budget-minutes", "0.05", "--entropy-minutes",
                         "0.05", "--eval-bytes", "2048", "--generate-bytes", "8",
-                        "--no-compiled")
+                        "--no-compiled", timeout=1200)  # (the entropy cache: ~4 MB scored)
     assert set(figures["contenders"]) == {"flat", "blt-entropy", "blt-space", "blt-fixed4",
                                           "blt-learned", "bpe"}
     for name, row in figures["contenders"].items():
