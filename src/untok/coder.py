@@ -85,7 +85,7 @@ class ChunkStreams:
 
 
 class BatchStream:
-    """One range-coder stream for a whole batch (format 5): at every step the next byte of
+    """One range-coder stream for a whole batch (formats 5 on): at every step the next byte of
     each row still running is coded in row order, all of them in one call. The rows still
     running are always the first ones (only a file's last chunk is shorter than the others),
     and one stream ends once per batch instead of once per chunk.
@@ -131,7 +131,7 @@ class BatchStream:
 
 
 def encode_batch(stepper: Stepper, chunks: list[bytes], bar: tqdm) -> bytes:
-    """The payload of a coded batch (format 5): a bitmap of the chunks stored as they are
+    """The payload of a coded batch (formats 5 on): a bitmap of the chunks stored as they are
     (bit i of byte i // 8: those the model would expand; the batch is then coded again
     without them, which only a batch mixing such chunks with others pays for), their bytes,
     then the stream of the others. Every chunk stored: their bytes alone."""

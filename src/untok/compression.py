@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_model
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -41,27 +37,36 @@ from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
     quantize,
     resolve_scope,
 )
+from untok.hardware import cpu_vendor
 from untok.models.registry import capabilities, require
 from untok.shipped import default_model
+from untok.weights_digest import saved_weights_sha256s, weights_sha256
 
 SUFFIX = ".utk"
 MAGIC = b"\x89UTK\r\n\x1a\n"  # PNG-style: a high bit, then line endings that text mode mangles
 # 2 adds the flags byte (a compiled step), 3 the attention window and the adapting
 # parameters, 4 the tail scope (layout of 3), 5 one range-coder stream and one table entry
-# per batch instead of per chunk (layout of 3); files of every earlier version still decode
-FORMAT_VERSION = 5
+# per batch instead of per chunk (layout of 3), 6 names the model by a hash of its weights
+# that does not depend on how safetensors lays them out, and records the CPU's vendor;
+# files of every earlier version still decode
+FORMAT_VERSION = 6
 BATCH_STREAMS = 5  # the first version coding each batch as one stream (BatchStream)
+WEIGHTS_DIGEST = 6  # the first version naming the model by weights_digest.weights_sha256
 DEVICES = ("cpu", "cuda", "mps")
 # magic, version, precision, device, model SHA-256, length, data SHA-256, chunk size,
 # chunks per batch, threads, adaptation learning rate and interval, flags, attention window
-# (0: the model's context), the CPU's vector instructions (index in CPU_KINDS); then the
-# CRC-32
-HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBHB")
+# (0: the model's context), the CPU's vector instructions (index in CPU_KINDS) and vendor
+# (index in CPU_VENDORS); then the CRC-32
+HEADER = struct.Struct("<8sHBB32sQ32sIHHfHBHBB")
+LAYOUT_3 = struct.Struct("<8sHBB32sQ32sIHHfHBHB")  # (no vendor)
 HEADERS = {1: struct.Struct("<8sHBB32sQ32sIHHfH"), 2: struct.Struct("<8sHBB32sQ32sIHHfHB"),
-           3: HEADER, 4: HEADER, 5: HEADER}  # by format version
+           3: LAYOUT_3, 4: LAYOUT_3, 5: LAYOUT_3, 6: HEADER}  # by format version
 # torch.backends.cpu.get_cpu_capability(): the kernels, hence the float arithmetic, differ
 # between them ("": not recorded, a GPU, or a kind this untok does not know)
 CPU_KINDS = ("", "DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256", "SVE")
+# and so do the BLAS kernels (MKL) that the same instructions get on CPUs of two vendors
+# ("": not recorded, a GPU, or another vendor)
+CPU_VENDORS = ("", "GenuineIntel", "AuthenticAMD")
 COMPILED = 1  # flags: the step was torch.compile'd (static shapes); the decoder compiles too
 ADAPT_MLP = 2  # flags: only the MLP weights adapt (Adaptation.scope "mlp")
 ADAPT_TAIL = 4  # flags: the tail adapts from the coding steps' states (scope "tail")
@@ -86,6 +91,7 @@ class Header:
     compiled: bool = False  # the one-unit step ran compiled (compile_decoding)
     window: int = 0  # units attended to while coding (0: the model's context)
     cpu: str = ""  # the CPU's vector instructions ("": not recorded)
+    vendor: str = ""  # the CPU's vendor (format 6 on; "": not recorded)
     version: int = FORMAT_VERSION
 
     @property
@@ -102,15 +108,6 @@ class Header:
         if self.version >= BATCH_STREAMS:
             return list(_batches(self))
         return [[index] for index in range(self.num_chunks)]
-
-
-def weights_sha256(model: nn.Module) -> bytes:
-    """SHA-256 of the model's weights as untok saves them (``model.safetensors``): for a model
-    loaded from a checkpoint it equals the hash of that file."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.safetensors")
-        save_model(model, path)
-        return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
 @contextmanager
@@ -137,6 +134,11 @@ def _batches(header: Header) -> Iterator[list[int]]:
 def _cpu_kind(device: str) -> str:
     kind = torch.backends.cpu.get_cpu_capability() if device == "cpu" else ""
     return kind if kind in CPU_KINDS else ""
+
+
+def _cpu_vendor(device: str) -> str:
+    vendor = cpu_vendor() if device == "cpu" else ""
+    return vendor if vendor in CPU_VENDORS else ""
 
 
 def _device_name(model: nn.Module) -> str:
@@ -258,7 +260,8 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                     threads=torch.get_num_threads(), device=_device_name(model),
                     adaptation=Adaptation(lr=adapt_lr, every=adapt_every, scope=adapt_scope),
                     compiled=compiled,
-                    window=window, cpu=_cpu_kind(_device_name(model)))
+                    window=window, cpu=_cpu_kind(_device_name(model)),
+                    vendor=_cpu_vendor(_device_name(model)))
     stepper = Stepper(model, header)
     payloads: list[bytes] = []
     table = bytearray()
@@ -273,7 +276,7 @@ def compress(data: bytes, model: nn.Module | None = None, *,
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
                        header.batch_size, header.threads, header.adaptation.lr,
                        header.adaptation.every, _flags(header), header.window,
-                       CPU_KINDS.index(header.cpu))
+                       CPU_KINDS.index(header.cpu), CPU_VENDORS.index(header.vendor))
     return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
                      CRC.pack(zlib.crc32(table)), *payloads])
 
@@ -319,14 +322,15 @@ def parse_header(blob: bytes) -> Header:
         raise CompressionError("the file is truncated (its header is incomplete)")
     (_, _, precision, device, model_sha, length, sha, chunk_size, batch, threads, adapt_lr,
      adapt_every, *later) = layout.unpack_from(blob)
-    flags, window, cpu = (*later, 0, 0, 0)[:3]  # (fields of later versions)
+    flags, window, cpu, vendor = (*later, 0, 0, 0, 0)[:4]  # (fields of later versions)
     (crc,) = CRC.unpack_from(blob, layout.size)
     if zlib.crc32(blob[:layout.size]) != crc:
         raise CompressionError("the file is damaged: its header fails its CRC check")
     if (precision != PRECISION or chunk_size == 0 or batch == 0 or threads == 0
             or device >= len(DEVICES) or not (adapt_lr >= 0 and math.isfinite(adapt_lr))
             or adapt_every == 0 or flags & ~(COMPILED | ADAPT_MLP | ADAPT_TAIL)
-            or flags & ADAPT_MLP and flags & ADAPT_TAIL or cpu >= len(CPU_KINDS)):
+            or flags & ADAPT_MLP and flags & ADAPT_TAIL or cpu >= len(CPU_KINDS)
+            or vendor >= len(CPU_VENDORS)):
         raise CompressionError("the file is damaged: its header holds impossible values")
     return Header(model_sha256=model_sha, length=length, sha256=sha, chunk_size=chunk_size,
                   batch_size=batch, threads=threads, device=DEVICES[device],
@@ -334,7 +338,7 @@ def parse_header(blob: bytes) -> Header:
                                         scope=next(scope for scope, bit in SCOPE_FLAGS.items()
                                                    if flags & (ADAPT_MLP | ADAPT_TAIL) == bit)),
                   compiled=bool(flags & COMPILED), window=window, cpu=CPU_KINDS[cpu],
-                  version=version)
+                  vendor=CPU_VENDORS[vendor], version=version)
 
 
 def _read_blocks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
@@ -370,6 +374,14 @@ def _read_blocks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
     return out
 
 
+def _names(header: Header, model: nn.Module) -> bool:
+    """Whether ``header`` names ``model`` (its weights' SHA-256; before format 6, that of its
+    ``model.safetensors`` in any order safetensors may write it in)."""
+    if header.version >= WEIGHTS_DIGEST:
+        return weights_sha256(model) == header.model_sha256
+    return header.model_sha256 in saved_weights_sha256s(model)
+
+
 def _name(chunks: list[int]) -> str:
     return f"chunk {chunks[0]}" if len(chunks) == 1 else f"chunks {chunks[0]}-{chunks[-1]}"
 
@@ -388,7 +400,7 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
     entries = _read_blocks(blob, header)  # (checked before any model is loaded)
     model = default_model() if model is None else model
     model.eval()
-    if weights_sha256(model) != header.model_sha256:
+    if not _names(header, model):
         raise CompressionError(
             "this file was compressed with a different model (weights SHA-256 "
             f"{header.model_sha256.hex()[:16]}...); decompress it with that checkpoint")
@@ -404,6 +416,12 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
             f"this file was compressed on a CPU computing with {header.cpu} instructions and "
             f"this one uses {here}, whose float arithmetic differs: decompress it on a "
             f"{header.cpu} CPU")
+    vendor = _cpu_vendor(header.device)
+    if header.vendor and vendor and header.vendor != vendor:
+        raise CompressionError(
+            f"this file was compressed on a {header.vendor} CPU and this one is {vendor}: "
+            f"their math libraries round differently, so decompress it on a {header.vendor} "
+            f"CPU with {header.cpu or 'the same'} instructions")
     out = bytearray()
     stepper = Stepper(model, header)
     blocks = dict(zip(map(tuple, header.blocks()), entries, strict=True))

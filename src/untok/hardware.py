@@ -92,6 +92,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; "" where the system does
+    not say): the math libraries choose their kernels by it, not only by the instructions."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
                         size: int = 2048, seconds: float = 1.0) -> float:
     """Sustained FLOP/s of large square matmuls on ``device`` (the MFU denominator), of
