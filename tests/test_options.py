@@ -3,7 +3,6 @@ protocol suite (tests/test_protocol.py runs every option's example): wave embedd
 code-point unit, the distance head, differential attention, the entropy-adaptive sampler
 and the Q-learning learning-rate controller."""
 
-import itertools
 import json
 import math
 
@@ -21,12 +20,7 @@ from untok.errors import ConfigError
 from untok.evaluate import evaluate
 from untok.generate import SamplerConfig, entropy_bits, generate, pick
 from untok.models import build_model, load
-from untok.nn.attention import (
-    CausalSelfAttention,
-    lambda_init_of,
-    local_causal_mask,
-    rope_angles,
-)
+from untok.nn.attention import CausalSelfAttention, lambda_init_of, rope_angles
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
 from untok.nn.embeddings import WaveEmbedding
 from untok.train.lr_control import QLearnController
@@ -346,27 +340,6 @@ def test_grouped_query_attention_caches_less_and_equals_shared_heads():
     shared.qkv.weight.data = torch.cat([q, k.repeat(4, 1), v.repeat(4, 1)])
     shared.out.weight.data = attn.out.weight.detach()
     torch.testing.assert_close(shared(x, cos, sin), whole, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_both_cached_attention_kernels_equal_the_whole_sequence(kv_heads):
-    """The fused kernel and the two matrix products (the compression coder's, from format
-    6) attend alike over a ring that wraps (a window of 3 over 7 steps), read as a slice or
-    whole with a mask (a static cache)."""
-    torch.manual_seed(0)
-    attn = CausalSelfAttention(32, 4, kv_heads=kv_heads)
-    x = torch.randn(3, 7, 32)
-    cos, sin = rope_angles(torch.arange(7), 8, 10000.0)
-    whole = attn(x, cos, sin, mask=local_causal_mask(7, 3, x.device))
-    for kernel, static in itertools.product(("sdpa", "matmul"), (False, True)):
-        attn.cached_kernel = kernel
-        cache = attn.new_cache(3, 3, x.device, x.dtype, static=static)
-        stepped = []
-        for t in range(7):
-            stepped.append(attn(x[:, t:t + 1], cos[t:t + 1], sin[t:t + 1], cache,
-                                torch.tensor([t])))
-            cache.advance(1)
-        torch.testing.assert_close(torch.cat(stepped, 1), whole, atol=1e-5, rtol=1e-5)
 
 
 def test_grouped_query_attention_options_are_checked():

@@ -20,13 +20,9 @@ from untok.errors import UntokError
 from untok.generate import compile_decoding
 from untok.models.base import next_unit_loss
 from untok.models.registry import capabilities
-from untok.nn.attention import CausalSelfAttention
 from untok.units import BOS, NUM_BYTES, PAD
 
 PRECISION = 24  # frequencies are integers summing to 2**PRECISION
-# the first container version whose steps attend over their caches with the "matmul"
-# kernel (grouped_attention): faster at the coder's shape, and rounding differently
-MATMUL_ATTENTION = 6
 # which weights adaptation trains (Adaptation.scope); "auto": "tail" where the model has one
 ADAPT_SCOPES = ("auto", "tail", "all", "mlp")
 
@@ -219,23 +215,17 @@ class Settings(Protocol):
     compiled: bool
     adaptation: Adaptation
     window: int
-    version: int
 
 
 class Stepper:
     """The model that codes, the same on both sides: ``model`` itself, or a copy of it
-    when the step is compiled, adapts or attends with another kernel than ``model``'s. An
-    adapting copy is reset to ``model``'s weights at the start of every batch, in place, so
-    a compiled step is compiled once per file."""
+    when the step is compiled or adapts. An adapting copy is reset to ``model``'s weights at
+    the start of every batch, in place, so a compiled step is compiled once per file."""
 
     def __init__(self, model: nn.Module, header: Settings) -> None:
         self.source, self.header = model, header
-        kernel = "matmul" if header.version >= MATMUL_ATTENTION else "sdpa"
-        copied = header.compiled or header.adaptation.lr or \
-            any(m.cached_kernel != kernel for m in _attention(model))
+        copied = header.compiled or header.adaptation.lr
         self.model = copy.deepcopy(model) if copied else model
-        for module in _attention(self.model):
-            module.cached_kernel = kernel
         if header.compiled:
             compile_decoding(self.model)
 
@@ -276,10 +266,6 @@ class Stepper:
         finally:
             if learner:
                 learner.close()
-
-
-def _attention(model: nn.Module) -> list[CausalSelfAttention]:
-    return [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
 
 
 class Learner:

@@ -131,11 +131,14 @@ def _batches(header: Header) -> Iterator[list[int]]:
         yield list(range(first, min(first + header.batch_size, header.num_chunks)))
 
 
-def _cpu(device: str) -> tuple[str, str]:
-    """The CPU's kind and vendor as a container records them (none for a GPU)."""
-    kind, vendor = (torch.backends.cpu.get_cpu_capability(), cpu_vendor()) \
-        if device == "cpu" else ("", "")
-    return kind if kind in CPU_KINDS else "", vendor if vendor in CPU_VENDORS else ""
+def _cpu_kind(device: str) -> str:
+    kind = torch.backends.cpu.get_cpu_capability() if device == "cpu" else ""
+    return kind if kind in CPU_KINDS else ""
+
+
+def _cpu_vendor(device: str) -> str:
+    vendor = cpu_vendor() if device == "cpu" else ""
+    return vendor if vendor in CPU_VENDORS else ""
 
 
 def _device_name(model: nn.Module) -> str:
@@ -251,34 +254,31 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     model.eval()
     chunks = max(-(-len(data) // chunk_size), 1)
     compiled = compiles(model, compiled, len(data))
-    cpu, vendor = _cpu(_device_name(model))
     header = Header(model_sha256=weights_sha256(model), length=len(data),
                     sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
                     batch_size=batch_rows(model, batch_size, chunks, compiled),
                     threads=torch.get_num_threads(), device=_device_name(model),
                     adaptation=Adaptation(lr=adapt_lr, every=adapt_every, scope=adapt_scope),
-                    compiled=compiled, window=window, cpu=cpu, vendor=vendor)
+                    compiled=compiled,
+                    window=window, cpu=_cpu_kind(_device_name(model)),
+                    vendor=_cpu_vendor(_device_name(model)))
+    stepper = Stepper(model, header)
+    payloads: list[bytes] = []
+    table = bytearray()
     with _progress_bar(len(data), "compress", progress) as bar:
-        body = coded_blocks(data, header, Stepper(model, header), bar)
+        for batch in _batches(header):
+            chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
+            raw, coded = b"".join(chunks), encode_batch(stepper, chunks, bar)
+            method, payload = (CODED, coded) if len(coded) < len(raw) else (STORED, raw)
+            payloads.append(payload)
+            table += CHUNK.pack(len(payload), method, zlib.crc32(raw))
     head = HEADER.pack(MAGIC, FORMAT_VERSION, PRECISION, DEVICES.index(header.device),
                        header.model_sha256, header.length, header.sha256, header.chunk_size,
                        header.batch_size, header.threads, header.adaptation.lr,
                        header.adaptation.every, _flags(header), header.window,
                        CPU_KINDS.index(header.cpu), CPU_VENDORS.index(header.vendor))
-    return head + CRC.pack(zlib.crc32(head)) + body
-
-
-def coded_blocks(data: bytes, header: Header, stepper: Stepper, bar: tqdm) -> bytes:
-    """What follows a container's header (format 5 on): the table of its batches, the
-    table's CRC, and the batches' payloads, coded by ``stepper``."""
-    payloads, table = [], bytearray()
-    for batch in _batches(header):
-        chunks = [data[slice(*header.chunk_bounds(i))] for i in batch]
-        raw, coded = b"".join(chunks), encode_batch(stepper, chunks, bar)
-        method, payload = (CODED, coded) if len(coded) < len(raw) else (STORED, raw)
-        payloads.append(payload)
-        table += CHUNK.pack(len(payload), method, zlib.crc32(raw))
-    return b"".join([bytes(table), CRC.pack(zlib.crc32(table)), *payloads])
+    return b"".join([head, CRC.pack(zlib.crc32(head)), bytes(table),
+                     CRC.pack(zlib.crc32(table)), *payloads])
 
 
 def _decode_batch(stepper: Stepper, header: Header, batch: list[int], lengths: list[int],
@@ -410,12 +410,13 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
     if _device_name(model) != header.device:
         raise CompressionError(f"this file was compressed on {header.device}; decompress it "
                                f"on {header.device} too (arithmetic differs between devices)")
-    here, vendor = _cpu(header.device)
+    here = _cpu_kind(header.device)
     if header.cpu and here and header.cpu != here:
         raise CompressionError(
             f"this file was compressed on a CPU computing with {header.cpu} instructions and "
             f"this one uses {here}, whose float arithmetic differs: decompress it on a "
             f"{header.cpu} CPU")
+    vendor = _cpu_vendor(header.device)
     if header.vendor and vendor and header.vendor != vendor:
         raise CompressionError(
             f"this file was compressed on a {header.vendor} CPU and this one is {vendor}: "

@@ -209,11 +209,7 @@ class CausalSelfAttention(nn.Module):
     ``kv_heads`` < ``num_heads`` shares each key/value head among ``num_heads / kv_heads``
     query heads (grouped-query attention; 1: multi-query): the KV cache, and what a decoding
     step reads of it, shrink by that factor. A step attends with each group's query heads
-    laid out as extra query rows of their key/value head, so the cache is read once.
-
-    ``cached_kernel`` says how a step attends over its cache (:func:`grouped_attention`):
-    the two kernels round differently, so the compression coder sets the one a container's
-    format names (on its own copy of the model)."""
+    laid out as extra query rows of their key/value head, so the cache is read once."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0,
                  kv_heads: int = 0) -> None:
@@ -221,7 +217,6 @@ class CausalSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.kv_heads = kv_heads or num_heads
         self.head_dim = dim // num_heads
-        self.cached_kernel = "sdpa"  # (an attribute, not state: checkpoints never hold it)
         self.qkv = nn.Linear(dim, dim + 2 * self.kv_heads * self.head_dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self.dropout = dropout
@@ -247,7 +242,7 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if cache is not None:
             k, v, mask = cache.append(k, v, positions)  # (B, G, slots, d), (T, slots)|None
-            y = grouped_attention(q, k, v, mask, self.cached_kernel)
+            y = grouped_attention(q, k, v, mask)
         else:
             if G < H:  # (training: every query head with its own copy)
                 k, v = k.repeat_interleave(H // G, 1), v.repeat_interleave(H // G, 1)
@@ -259,33 +254,20 @@ class CausalSelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
-CACHED_KERNELS = ("sdpa", "matmul")
-
-
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      mask: torch.Tensor | None, kernel: str = "sdpa") -> torch.Tensor:
+                      mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q (B, H, T, d) over cached k, v (B, G, S, d), G dividing H, with
     ``mask`` Bool[T, S] or Bool[B, 1, T, S] (None: every slot): the g = H / G query heads
     of a key/value head become g x T query rows of it (one read of the cache).
-    (B, H, T, d).
-
-    ``kernel``: "sdpa", the fused kernel (the fastest for a few rows over a long cache, as
-    in generation), or "matmul", two batched products around a softmax (2.6x faster than
-    the fused kernel on 2 CPU threads for the compression coder's 128 rows of six query
-    heads over 64 slots: ``bench/compress_default.py``)."""
+    (B, H, T, d)."""
     B, H, T, d = q.shape
-    G = k.shape[1]
-    g = H // G
-    rows = mask if mask is None or g == 1 else \
+    g = H // k.shape[1]
+    if g == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    rows = mask if mask is None else \
         mask.repeat(g, 1) if mask.dim() == 2 else mask.repeat(1, 1, g, 1)
-    q = q.reshape(B, G, g * T, d)
-    if kernel == "matmul":
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(d ** -0.5)  # (B, G, gT, S)
-        if rows is not None:
-            scores = scores.masked_fill_(~rows, float("-inf"))
-        y = torch.matmul(scores.softmax(-1), v)
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=rows)
+    y = F.scaled_dot_product_attention(q.reshape(B, k.shape[1], g * T, d), k, v,
+                                       attn_mask=rows)
     return y.view(B, H, T, d)
 
 
