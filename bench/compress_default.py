@@ -135,7 +135,11 @@ def render(figures: dict) -> str:
         lines.append(f"Previous: the untok of {figures['baseline']} with its shipped model and "
                      f"its defaults {figures['baseline_options']}, run in a subprocess in each "
                      "round.")
-    lines.append(f"Bits per byte of {figures['bytes']:,}-byte files. Default options: "
+    short = [f"{row['what'].split(' (')[0]}: {row['input_bytes']:,}"
+             for row in figures["classes"].values() if row["input_bytes"] < figures["bytes"]]
+    lines.append(f"Bits per byte of the first {figures['bytes']:,} bytes of each class"
+                 + (f" (shorter: {', '.join(short)} bytes, coded in fewer rows, hence slower)"
+                    if short else "") + ". Default options: "
                  f"{figures['default_options']} (adaptation: "
                  f"{figures['default_adaptation']}; the step compiles from "
                  f"{figures['auto_compile']:,} bytes, so these files code eager; 'compiled': "

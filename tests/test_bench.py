@@ -8,8 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SHARED
+from untok.checkpoint import save_checkpoint
+from untok.config import ModelConfig
+from untok.models import build_model
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -63,9 +67,14 @@ def test_quality_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_blt_smoke(tmp_path):
-    figures = run_bench(tmp_path, "blt.py", "--budget-minutes", "0.05", "--entropy-minutes",
-                        "0.05", "--eval-bytes", "2048", "--generate-bytes", "8",
-                        "--no-compiled", timeout=1200)  # (the entropy cache: ~4 MB scored)
+    # an untrained one-layer entropy model: the bench scores all 4 MB of the store with it
+    # (its own, entropy-small, took 2-12 minutes to do that on 2 cores)
+    torch.manual_seed(0)
+    entropy = save_checkpoint(tmp_path / "entropy", build_model(
+        ModelConfig(dim=32, num_layers=1, num_heads=2, context=64)))
+    figures = run_bench(tmp_path, "blt.py", "--budget-minutes", "0.05", "--entropy-model",
+                        str(entropy), "--eval-bytes", "2048", "--generate-bytes", "8",
+                        "--no-compiled")
     assert set(figures["contenders"]) == {"flat", "blt-entropy", "blt-space", "blt-fixed4",
                                           "blt-learned", "bpe"}
     for name, row in figures["contenders"].items():
