@@ -131,14 +131,27 @@ def _batches(header: Header) -> Iterator[list[int]]:
         yield list(range(first, min(first + header.batch_size, header.num_chunks)))
 
 
-def _cpu_kind(device: str) -> str:
-    kind = torch.backends.cpu.get_cpu_capability() if device == "cpu" else ""
-    return kind if kind in CPU_KINDS else ""
+def _cpu(device: str) -> tuple[str, str]:
+    """This CPU's kind and vendor as a container records them ("": not recorded)."""
+    if device != "cpu":
+        return "", ""
+    kind, vendor = torch.backends.cpu.get_cpu_capability(), cpu_vendor()
+    return kind if kind in CPU_KINDS else "", vendor if vendor in CPU_VENDORS else ""
 
 
-def _cpu_vendor(device: str) -> str:
-    vendor = cpu_vendor() if device == "cpu" else ""
-    return vendor if vendor in CPU_VENDORS else ""
+def _check_cpu(header: Header) -> None:
+    """One line, before any decoding, for a file coded on another kind or vendor of CPU."""
+    kind, vendor = _cpu(header.device)
+    if header.cpu and kind and header.cpu != kind:
+        raise CompressionError(
+            f"this file was compressed on a CPU computing with {header.cpu} instructions and "
+            f"this one uses {kind}, whose float arithmetic differs: decompress it on a "
+            f"{header.cpu} CPU")
+    if header.vendor and vendor and header.vendor != vendor:
+        raise CompressionError(
+            f"this file was compressed on a {header.vendor} CPU and this one is {vendor}: "
+            f"their math libraries round differently, so decompress it on a {header.vendor} "
+            f"CPU with {header.cpu or 'the same'} instructions")
 
 
 def _device_name(model: nn.Module) -> str:
@@ -254,14 +267,13 @@ def compress(data: bytes, model: nn.Module | None = None, *,
     model.eval()
     chunks = max(-(-len(data) // chunk_size), 1)
     compiled = compiles(model, compiled, len(data))
+    cpu, vendor = _cpu(_device_name(model))
     header = Header(model_sha256=weights_sha256(model), length=len(data),
                     sha256=hashlib.sha256(data).digest(), chunk_size=chunk_size,
                     batch_size=batch_rows(model, batch_size, chunks, compiled),
                     threads=torch.get_num_threads(), device=_device_name(model),
                     adaptation=Adaptation(lr=adapt_lr, every=adapt_every, scope=adapt_scope),
-                    compiled=compiled,
-                    window=window, cpu=_cpu_kind(_device_name(model)),
-                    vendor=_cpu_vendor(_device_name(model)))
+                    compiled=compiled, window=window, cpu=cpu, vendor=vendor)
     stepper = Stepper(model, header)
     payloads: list[bytes] = []
     table = bytearray()
@@ -410,18 +422,7 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
     if _device_name(model) != header.device:
         raise CompressionError(f"this file was compressed on {header.device}; decompress it "
                                f"on {header.device} too (arithmetic differs between devices)")
-    here = _cpu_kind(header.device)
-    if header.cpu and here and header.cpu != here:
-        raise CompressionError(
-            f"this file was compressed on a CPU computing with {header.cpu} instructions and "
-            f"this one uses {here}, whose float arithmetic differs: decompress it on a "
-            f"{header.cpu} CPU")
-    vendor = _cpu_vendor(header.device)
-    if header.vendor and vendor and header.vendor != vendor:
-        raise CompressionError(
-            f"this file was compressed on a {header.vendor} CPU and this one is {vendor}: "
-            f"their math libraries round differently, so decompress it on a {header.vendor} "
-            f"CPU with {header.cpu or 'the same'} instructions")
+    _check_cpu(header)
     out = bytearray()
     stepper = Stepper(model, header)
     blocks = dict(zip(map(tuple, header.blocks()), entries, strict=True))
