@@ -25,6 +25,7 @@ def packed_tiny(tmp_path: Path, monkeypatch) -> torch.nn.Module:
     sizes = shipped.pack(tmp_path / "source", tmp_path / "shipped")
     assert sizes["bytes"] < 0.55 * sizes["source_bytes"]  # fp16 weights: half the file
     monkeypatch.setattr(shipped, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setattr(shipped, "EARLIER", tmp_path / "earlier")
     return shipped.default_model()
 
 
@@ -49,6 +50,26 @@ def test_a_file_from_another_model_names_it(packed_tiny, tmp_path, capsys):
     (tmp_path / "x.utk").write_bytes(blob)
     assert main(["decompress", str(tmp_path / "x.utk"), "-q"]) == 2
     assert "compressed with a different model" in capsys.readouterr().err
+
+
+def test_files_of_an_earlier_default_model_still_decompress(packed_tiny, tmp_path, capsys):
+    """A release that ships a new default keeps the earlier ones (shipped/earlier/<n>):
+    the files they wrote decompress with no model given, through the API and the CLI."""
+    old = untok.compress(TEXT)
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "shipped").rename(tmp_path / "earlier" / "1")
+    torch.manual_seed(1)
+    untok.save(tmp_path / "newer", build_model(TINY))
+    shipped.pack(tmp_path / "newer", tmp_path / "shipped")
+    new = untok.compress(TEXT)
+    assert parse_header(new).model_sha256 != parse_header(old).model_sha256
+    assert untok.decompress(old) == TEXT and untok.decompress(new) == TEXT
+    (tmp_path / "old.txt.utk").write_bytes(old)
+    assert main(["decompress", str(tmp_path / "old.txt.utk"), "-q"]) == 0
+    assert (tmp_path / "old.txt").read_bytes() == TEXT
+    other = untok.compress(TEXT, build_model(TINY))  # a model shipped nowhere
+    with pytest.raises(CompressionError, match="different model"):
+        untok.decompress(other)
 
 
 def test_no_shipped_model_is_a_clear_error(tmp_path, monkeypatch, capsys):

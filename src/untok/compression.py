@@ -39,7 +39,7 @@ from untok.coder import (  # noqa: F401 (quantize: part of this module's API)
 )
 from untok.hardware import cpu_vendor
 from untok.models.registry import capabilities, require
-from untok.shipped import default_model
+from untok.shipped import default_model, shipped_model
 from untok.weights_digest import saved_weights_sha256s, weights_sha256
 
 SUFFIX = ".utk"
@@ -386,7 +386,7 @@ def _read_blocks(blob: bytes, header: Header) -> list[tuple[bytes, int, int]]:
     return out
 
 
-def _names(header: Header, model: nn.Module) -> bool:
+def names_model(header: Header, model: nn.Module) -> bool:
     """Whether ``header`` names ``model`` (its weights' SHA-256; before format 6, that of its
     ``model.safetensors`` in any order safetensors may write it in)."""
     if header.version >= WEIGHTS_DIGEST:
@@ -410,9 +410,9 @@ def decompress(blob: bytes, model: nn.Module | None = None, *,
     """
     header = parse_header(blob)
     entries = _read_blocks(blob, header)  # (checked before any model is loaded)
-    model = default_model() if model is None else model
+    model = shipped_model(lambda m: names_model(header, m)) if model is None else model
     model.eval()
-    if not _names(header, model):
+    if not names_model(header, model):
         raise CompressionError(
             "this file was compressed with a different model (weights SHA-256 "
             f"{header.model_sha256.hex()[:16]}...); decompress it with that checkpoint")

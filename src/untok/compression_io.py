@@ -13,13 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from untok.compression import SUFFIX, compress, decompress, parse_header
+from untok.compression import SUFFIX, compress, decompress, names_model, parse_header
 from untok.errors import UntokError
 from untok.hardware import pick_device
 from untok.models import load
-from untok.shipped import default_model
+from untok.shipped import default_model, shipped_model
 
 
 def _read_input(path: str) -> bytes:
@@ -82,11 +80,6 @@ def classic_sizes(data: bytes) -> dict[str, int | None]:
     return sizes
 
 
-def _model(checkpoint: str | None, device: torch.device):
-    """The checkpoint's model, or the shipped default model when ``checkpoint`` is None."""
-    return default_model(device) if checkpoint is None else load(checkpoint, device)
-
-
 def compress_file(source: str, checkpoint: str | None, output: str | None = None, *,
                   device: str = "auto", overwrite: bool = False, progress: bool = True,
                   compare: bool = False, **options) -> dict:
@@ -98,7 +91,8 @@ def compress_file(source: str, checkpoint: str | None, output: str | None = None
     if output != "-" and Path(output).exists() and not overwrite:
         raise UntokError(f"{output} already exists; pass --force to overwrite it")
     data = _read_input(source)
-    model = _model(checkpoint, pick_device(device))
+    device = pick_device(device)
+    model = default_model(device) if checkpoint is None else load(checkpoint, device)
     start = time.perf_counter()
     blob = compress(data, model, progress=progress, **options)
     seconds = time.perf_counter() - start
@@ -115,15 +109,18 @@ def decompress_file(source: str, checkpoint: str | None, output: str | None = No
                     device: str | None = None, overwrite: bool = False,
                     progress: bool = True) -> dict[str, float]:
     """Decompress ``source`` (``-`` = stdin) with the model in ``checkpoint`` (None: the
-    shipped default model, which must be the one the file names); the output is written
-    only after its SHA-256 matches the one recorded at compression. ``device``
-    defaults to the kind of device the file was compressed on."""
+    shipped model the file names, the default or an earlier one: see
+    :func:`untok.shipped.shipped_model`); the output is written only after its SHA-256
+    matches the one recorded at compression. ``device`` defaults to the kind of device the
+    file was compressed on."""
     output = output or default_output(source, decompressing=True)
     if output != "-" and Path(output).exists() and not overwrite:
         raise UntokError(f"{output} already exists; pass --force to overwrite it")
     blob = _read_input(source)
     header = parse_header(blob)
-    model = _model(checkpoint, pick_device(device or header.device))
+    device = pick_device(device or header.device)
+    model = load(checkpoint, device) if checkpoint is not None else \
+        shipped_model(lambda m: names_model(header, m), device)
     start = time.perf_counter()
     data = decompress(blob, model, progress=progress)
     seconds = time.perf_counter() - start
