@@ -264,6 +264,15 @@ def test_gpu_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_compress_shapes_smoke(tmp_path):
+    figures = run_bench(tmp_path, "compress_shapes.py", "--shapes", "64x2", "96x1",
+                        "--bytes", "3000", "--repeats", "2")
+    assert [r["shape"] for r in figures["rows"]] == ["64x2", "96x1"]
+    assert figures["rows"][0]["ratio"] == 1.0 and len(figures["rows"][1]["runs_kb_per_s"]) == 2
+    assert figures["rows"][1]["params"] < figures["rows"][0]["params"] * 2
+
+
+@pytest.mark.slow
 def test_compress_default_smoke(tmp_path):
     """The baseline is this very tree, run in a subprocess: it must code the same bytes.
     Each repeat goes round every class (and the baseline), so every kind has one sample
