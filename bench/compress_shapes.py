@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     data = require(SHARED / "enwik8-4M").read_bytes()[-args.bytes:]
-    models = {shape: shape_model(default_model(), shape) for shape in args.shapes}
+    base = default_model()
+    models = {shape: shape_model(base, shape) for shape in args.shapes}
     peak = [measure_matmul_peak(torch.device("cpu"))]
     speeds: dict[str, list[float]] = {shape: [] for shape in args.shapes}
     for model in models.values():  # (warm-up: first calls allocate)
