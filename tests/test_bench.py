@@ -294,8 +294,9 @@ def test_compress_default_smoke(tmp_path):
 @pytest.mark.slow
 def test_compress_settings_smoke(tmp_path):
     figures = run_bench(tmp_path, "compress_settings.py", "--bytes", "3000", "--classes",
-                        "wikipedia")
-    assert figures["classes"]
+                        "wikipedia", "--repeats", "2")
+    assert figures["classes"] and figures["model"].startswith("128 x 3")
     for row in figures["classes"].values():
         for setting in figures["settings"]:
-            assert {"bpb", "kb_per_s"} <= set(row[setting])
+            assert {"bpb", "kb_per_s", "speed_ratio"} <= set(row[setting])
+        assert row["default"]["speed_ratio"] == 1.0

@@ -65,11 +65,12 @@ def test_old_container_decompresses_byte_exact() -> None:
     ("sample.txt.utk", FIXTURE_CPU, 4),
     ("sample.txt.amd-avx512.utk", ("AVX512", "AuthenticAMD"), 6),
     ("sample.txt.model2.amd-avx512.utk", ("AVX512", "AuthenticAMD"), 6),
+    ("sample.txt.model3.amd-avx512.utk", ("AVX512", "AuthenticAMD"), 6),
 ])
 def test_a_file_of_the_shipped_model_decompresses_byte_exact(name, cpu, version) -> None:
     """The shipped models' default coding (tail adaptation, a 64-byte window, the eager
     step) keeps its arithmetic, in files written on two kinds of CPU by the default model
-    and the earlier one (found with no model given): see fixtures/shipped/README.md."""
+    and the earlier ones (found with no model given): see fixtures/shipped/README.md."""
     shipped = FIXTURES.parent / "shipped"
     blob = (shipped / name).read_bytes()
     assert untok.compression.parse_header(blob).version == version
