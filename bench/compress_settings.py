@@ -74,7 +74,7 @@ def main() -> None:
         for setting, times in seconds.items():
             row[setting]["kb_per_s"] = len(data) / 1e3 / median(times)
             row[setting]["speed_ratio"] = median(
-                [base / other for base, other in zip(seconds["default"], times, strict=True)])
+                [first / other for first, other in zip(seconds["default"], times, strict=True)])
             print(f"{name} / {setting}: {row[setting]['bpb']:.3f} bpb, "
                   f"{row[setting]['kb_per_s']:.1f} KB/s, {row[setting]['speed_ratio']:.2f}x",
                   flush=True)
