@@ -41,6 +41,7 @@ from torch import nn
 
 from untok.generate import SamplerConfig, sample_next
 from untok.models.registry import capabilities
+from untok.nn.packed import packed_linears
 from untok.scores import Logits, Scores
 from untok.serve.text import Release
 
@@ -193,6 +194,10 @@ class Engine:
 
     def _run(self) -> None:
         torch.set_num_threads(self.threads)  # (per thread under OpenMP)
+        with packed_linears(self.model):  # (batched steps: 1.15x, see untok.nn.packed)
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self.wake:
                 while self.running and not (self.pending or self.cohorts or self.calls):
