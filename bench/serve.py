@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import multiprocessing.pool
 import socket
 import subprocess
 import sys
@@ -86,42 +84,18 @@ def in_process(model, prompt: str, max_bytes: int) -> dict:
             "seconds": time.perf_counter() - began}
 
 
-_client: openai.OpenAI | None = None  # a client process's own (see ClientProcesses)
-
-
-def _connect(port: int) -> None:
-    global _client
-    torch.set_num_threads(1)
-    _client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                            max_retries=0, timeout=600)
-    stream_once(_client, "warm up", 8, 0)
-
-
-def _stream_job(job: tuple[int, int]) -> dict:
-    i, max_bytes = job
-    return stream_once(_client, f"client {i}: ", max_bytes, seed=i)
-
-
-def concurrent(client: openai.OpenAI, clients: int, max_bytes: int,
-               pool: multiprocessing.pool.Pool | None) -> dict:
-    """``clients`` streams at once: one process each from ``pool`` (as separate users
-    are), or threads of this process when ``pool`` is None (they then share its GIL,
-    which delays their reading)."""
+def concurrent(client: openai.OpenAI, clients: int, max_bytes: int) -> dict:
     results: list[dict] = [{}] * clients
 
     def run(i: int) -> None:
         results[i] = stream_once(client, f"client {i}: ", max_bytes, seed=i)
 
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     began = time.perf_counter()
-    if pool is not None:
-        results = pool.map(_stream_job, [(i, max_bytes) for i in range(clients)],
-                           chunksize=1)
-    else:
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     wall = time.perf_counter() - began
     gaps = [g for r in results for g in r["gaps"]]
     return {"clients": clients, "bytes": sum(r["bytes"] for r in results),
@@ -193,10 +167,7 @@ def main() -> None:
                              "model.kv_heads=2")
     parser.add_argument("--threads", type=int,
                         help="the decoding engine's compute threads (default: as untok serve "
-                             "chooses, the cores less one)")
-    parser.add_argument("--client-threads", action="store_true",
-                        help="run the concurrent clients as threads of this process (they "
-                             "then share one GIL) instead of one process each")
+                             "chooses, one per core)")
     parser.add_argument("--result", default="serve",
                         help="name of the results in bench/results/ (default: serve)")
     args = parser.parse_args()
@@ -211,8 +182,8 @@ def main() -> None:
                             *[arg for item in args.set for arg in ("--set", item)]],
                            check=True)
             checkpoint = Path(tmp) / "run" / "last"
-        threads = args.threads or max(torch.get_num_threads() - 1, 1)  # (untok serve's default)
-        torch.set_num_threads(1)  # the server gets the other core
+        threads = args.threads or torch.get_num_threads()  # (untok serve's default)
+        torch.set_num_threads(threads)  # in-process generation: the engine's threads
         model = load(checkpoint)
         port = free_port()
         server = start_server(checkpoint, port, threads)
@@ -222,19 +193,12 @@ def main() -> None:
             stream_once(client, "warm up", 8, 0)
             in_process(model, "warm up", 8)
             latency = [latency_row("untok generate (in-process)",
-                                   in_process(model, "Once upon a time", args.bytes)),
-                       latency_row("untok serve (openai client, streaming)",
-                                   stream_once(client, "Once upon a time", args.bytes, 0))]
-            pool = None if args.client_threads else \
-                multiprocessing.get_context("spawn").Pool(max(clients), _connect, (port,))
-            if pool is not None:  # (every process started and connected: each sleeps once)
-                pool.map(time.sleep, [1.0] * max(clients), chunksize=1)
-            try:
-                loads = repeated(lambda n: concurrent(client, n, args.bytes, pool), clients,
-                                 args.repeats)
-            finally:
-                if pool is not None:
-                    pool.terminate()
+                                   in_process(model, "Once upon a time", args.bytes))]
+            torch.set_num_threads(1)  # (one computing thread at a time: untok.serve.engine)
+            latency.append(latency_row("untok serve (openai client, streaming)",
+                                       stream_once(client, "Once upon a time", args.bytes, 0)))
+            loads = repeated(lambda n: concurrent(client, n, args.bytes), clients,
+                             args.repeats)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -249,7 +213,6 @@ def main() -> None:
                "params": sum(p.numel() for p in model.parameters()),
                "kv_heads": model.config.kv_heads or model.config.num_heads,
                "engine_threads": threads,
-               "clients_as": "threads" if args.client_threads else "processes",
                "bytes_per_stream": args.bytes, "repeats": args.repeats, "latency": latency,
                "load": loads,
                "engine": engine}
