@@ -84,6 +84,21 @@ def in_process(model, prompt: str, max_bytes: int) -> dict:
             "seconds": time.perf_counter() - began}
 
 
+def on_thread(threads: int, work):
+    """``work()`` on a thread of its own computing with ``threads`` threads, as the engine's
+    worker does; the main thread keeps computing with one (see untok.serve.engine)."""
+    result = []
+
+    def run() -> None:
+        torch.set_num_threads(threads)
+        result.append(work())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
 def concurrent(client: openai.OpenAI, clients: int, max_bytes: int) -> dict:
     results: list[dict] = [{}] * clients
 
@@ -167,7 +182,7 @@ def main() -> None:
                              "model.kv_heads=2")
     parser.add_argument("--threads", type=int,
                         help="the decoding engine's compute threads (default: as untok serve "
-                             "chooses, one per core)")
+                             "chooses, the cores less one)")
     parser.add_argument("--result", default="serve",
                         help="name of the results in bench/results/ (default: serve)")
     args = parser.parse_args()
@@ -182,8 +197,8 @@ def main() -> None:
                             *[arg for item in args.set for arg in ("--set", item)]],
                            check=True)
             checkpoint = Path(tmp) / "run" / "last"
-        threads = args.threads or torch.get_num_threads()  # (untok serve's default)
-        torch.set_num_threads(threads)  # in-process generation: the engine's threads
+        threads = args.threads or max(torch.get_num_threads() - 1, 1)  # (untok serve's)
+        torch.set_num_threads(1)  # one computing thread at a time (see untok.serve.engine)
         model = load(checkpoint)
         port = free_port()
         server = start_server(checkpoint, port, threads)
@@ -191,12 +206,14 @@ def main() -> None:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
                                    max_retries=0, timeout=600)
             stream_once(client, "warm up", 8, 0)
-            in_process(model, "warm up", 8)
-            latency = [latency_row("untok generate (in-process)",
-                                   in_process(model, "Once upon a time", args.bytes))]
-            torch.set_num_threads(1)  # (one computing thread at a time: untok.serve.engine)
-            latency.append(latency_row("untok serve (openai client, streaming)",
-                                       stream_once(client, "Once upon a time", args.bytes, 0)))
+
+            def generated() -> dict:
+                in_process(model, "warm up", 8)
+                return in_process(model, "Once upon a time", args.bytes)
+
+            latency = [latency_row("untok generate (in-process)", on_thread(threads, generated)),
+                       latency_row("untok serve (openai client, streaming)",
+                                   stream_once(client, "Once upon a time", args.bytes, 0))]
             loads = repeated(lambda n: concurrent(client, n, args.bytes), clients,
                              args.repeats)
         finally:

@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UntokError("give a checkpoint to serve, or --runs DIR for the training console")
     device = pick_device(args.device)
     # only the engine's thread computes with many threads (see untok.serve.engine)
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or max(torch.get_num_threads() - 1, 1)
     torch.set_num_threads(1)
     model = load(args.checkpoint, device).eval() if args.checkpoint else None
     if model is not None and args.compile:

@@ -373,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the decoding step first (slow start, faster decoding; "
                         "it compiles again for each batch size it meets)")
     p.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="compute threads of the decoding engine (default: as many as torch "
-                        "uses, one per core)")
+                   help="compute threads of the decoding engine (default: the cores less "
+                        "one, at least 1: the event loop and the HTTP streams need a core)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
 
