@@ -1,19 +1,20 @@
 """BLT decoding, one byte at a time, with a cache at every level.
 
-A new byte costs one encoder and one decoder step, plus one pooling and one global step
-when it closes a patch. Every patcher but ``learned`` decides whether a byte starts a patch
+A new byte costs one encoder and one decoder step, plus one patch step (pooling, the
+global step and the decoder's keys and values of its output) when it closes a patch. Every patcher but ``learned`` decides whether a byte starts a patch
 before the byte is encoded (from the bytes and, for entropy patching, the entropy model's
 prediction), so the finished patch closes first and the byte then runs through the
 encoder and the decoder in one call (:meth:`BLTDecoding.byte_step`); learned patching asks
 the router, which reads the byte's encoder state, in between (:meth:`~BLTDecoding.
 encode_byte`, then :meth:`~BLTDecoding.decode_byte`). These steps and the global one
-(:meth:`~BLTDecoding.global_step`) take tensors only, with static shapes once
-:func:`untok.generate.compile_decoding` has compiled them.
+(:meth:`~BLTDecoding.patch_step`) take tensors only, with static shapes once
+:func:`untok.generate.compile_decoding` has compiled them: the open patch's encoder states
+wait in a buffer of ``max_len`` rows, so pooling a patch of any length is one shape.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -38,13 +39,14 @@ class BLTState:
     decoder: list[KVCache]
     global_caches: list  # the global backbone's state (see untok.nn.stacks)
     memory: PatchMemory  # what the decoder's cross-attention reads
-    open_patch: list[torch.Tensor] = field(default_factory=list)  # encoder states (1, 1, D)
+    open_states: torch.Tensor  # Float[1, max_len, D]: the open patch's encoder states
+    smoothed: torch.Tensor  # Float[1, 1, G]: learned patching's last smoothed global output
+    open_len: int = 0  # rows of open_states filled
     position: int = 0
     # learned patching: the last encoder state (1, 1, D), the boundary probability of the
-    # open patch's first byte (1,), the last smoothed global output (1, 1, G)
+    # open patch's first byte (1,)
     last_state: torch.Tensor | None = None
     open_weight: torch.Tensor | None = None
-    smoothed: torch.Tensor | None = None
 
     @property
     def patches(self) -> int:
@@ -60,7 +62,7 @@ class BLTDecoding:
         """What :func:`untok.generate.compile_decoding` compiles (each when first called);
         a MatMul-free global model stays eager."""
         steps = ("byte_step", "encode_byte", "decode_byte")
-        return (*steps, "global_step") if self.blocks.compilable else steps
+        return (*steps, "patch_step") if self.blocks.compilable else steps
 
     def new_state(self, batch_size: int) -> BLTState:
         if batch_size != 1:
@@ -80,7 +82,9 @@ class BLTDecoding:
                                    static) for _ in range(local.decoder_layers)],
             global_caches=self.blocks.new_state(1, device, dtype, static),
             memory=PatchMemory.start([layer.cross.keys_values(start) for layer in self.decoder],
-                                     self.config.context))
+                                     self.config.context),
+            open_states=weight.new_zeros(1, self.patcher.max_len, local.dim),
+            smoothed=weight.new_zeros(1, 1, self.config.dim))
 
     def step(self, state: BLTState, ids: torch.Tensor) -> tuple[Logits, BLTState]:
         """Feed Long[1, n] bytes one at a time; return their scores (shape (1, n))."""
@@ -114,11 +118,19 @@ class BLTDecoding:
         h = self._encode_one(byte, positions, tables, encoder, past)
         return h, self._decode_one(h, positions, tables, decoder, memory)
 
-    def global_step(self, vector: torch.Tensor, positions: torch.Tensor,
-                    tables: tuple[torch.Tensor, ...], caches: list) -> torch.Tensor:
-        """The global output Float[1, 1, G] of one pooled patch Float[1, 1, G] at patch
-        ``positions`` (Long[1]), filling the global model's caches."""
-        return self.global_norm(self.blocks.step(vector, caches, positions, tables))
+    def patch_step(self, states: torch.Tensor, outside: torch.Tensor, positions: torch.Tensor,
+                   tables: tuple[torch.Tensor, ...], caches: list, weight: torch.Tensor,
+                   smoothed: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Close a patch: pool its encoder states (the rows of ``states`` Float[1, L, D]
+        where ``outside`` Long[1, L] is 0), run the global model on it at patch
+        ``positions`` (Long[1]), filling its caches, and (learned patching) smooth the
+        output with ``weight`` Float[1] and the last ``smoothed`` one. The global output
+        Float[1, 1, G] and the decoder's keys and values of it, per layer."""
+        vector = self.pool(states, outside, 2)[:, :1]  # rows outside: a patch of their own
+        g = self.global_norm(self.blocks.step(vector, caches, positions, tables))
+        if self.router is not None:  # smoothed starts at zeros: the first output w * g
+            g = smooth_one(g, weight, smoothed)
+        return g, [layer.cross.keys_values(g) for layer in self.decoder]
 
     def _encode_one(self, byte, positions, tables, encoder, past) -> torch.Tensor:
         h = embed_with_ngrams(self.embed, self.ngrams, byte, past)
@@ -156,7 +168,8 @@ class BLTDecoding:
             self._patch_start(state, byte, prob)
             logits = self.decode_byte(h, t, tables, state.decoder,
                                       state.memory.read(self._static()))
-        state.open_patch.append(h)
+        state.open_states[:, state.open_len] = h[:, 0]
+        state.open_len += 1
         state.past = update_past(state.past, byte)
         for cache in (*state.encoder, *state.decoder):
             cache.advance(1)
@@ -168,20 +181,22 @@ class BLTDecoding:
         """Ask the patcher; when ``byte`` starts a patch, close the open one."""
         start, _ = self.patcher.step(state.patcher, byte[:, 0], prob)
         if bool(start[0]):
-            if state.open_patch:
+            if state.open_len:
                 self._close_patch(state)
             state.open_weight = prob
 
     def _close_patch(self, state: BLTState) -> None:
         """Pool the finished patch, run one global step, expose it to the decoder."""
-        h = torch.cat(state.open_patch, dim=1)  # (1, L, D)
-        patch_ids = torch.zeros(1, h.shape[1], dtype=torch.long, device=h.device)
-        vector = self.pool(h, patch_ids, 1)  # (1, 1, G)
-        position = torch.tensor([state.patches], device=h.device)
-        tables = self._tables(self.blocks, state.patches + 1, h.device)
-        g = self.global_step(vector, position, tables, state.global_caches)
+        device = state.open_states.device
+        rows = torch.arange(state.open_states.shape[1], device=device)
+        outside = (rows >= state.open_len).long()[None]  # (1, max_len)
+        position = torch.tensor([state.patches], device=device)
+        tables = self._tables(self.blocks, state.patches + 1, device)
+        weight = state.smoothed.new_ones(1) if state.open_weight is None else state.open_weight
+        g, kvs = self.patch_step(state.open_states, outside, position, tables,
+                                 state.global_caches, weight, state.smoothed)
         self.blocks.advance(state.global_caches, 1)
         if self.router is not None:
-            g = state.smoothed = smooth_one(g, state.open_weight, state.smoothed)
-        state.memory.add([layer.cross.keys_values(g) for layer in self.decoder])
-        state.open_patch = []
+            state.smoothed = g.clone()  # (a CUDA graph's output is overwritten by the next)
+        state.memory.add(kvs)
+        state.open_len = 0
