@@ -77,6 +77,23 @@ def test_probabilities_over_dictionary_and_escape_sum_to_one():
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(4))
 
 
+def test_a_word_bias_is_each_dictionary_word_s_log_prior():
+    config = resolve(preset_name="tfree-tiny", overrides=["model.words.word_bias=true"]).model
+    model = build_model(config, units=units_with(["the", "cat", "sat"])).eval()
+    ids = torch.tensor([[model.units.bos, *model.units.encode(b"the cat sat")]])
+    cat = model.units.index["cat"]
+    with torch.no_grad():
+        before = model(ids)._word_log_probs()
+        model.word_bias[cat] += 2.0
+        after = model(ids)._word_log_probs()
+    torch.testing.assert_close(after.exp().sum(-1), torch.ones(4))
+    others = [i for i in range(model.units.dict_size + 1) if i != cat]
+    shift = after[:, others] - before[:, others]  # every other candidate: the same shift
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift))
+    torch.testing.assert_close(after[:, cat] - before[:, cat] - shift[:, 0],
+                               torch.full((4,), 2.0))
+
+
 def test_bits_are_the_word_and_spelling_costs():
     """An out-of-dictionary word costs the escape plus its spelling, by a hand count."""
     units = units_with(["ab", "ab", "b"])
@@ -92,22 +109,37 @@ def test_bits_are_the_word_and_spelling_costs():
     spelled = units.spelling.log_prob(b"ba")
     assert float(got[1]) == pytest.approx(escape + spelled, abs=1e-5)
     assert float(got[0]) == pytest.approx(float(words[0, units.index["ab"]]), abs=1e-6)
-    # by hand (Witten-Bell, E = the word boundary): the words were "ab" twice and "b"
-    # once (all in the dictionary, so all spelled): trigrams EEa 2, Eab 2, abE 2, EEb 1,
-    # EbE 1; bigrams Ea 2, Eb 1, ab 2, bE 3; unigrams a 2, b 3, E 3 (+1 each over 257)
-    p0 = {"a": 3 / 265, "b": 4 / 265, "E": 4 / 265}
-    b_after_ee = (1 + 2 * (1 + 2 * p0["b"]) / 5) / 5  # context EE: 3 seen, 2 types
-    a_after_eb = (p0["a"] / 4) / 2  # EbE seen once; context b: 3 seen, 1 type
-    end_after_ba = p0["E"] / 3  # "ba" never seen: context a (2 seen, 1 type)
+    # by hand (Witten-Bell, E = the word boundary): the distinct words were "ab" and "b"
+    # (all in the dictionary, so all spelled; each counted once): trigrams EEa, Eab, abE,
+    # EEb, EbE 1 each; bigrams Ea 1, Eb 1, ab 1, bE 2; unigrams a 1, b 2, E 2 (+1 each
+    # over 257)
+    p0 = {"a": 2 / 262, "b": 3 / 262, "E": 3 / 262}
+    b_after_ee = (1 + 2 * (1 + 2 * p0["b"]) / 4) / 4  # context EE: 2 seen, 2 types
+    a_after_eb = (p0["a"] / 3) / 2  # EbE seen once; context b: 2 seen, 1 type
+    end_after_ba = p0["E"] / 2  # "ba" never seen: context a (1 seen, 1 type)
     hand = math.log(b_after_ee) + math.log(a_after_eb) + math.log(end_after_ba)
     assert spelled == pytest.approx(hand, abs=1e-9)
 
 
-def test_the_spelling_model_is_a_distribution_in_every_context():
-    spelling = Spelling(Spelling.fit(Counter({"caf\u00e9": 3, "cat": 2, "dog": 1})))
-    for context in [(END, END), (END, ord("c")), (ord("c"), ord("a")), (7, 9)]:
+@pytest.mark.parametrize("order", [1, 2, 5])
+def test_the_spelling_model_is_a_distribution_in_every_context(order):
+    rows = Spelling.fit(Counter({"caf\u00e9": 3, "cat": 2, "dog": 1, "category": 1}), order)
+    spelling = Spelling(rows)
+    assert spelling.order == order and len(rows[0]) == order + 2
+    for context in [(), (END, END), (END, ord("c")), (ord("c"), ord("a")), (7, 9),
+                    tuple(b"catego")]:
         assert spelling.probs(*context).sum() == pytest.approx(1.0)
     assert spelling.log_prob(b"cat") > spelling.log_prob(b"tac")
+    table = spelling.log_table([b"cat", b"categ"], 6)  # the prior the speller adds to
+    assert table[0, 3, END] == pytest.approx(spelling.log_prob(b"cat") - sum(
+        table[0, t, c] for t, c in enumerate(b"cat")), abs=1e-5)
+    assert not table[0, 4:].any()
+
+
+def test_a_longer_spelling_context_predicts_seen_words_better():
+    words = Counter({"category": 1, "catalogue": 1, "cattle": 1, "dogma": 1})
+    short, long = (Spelling(Spelling.fit(words, order)) for order in (2, 5))
+    assert long.log_prob(b"category") > short.log_prob(b"category")
 
 
 def test_context_words_are_candidates_from_their_first_appearance_on():

@@ -4,7 +4,7 @@ outside it, and the fit of both on a train split.
 Ids 0 .. D-1 are the dictionary (the special words first, then the most frequent words of
 the train split); a word outside it gets the next free id when it is met (its code is
 hashed from its trigrams, so any word has an input vector) and its bytes are coded by
-:class:`Spelling`, an order-2 byte model fitted on the train split's words that fell
+:class:`Spelling`, an order-k byte model fitted on the train split's words that fell
 outside the dictionary: the words it will be asked to spell.
 """
 
@@ -27,69 +27,108 @@ SYMBOLS = END + 1
 
 
 class Spelling:
-    """P(byte or END | the two before it) of a word, END standing for "before the word":
-    Witten-Bell interpolation of order-2, order-1 and add-one order-0 counts, so every
-    byte string has a probability and the probabilities of all spellings sum to 1.
-    ``counts`` are ``[a, b, c, n]`` rows: c followed a, b n times."""
+    """P(byte or END | the ``order`` symbols before it) of a word, END standing for "before
+    the word": Witten-Bell interpolation of the order-k counts down to add-one order-0 ones,
+    so every byte string has a probability and the probabilities of all spellings sum to
+    1. ``counts`` are rows ``[c_1, .., c_order, c, n]``: c followed the context c_1 .. c_order
+    n times (the order is the rows' width less 2; lower orders are their sums)."""
 
-    def __init__(self, counts: list[list[int]] | np.ndarray) -> None:
-        rows = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
-        self.rows = rows
-        unigram = np.bincount(rows[:, 2], weights=rows[:, 3], minlength=SYMBOLS)
-        p0 = (unigram + 1) / (unigram.sum() + SYMBOLS)
-        bigram = np.zeros((SYMBOLS, SYMBOLS))
-        np.add.at(bigram, (rows[:, 1], rows[:, 2]), rows[:, 3])
-        self.p1 = self._interpolate(bigram, p0[None, :])  # (257, 257)
-        self.trigram: dict[tuple[int, int], dict[int, int]] = {}
-        for a, b, c, n in rows.tolist():
-            self.trigram.setdefault((a, b), {})[c] = n
-        self._p2: dict[tuple[int, int], np.ndarray] = {}
+    def __init__(self, counts: list[list[int]] | np.ndarray, cache: int = 1 << 14) -> None:
+        rows = np.asarray(counts, dtype=np.int64)
+        self.rows = rows = rows.reshape(-1, rows.shape[1] if rows.ndim == 2 else 4)
+        self.order = rows.shape[1] - 2
+        # per order k: the sorted keys of its contexts (their last k symbols), where each
+        # context's symbols start in (symbols, counts), and those
+        self.tables = [self._table(rows[:, self.order - k:]) for k in range(self.order + 1)]
+        unigram = np.zeros(SYMBOLS)
+        _, _, symbols, n = self.tables[0]
+        unigram[symbols] = n
+        self._p0 = (unigram + 1) / (unigram.sum() + SYMBOLS)
+        self._cache: dict[tuple[int, ...], np.ndarray] = {}
+        self._cache_size = cache
 
     @staticmethod
-    def _interpolate(counts: np.ndarray, lower: np.ndarray) -> np.ndarray:
-        """Witten-Bell: (n(h, c) + T(h) P_lower(c)) / (n(h) + T(h)) for each row h."""
-        total = counts.sum(-1, keepdims=True)
-        types = (counts > 0).sum(-1, keepdims=True)
-        seen = (counts + types * lower) / np.maximum(total + types, 1)
-        return np.where(total > 0, seen, lower)
+    def _key(context) -> np.ndarray | int:
+        """A context's symbols as one integer (9 bits each; orders up to 7 fit 63 bits)."""
+        context = np.asarray(context, dtype=np.int64).reshape(-1, np.shape(context)[-1])
+        weights = np.int64(1) << (9 * np.arange(context.shape[1], dtype=np.int64))
+        return (context * weights).sum(-1)
 
-    def probs(self, a: int, b: int) -> np.ndarray:
-        """P(next symbol | a, b), Float64[257] (cached per context)."""
-        if (a, b) not in self._p2:
-            counts = np.zeros((1, SYMBOLS))
-            for c, n in self.trigram.get((a, b), {}).items():
-                counts[0, c] = n
-            self._p2[a, b] = self._interpolate(counts, self.p1[b][None, :])[0]
-        return self._p2[a, b]
+    @classmethod
+    def _table(cls, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Rows ``[context.., c, n]`` -> (context keys Int64[h], their first entry Int64[h
+        + 1], the entries' symbols and summed counts), entries sorted by context."""
+        keys = cls._key(rows[:, :-2]) if rows.shape[1] > 2 else np.zeros(len(rows), np.int64)
+        symbols, n = rows[:, -2], rows[:, -1]
+        order = np.lexsort((symbols, keys))
+        keys, symbols, n = keys[order], symbols[order], n[order]
+        new = np.ones(len(keys), dtype=bool)
+        new[1:] = (keys[1:] != keys[:-1]) | (symbols[1:] != symbols[:-1])
+        first = np.flatnonzero(new)
+        keys, symbols, n = keys[first], symbols[first], np.add.reduceat(n, first) \
+            if len(first) else n
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else first
+        return keys[starts], np.r_[starts, len(keys)], symbols, n
+
+    def probs(self, *context: int) -> np.ndarray:
+        """P(next symbol | the symbols before it, END-padded; the last ``order`` count),
+        Float64[257] (cached per context)."""
+        context = tuple(context[len(context) - self.order:]) if self.order else ()
+        return self._at((END,) * (self.order - len(context)) + context)
+
+    def _at(self, context: tuple[int, ...]) -> np.ndarray:
+        """P(next symbol | exactly ``context``), cached."""
+        found = self._cache.get(context)
+        if found is None:
+            found = self._interpolate(context)
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[context] = found
+        return found
+
+    def _interpolate(self, context: tuple[int, ...]) -> np.ndarray:
+        """Witten-Bell: (n(h, c) + T(h) P_lower(c)) / (n(h) + T(h)), h the context."""
+        if not context:
+            return self._p0
+        lower = self._at(context[1:])
+        keys, bounds, symbols, n = self.tables[len(context)]
+        key = self._key(context)[0]
+        at = int(np.searchsorted(keys, key))
+        if at == len(keys) or keys[at] != key:
+            return lower
+        symbols, n = symbols[bounds[at]:bounds[at + 1]], n[bounds[at]:bounds[at + 1]]
+        total, types = n.sum(), len(n)
+        out = lower * (types / (total + types))
+        out[symbols] += n / (total + types)
+        return out
 
     def log_table(self, spellings: list[bytes], length: int) -> np.ndarray:
         """log P(every symbol) at each step of each spelling (END last, zeros after it),
         Float32[N, length, 257]: the prior of :class:`untok.nn.speller.Speller`."""
         out = np.zeros((len(spellings), length, SYMBOLS), dtype=np.float32)
         for row, data in enumerate(spellings):
-            a, b = END, END
-            for t, c in enumerate([*data, END][:length]):
-                out[row, t] = np.log(self.probs(a, b))
-                a, b = b, c
+            path = [END] * self.order + list(data)
+            for t in range(min(len(data) + 1, length)):
+                out[row, t] = np.log(self.probs(*path[t:t + self.order]))
         return out
 
     def log_prob(self, data: bytes) -> float:
         """log P(the word spelled ``data``), END included (nats)."""
-        a, b, total = END, END, 0.0
-        for c in [*data, END]:
-            total += float(np.log(self.probs(a, b)[c]))
-            a, b = b, c
-        return total
+        path = [END] * self.order + [*data, END]
+        return sum(float(np.log(self.probs(*path[t:t + self.order])[path[t + self.order]]))
+                   for t in range(len(data) + 1))
 
     @staticmethod
-    def fit(words: Counter[str]) -> list[list[int]]:
-        """The ``[a, b, c, n]`` rows of a word -> occurrences count."""
-        counts: Counter[tuple[int, int, int]] = Counter()
-        for word, n in words.items():
-            path = [END, END, *word_bytes(word), END]
-            for i in range(len(path) - 2):
-                counts[path[i], path[i + 1], path[i + 2]] += n
-        return [[a, b, c, n] for (a, b, c), n in sorted(counts.items())]
+    def fit(words: Iterable[str], order: int = 2) -> list[list[int]]:
+        """The ``[c_1, .., c_order, c, n]`` rows of some words, each distinct word counted
+        once (the words to spell are mostly new ones: a name repeated in the train split
+        says no more about them than once)."""
+        counts: Counter[tuple[int, ...]] = Counter()
+        for word in set(words):
+            path = [END] * order + [*word_bytes(word), END]
+            for i in range(len(path) - order):
+                counts[tuple(path[i:i + order + 1])] += 1
+        return [[*gram, n] for gram, n in sorted(counts.items())]
 
 
 class WordUnits:
@@ -196,10 +235,10 @@ class WordUnits:
 UNIT_KINDS["word"] = WordUnits
 
 
-def fit_dictionary(train: bytes | Iterable[bytes], size: int, progress: bool = False
-                   ) -> dict[str, Any]:
+def fit_dictionary(train: bytes | Iterable[bytes], size: int, progress: bool = False,
+                   spelling_order: int = 2) -> dict[str, Any]:
     """The ``size`` most frequent words of ``train`` (bytes, or its documents one by one;
-    ties in first-seen order) and the spelling counts of the occurrences of the other
+    ties in first-seen order) and the order-``spelling_order`` spelling counts of the other
     words (of every word when the dictionary holds them all). A size above the number of
     distinct words keeps them all."""
     pieces = [train] if isinstance(train, bytes) else train
@@ -214,4 +253,4 @@ def fit_dictionary(train: bytes | Iterable[bytes], size: int, progress: bool = F
     words = [w for w, _ in ranked[:size]]
     outside = Counter(dict(ranked[size:])) or counts
     return {"dictionary": words, "distinct_words": len(counts),
-            "spelling": Spelling.fit(outside)}
+            "spelling": Spelling.fit(outside, spelling_order)}

@@ -143,7 +143,10 @@ class WordsConfig:
     ``multilabel_weight`` weighs the multi-label loss (0: the word softmax alone),
     ``pos_weight`` its sparse positives; ``edge_weight`` scales the ids of a word's first
     and last trigram when scoring words; ``softmax_positions``: positions of a batch
-    (whole rows; 0: all) that train the word softmax (the code length evaluation reports)."""
+    (whole rows; 0: all) that train the word softmax (the code length evaluation reports);
+    ``word_bias``: a learned bias per dictionary word added to its score (its log prior);
+    ``spelling_order``: the order of the byte model (Witten-Bell over the train split's words
+    outside the dictionary) that the speller of escaped words starts from."""
 
     hash_size: int = 8192
     ids_per_trigram: int = 8
@@ -153,6 +156,8 @@ class WordsConfig:
     pos_weight: float = 100.0
     edge_weight: float = 1.0
     softmax_positions: int = 0
+    word_bias: bool = False
+    spelling_order: int = 5
     seed: int = 0
     dictionary: str = ""
 
@@ -165,6 +170,8 @@ class WordsConfig:
               "words of the train split that the model scores; 16384 by default)")
         check(self.pos_weight > 0 and min(self.edge_weight, self.multilabel_weight) >= 0,
               "model.words.pos_weight must be > 0, edge_weight and multilabel_weight >= 0")
+        check(1 <= self.spelling_order <= 7, "model.words.spelling_order must be in 1..7 "
+              "(the bytes of context the spelling prior conditions on)")
         check(self.softmax_positions >= 0, "model.words.softmax_positions must be >= 0 "
               "(0: every position of a batch trains the word softmax)")
 

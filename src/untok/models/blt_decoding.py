@@ -1,12 +1,13 @@
 """BLT decoding, one byte at a time, with a cache at every level.
 
 A new byte costs one encoder and one decoder step, plus one patch step (pooling, the
-global step and the decoder's keys and values of its output) when it closes a patch. Every patcher but ``learned`` decides whether a byte starts a patch
-before the byte is encoded (from the bytes and, for entropy patching, the entropy model's
-prediction), so the finished patch closes first and the byte then runs through the
-encoder and the decoder in one call (:meth:`BLTDecoding.byte_step`); learned patching asks
-the router, which reads the byte's encoder state, in between (:meth:`~BLTDecoding.
-encode_byte`, then :meth:`~BLTDecoding.decode_byte`). These steps and the global one
+global step and the decoder's keys and values of its output) when it closes a patch.
+Every patcher but ``learned`` decides whether a byte starts a patch before the byte is
+encoded (from the bytes and, for entropy patching, the entropy model's prediction), so
+the finished patch closes first and the byte then runs through the encoder and the
+decoder in one call (:meth:`BLTDecoding.byte_step`); learned patching asks the router,
+which reads the byte's encoder state, in between (:meth:`~BLTDecoding.encode_byte`, then
+:meth:`~BLTDecoding.decode_byte`). These steps and the patch step
 (:meth:`~BLTDecoding.patch_step`) take tensors only, with static shapes once
 :func:`untok.generate.compile_decoding` has compiled them: the open patch's encoder states
 wait in a buffer of ``max_len`` rows, so pooling a patch of any length is one shape.

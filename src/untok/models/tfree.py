@@ -11,7 +11,7 @@ The next word is drawn from a softmax over ``exp(t) s_w`` for the words of the d
 D, the *context words* (words outside D already seen in this sequence: names and rare
 words repeat, as the prompt's words do in generation) and one *escape* entry (its own
 logit); an escaped word costs its bytes under the speller (:mod:`untok.nn.speller`:
-a GRU from the position's hidden state on top of the order-2 spelling prior of
+a GRU from the position's hidden state on top of the order-k spelling prior of
 :mod:`untok.word_units`). The candidates at position t depend on words up to t only, so
 the code length of a text is exact and causal and its bits per byte compare with every
 other untok model.
@@ -67,12 +67,13 @@ def prepare_tfree(config: ModelConfig, data: TrainingData | None) -> ModelConfig
     if data is None or w.dictionary:
         return config
     store = data.store
-    path = cache_dir() / "words-v2" / f"{store.meta['sha256'][:16]}-{w.dict_size}.json"
+    key = f"{store.meta['sha256'][:16]}-{w.dict_size}-order{w.spelling_order}"
+    path = cache_dir() / "words-v3" / f"{key}.json"
     if not path.is_file():
         segments = store.segments("train")
         documents = (bytes(store.data[s:s + n]) for s, n in
                      zip(segments.starts, segments.lengths, strict=True))
-        fitted = fit_dictionary(documents, w.dict_size, data.progress)
+        fitted = fit_dictionary(documents, w.dict_size, data.progress, w.spelling_order)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(fitted))
     return replace(config, words=replace(w, dictionary=str(path)))
@@ -108,6 +109,8 @@ class TFreeLM(nn.Module):
         self.speller = Speller(c.dim)  # the bytes of escaped words
         self.log_temperature = nn.Parameter(torch.zeros(()))
         self.escape_bias = nn.Parameter(torch.zeros(()))
+        self.word_bias = nn.Parameter(torch.zeros(self.units.dict_size, 1)) \
+            if c.words.word_bias else None  # (D, 1): each dictionary word's log prior
         self.nll_loss = False  # trained by the multi-label loss; bits come from scores
         self._dictionary: tuple | None = None
 
@@ -121,6 +124,8 @@ class TFreeLM(nn.Module):
                                                                 .ids_per_trigram))
         self.log_temperature.zero_()
         self.escape_bias.zero_()
+        if self.word_bias is not None:
+            self.word_bias.zero_()
         init_residuals(self.blocks, self.config.num_layers)
 
     # -- words to vectors and back ---------------------------------------------------------
@@ -214,6 +219,8 @@ class TFreeLM(nn.Module):
         scale = 20.0 * self.log_temperature.exp()
         escape = (logits[:, -1:].float() + self.escape_bias)
         score = pattern_scores(p, scale, *self.dictionary(p.device))  # (D, N)
+        if self.word_bias is not None:
+            score = score + self.word_bias
         if not extras.shape[-1]:
             return score, p.new_zeros(len(p), 0), escape
         total = p.sum(-1)
@@ -410,17 +417,16 @@ class WordScores(Scores):
         """A word outside the dictionary, byte by byte from the speller at flat ``row``."""
         model = self.model
         context = self.hidden.reshape(-1, self.hidden.shape[-1])[row:row + 1]
-        out, a, b, state = [], END, END, None
+        out, state = [], None
         for _ in range(MAX_SPELLING):
-            prior = torch.from_numpy(np.log(model.units.spelling.probs(a, b))).float()
-            previous = torch.tensor([[b]], device=context.device)
+            prior = torch.from_numpy(np.log(model.units.spelling.probs(*out))).float()
+            previous = torch.tensor([[out[-1] if out else END]], device=context.device)
             logp, state = model.speller.log_probs(context, previous,
                                                   prior.to(context.device)[None, None], state)
             byte = int(pick(logp[:, -1])[0])
             if byte == END:
                 break
             out.append(byte)
-            a, b = b, byte
         return bytes(out).decode("utf-8", errors="surrogateescape") or "\udc80"
 
 
@@ -441,4 +447,6 @@ register(Family(
     summary=lambda c: f"{shape_summary('tfree', c, heads=c.backbone == 'transformer')}  "
                       f"(words; v {c.words.hash_size}, m {c.words.ids_per_trigram}, "
                       f"dictionary {c.words.dict_size})",
-    examples={"transformer": TINY, "mmfree": {**TINY, "backbone": "mmfree"}}))
+    examples={"transformer": TINY,  # the MatMul-free one also learns a bias per word
+              "mmfree": {**TINY, "backbone": "mmfree",
+                         "words": {**TINY["words"], "word_bias": True}}}))
