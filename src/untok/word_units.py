@@ -37,8 +37,7 @@ class Spelling:
         rows = np.asarray(counts, dtype=np.int64)
         self.rows = rows = rows.reshape(-1, rows.shape[1] if rows.ndim == 2 else 4)
         self.order = rows.shape[1] - 2
-        # per order k: the sorted keys of its contexts (their last k symbols), where each
-        # context's symbols start in (symbols, counts), and those
+        # per order k < order + 1: the counts of the contexts of k symbols (see _table)
         self.tables = [self._table(rows[:, self.order - k:]) for k in range(self.order + 1)]
         unigram = np.zeros(SYMBOLS)
         _, _, symbols, n = self.tables[0]
@@ -48,7 +47,7 @@ class Spelling:
         self._cache_size = cache
 
     @staticmethod
-    def _key(context) -> np.ndarray | int:
+    def _key(context) -> np.ndarray:
         """A context's symbols as one integer (9 bits each; orders up to 7 fit 63 bits)."""
         context = np.asarray(context, dtype=np.int64).reshape(-1, np.shape(context)[-1])
         weights = np.int64(1) << (9 * np.arange(context.shape[1], dtype=np.int64))
@@ -56,8 +55,9 @@ class Spelling:
 
     @classmethod
     def _table(cls, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Rows ``[context.., c, n]`` -> (context keys Int64[h], their first entry Int64[h
-        + 1], the entries' symbols and summed counts), entries sorted by context."""
+        """Rows ``[context.., c, n]`` -> the distinct contexts' keys (sorted, Int64[h]),
+        where each one's entries begin (Int64[h + 1]), and the entries: symbols and summed
+        counts (Int64[e] each, grouped by context)."""
         keys = cls._key(rows[:, :-2]) if rows.shape[1] > 2 else np.zeros(len(rows), np.int64)
         symbols, n = rows[:, -2], rows[:, -1]
         order = np.lexsort((symbols, keys))
