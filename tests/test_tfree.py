@@ -301,8 +301,9 @@ def test_cli_trains_evaluates_generates_and_shows_words(capsys, tmp_path, text_f
 
     run = tmp_path / "run"
     assert main(["train", "--data", str(text_file), "--preset", "tfree-tiny", "--steps", "4",
-                 "--out", str(run), "--quiet"]) == 0
+                 "--dict-size", "50", "--out", str(run), "--quiet"]) == 0
     assert (run / "best" / "units.json").is_file()
+    assert untok.load(run / "best").config.words.dict_size == 50
     capsys.readouterr()
     assert main(["eval", str(run / "best"), "--data", str(text_file), "--json"]) == 0
     assert '"bpb"' in capsys.readouterr().out

@@ -103,7 +103,7 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Path | None]:
     base = {"data": {"path": args.data}} if args.data else {}
     if args.init:
         base = {**base, **_init_base(args)}
-    overrides = [*_patching_overrides(args), *args.set]
+    overrides = [*_family_overrides(args), *args.set]
     config = resolve(preset_name=args.preset, recipe=args.recipe, overrides=overrides,
                      base=base)
     if args.data:  # --data wins over a recipe's data.path
@@ -144,9 +144,10 @@ def without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _patching_overrides(args: argparse.Namespace) -> list[str]:
-    """``--patching/--patch-size/--entropy-model`` as ``model.patching.*`` overrides."""
-    overrides = []
+def _family_overrides(args: argparse.Namespace) -> list[str]:
+    """``--patching/--patch-size/--entropy-model`` as ``model.patching.*`` overrides and
+    ``--dict-size`` as ``model.words.dict_size``."""
+    overrides = [] if args.dict_size is None else [f"model.words.dict_size={args.dict_size}"]
     if args.patching:
         overrides.append(f"model.patching.kind={args.patching}")
     if args.patch_size is not None:

@@ -142,6 +142,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-model", metavar="CKPT",
                    help="byte model whose next-byte entropy drives --patching entropy "
                    "(train one with --preset entropy-small)")
+    p.add_argument("--dict-size", type=_positive_int,
+                   help="T-Free presets: the most frequent words of the train split that "
+                        "the dictionary holds (model.words.dict_size)")
 
 
 def _add_coding_parsers(sub: argparse._SubParsersAction) -> None:
