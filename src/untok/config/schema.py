@@ -135,18 +135,14 @@ class LocalConfig:
 class WordsConfig:
     """The T-Free family's word codes and dictionary (``family = "tfree"``).
 
-    A word's code is m = ``ids_per_trigram`` hashed ids out of v = ``hash_size`` for each
-    of its byte trigrams, k = ``lowercase_ids`` of them shared with the lowercase
-    trigram. The dictionary holds the ``dict_size`` most frequent words of the train split
-    (plus the special words); ``dictionary`` is filled in when training starts (the cached
-    file it was built into) and the words travel in the checkpoint's ``units.json``.
-    ``multilabel_weight`` weighs the multi-label loss (0: the word softmax alone),
-    ``pos_weight`` its sparse positives; ``edge_weight`` scales the ids of a word's first
-    and last trigram when scoring words; ``softmax_positions``: positions of a batch
-    (whole rows; 0: all) that train the word softmax (the code length evaluation reports);
-    ``word_bias``: a learned bias per dictionary word added to its score (its log prior);
-    ``spelling_order``: the order of the byte model (Witten-Bell over the train split's words
-    outside the dictionary) that the speller of escaped words starts from."""
+    A word's code: m = ``ids_per_trigram`` hashed ids of v = ``hash_size`` per byte trigram,
+    k = ``lowercase_ids`` of them shared with the lowercase trigram. The dictionary holds
+    the ``dict_size`` most frequent train words (and the special words); ``dictionary`` is
+    the cached file it was built into when training started (the words travel in
+    ``units.json``). ``multilabel_weight`` weighs the multi-label loss (0: the word softmax
+    alone), ``pos_weight`` its positives; ``edge_weight`` scales a word's first and last
+    trigram's ids when scoring; ``softmax_positions``: rows' positions training the word
+    softmax (0: all); ``word_bias``: a log prior per word; ``spelling_order``: the prior's."""
 
     hash_size: int = 8192
     ids_per_trigram: int = 8
@@ -162,18 +158,15 @@ class WordsConfig:
     dictionary: str = ""
 
     def validate(self) -> None:
-        check(self.hash_size >= 16, "model.words.hash_size must be >= 16")
+        check(self.hash_size >= 16 and self.ids_per_trigram >= 1,
+              "model.words.hash_size must be >= 16 and ids_per_trigram >= 1")
         check(0 <= self.lowercase_ids <= self.ids_per_trigram <= self.hash_size // 4,
               "model.words needs 0 <= lowercase_ids <= ids_per_trigram <= hash_size / 4")
-        check(self.ids_per_trigram >= 1, "model.words.ids_per_trigram must be >= 1")
-        check(self.dict_size >= 1, "model.words.dict_size must be >= 1 (the most frequent "
-              "words of the train split that the model scores; 16384 by default)")
+        check(self.dict_size >= 1, "model.words.dict_size must be >= 1 (words scored)")
         check(self.pos_weight > 0 and min(self.edge_weight, self.multilabel_weight) >= 0,
               "model.words.pos_weight must be > 0, edge_weight and multilabel_weight >= 0")
-        check(1 <= self.spelling_order <= 7, "model.words.spelling_order must be in 1..7 "
-              "(the bytes of context the spelling prior conditions on)")
-        check(self.softmax_positions >= 0, "model.words.softmax_positions must be >= 0 "
-              "(0: every position of a batch trains the word softmax)")
+        check(self.softmax_positions >= 0 and 1 <= self.spelling_order <= 7, "model.words "
+              "needs softmax_positions >= 0 (0: all) and spelling_order in 1..7")
 
 
 @dataclass(frozen=True, kw_only=True)

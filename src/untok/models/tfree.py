@@ -122,10 +122,9 @@ class TFreeLM(nn.Module):
         init_standard(self)
         nn.init.normal_(self.embed.weight, std=0.02 / math.sqrt(8 * self.config.words
                                                                 .ids_per_trigram))
-        self.log_temperature.zero_()
-        self.escape_bias.zero_()
-        if self.word_bias is not None:
-            self.word_bias.zero_()
+        for learned in (self.log_temperature, self.escape_bias, self.word_bias):
+            if learned is not None:
+                learned.zero_()
         init_residuals(self.blocks, self.config.num_layers)
 
     # -- words to vectors and back ---------------------------------------------------------
@@ -447,6 +446,5 @@ register(Family(
     summary=lambda c: f"{shape_summary('tfree', c, heads=c.backbone == 'transformer')}  "
                       f"(words; v {c.words.hash_size}, m {c.words.ids_per_trigram}, "
                       f"dictionary {c.words.dict_size})",
-    examples={"transformer": TINY,  # the MatMul-free one also learns a bias per word
-              "mmfree": {**TINY, "backbone": "mmfree",
-                         "words": {**TINY["words"], "word_bias": True}}}))
+    examples={"transformer": TINY, "mmfree": {**TINY, "backbone": "mmfree",  # + word bias
+                                              "words": {**TINY["words"], "word_bias": True}}}))
