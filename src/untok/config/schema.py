@@ -142,7 +142,7 @@ class WordsConfig:
     ``units.json``). ``multilabel_weight`` weighs the multi-label loss (0: the word softmax
     alone), ``pos_weight`` its positives; ``edge_weight`` scales a word's first and last
     trigram's ids when scoring; ``softmax_positions``: rows' positions training the word
-    softmax (0: all); ``word_bias``: a log prior per word; ``spelling_order``: the prior's."""
+    softmax (0: all); ``word_bias``: per-word log priors; ``spelling_order``: see docs/tfree.md."""
 
     hash_size: int = 8192
     ids_per_trigram: int = 8
