@@ -69,8 +69,13 @@ def reconstruction(root: Path, stores: dict, max_eval: int | None) -> dict:
             "params": model.num_params(), "vector_dim": model.config.chunks.dim,
             "chars_per_vector": model.config.chunks.size,
             "steps": training_rate(root / name)["steps"],
-            "strict_accuracy": sum(r["strict_accuracy"] * r["chars"]
-                                   for r in languages.values()) / chars,
+            **{key: sum(r[key] * r["chars"] for r in languages.values()) / chars
+               for key in ("strict_accuracy", "decoder_accuracy")},
+            "wrong": sum(round((1 - r["strict_accuracy"]) * r["chars"])
+                         for r in languages.values()),
+            "decoder_wrong": sum(round((1 - r["decoder_accuracy"]) * r["chars"])
+                                 for r in languages.values()),
+            "chars": chars,
             "noise": {level: sum(r["noise"][level] * r["chars"] for r in languages.values())
                       / chars for level in ("0.1", "0.5", "1.0")},
             "languages": {lang: r["strict_accuracy"] for lang, r in languages.items()}}
@@ -199,13 +204,16 @@ def render(figures: dict) -> str:
 def render_reconstruction(recon: dict) -> list[str]:
     lines = [f"## Reconstruction ({recon['minutes']:g} CPU minutes each, one core; strict "
              "accuracy on the val lines of 25 languages)", "", f"`{recon['command']}`", "",
-             "| model | params | chars per vector | vector dim | steps | strict accuracy "
-             "| worst language | noise 0.1 | noise 0.5 | noise 1.0 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | params | chars per vector | vector dim | steps | decoder alone "
+             "(wrong) | checked (wrong) | worst language | noise 0.1 | noise 0.5 | noise 1.0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows_of(recon).items():
         worst = min(r["languages"], key=r["languages"].get)
+        decoder = (f"{r['decoder_accuracy']:.3%} ({r['decoder_wrong']})"
+                   if "decoder_accuracy" in r else "")
         lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['chars_per_vector']} | "
-                     f"{r['vector_dim']} | {r['steps']} | {r['strict_accuracy']:.2%} | "
+                     f"{r['vector_dim']} | {r['steps']} | {decoder} | "
+                     f"{r['strict_accuracy']:.3%} ({r.get('wrong', '')}) | "
                      f"{worst} {r['languages'][worst]:.2%} | {r['noise']['0.1']:.2%} | "
                      f"{r['noise']['0.5']:.2%} | {r['noise']['1.0']:.2%} |")
     return lines

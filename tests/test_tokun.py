@@ -17,6 +17,7 @@ from untok.cli import main
 from untok.config import resolve
 from untok.errors import CheckpointError, ConfigError
 from untok.models import build_model, load
+from untok.nn.checked_decoding import CheckedDecoding
 from untok.reconstruction import decode_vectors, round_trip
 from untok.units import CP_PAD
 
@@ -133,13 +134,42 @@ def test_autoencoder_eval_prints_strict_accuracy_per_file(autoencoder, tmp_path,
     (("model.context=30",), "multiple of the chunk size"),
     (("model.chunks.levels=[1]",), "merge factors"),
     (("model.chunks.width=2",), "width must be 3"),
+    (("model.chunks.decoder_window=-1",), "decoder_window must be >= 0"),
+    (("model.chunks.decoder_window=8", "model.chunks.previous_char=true"), "previous_char"),
 ])
 def test_bad_chunk_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         config(AE, *overrides)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("levels", [[4], [16], [4, 4]])
+def test_checked_decoding_fixes_bytes_the_decoder_got_wrong(levels):
+    """Logits that rank the true byte second at one to three slots of a chunk: the
+    decoder alone is wrong there, the check against the encoder puts every byte right;
+    a noisy vector (no bytes encode to it exactly) is decoded as the decoder reads it."""
+    torch.manual_seed(0)
+    model = build_model(config({**AE, "chunks": {**AE["chunks"], "levels": levels}},
+                               f"model.context={16 * 4}"))
+    check = CheckedDecoding(model.autoencoder.encoder)
+    data = torch.randint(0, 256, (12, model.config.chunks.size, 3))
+    vectors = model.autoencoder.encode(data)
+    logits = torch.nn.functional.one_hot(data, 256).float() * 5
+    rng = np.random.default_rng(0)
+    for row in range(8):
+        slots = rng.permutation(data.shape[1])[:row % 3 + 1]
+        for g, w in zip(slots, rng.integers(3, size=len(slots)), strict=True):
+            logits[row, g, w, (data[row, g, w] + 1 + row) % 256] = 9  # the truth second
+    assert not (logits.argmax(-1) == data).all(-1).all(-1)[:8].any()
+    assert (check(vectors, logits) == data).all()
+    noisy = vectors + 0.3 * torch.randn_like(vectors)
+    assert torch.equal(check(noisy, logits), logits.argmax(-1))
+
+
 # -- the chunk language model ---------------------------------------------------------------
+
+DECODERS = [(), ("model.chunks.previous_char=true",),  # the chunk decoder, the sequence one
+            ("model.chunks.decoder_window=6", "model.chunks.decoder_layers=2")]
 
 
 def text_ids(model, length: int, seed: int = 0) -> torch.Tensor:
@@ -149,10 +179,10 @@ def text_ids(model, length: int, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("previous", [False, True])
-def test_no_character_sees_a_later_one_even_inside_its_chunk(previous):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_no_character_sees_a_later_one_even_inside_its_chunk(decoder):
     torch.manual_seed(0)
-    model = build_model(config(LM, f"model.chunks.previous_char={str(previous).lower()}")).eval()
+    model = build_model(config(LM, *decoder)).eval()
     ids = text_ids(model, 24)
     base = model(ids).hidden
     for t in range(24):  # every position, so every place inside a chunk
@@ -164,10 +194,10 @@ def test_no_character_sees_a_later_one_even_inside_its_chunk(previous):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("previous", [False, True])
-def test_step_one_character_at_a_time_equals_forward_across_chunk_boundaries(previous):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_step_one_character_at_a_time_equals_forward_across_chunk_boundaries(decoder):
     torch.manual_seed(0)
-    model = build_model(config(LM, f"model.chunks.previous_char={str(previous).lower()}")).eval()
+    model = build_model(config(LM, *decoder)).eval()
     ids = text_ids(model, 23, seed=1)
     full = model(ids).hidden
     state = model.new_state(1)

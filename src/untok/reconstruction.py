@@ -24,6 +24,7 @@ from untok.data.loader import UnitStream
 from untok.errors import CheckpointError, DataError
 from untok.hardware import autocast
 from untok.models.registry import capabilities, load
+from untok.nn.checked_decoding import CheckedDecoding
 from untok.nn.chunk_autoencoder import reconstruction_loss
 
 NOISE_LEVELS = (0.1, 0.5, 1.0)
@@ -56,7 +57,8 @@ def evaluate_reconstruction(model: nn.Module, stream: UnitStream, *,
     docs_of_piece = stream.segments.docs
     num_docs = stream.store.num_docs if per_file else 1
     chars, right = np.zeros(num_docs, np.int64), np.zeros(num_docs, np.int64)
-    text_bytes, nats, code_bytes, bytes_right = 0, 0.0, 0, 0
+    text_bytes, nats, code_bytes, bytes_right, decoder_right = 0, 0.0, 0, 0, 0
+    check = CheckedDecoding(model.autoencoder.encoder)
     noisy_right = dict.fromkeys(noise, 0)
     generator = torch.Generator(device=device).manual_seed(0)
     was_training = model.training
@@ -77,7 +79,8 @@ def evaluate_reconstruction(model: nn.Module, stream: UnitStream, *,
         keep = torch.from_numpy(text).to(device).view(data.shape[:-1])  # (B, S, G)
         nats += float(reconstruction_loss(logits, data, keep)) * int(keep.sum()) * data.shape[-1]
         code_bytes += int(keep.sum()) * data.shape[-1]
-        byte_ok = logits.argmax(-1) == data  # (B, S, G, W)
+        decoder_right += int(((logits.argmax(-1) == data).all(-1) & keep).sum())
+        byte_ok = check(vectors, logits) == data  # (B, S, G, W)
         bytes_right += int((byte_ok & keep[..., None]).sum())
         char_ok = byte_ok.all(-1).flatten(1).cpu().numpy()[text]
         docs = docs_of_piece[stream.piece_of(positions[text])] if per_file else \
@@ -94,6 +97,7 @@ def evaluate_reconstruction(model: nn.Module, stream: UnitStream, *,
     if total == 0:
         raise DataError("nothing to evaluate: the split holds no characters")
     result = {"metric": "reconstruction_bits", "strict_accuracy": int(right.sum()) / total,
+              "decoder_accuracy": decoder_right / total,
               "byte_accuracy": bytes_right / code_bytes,
               "reconstruction_bits": nats / code_bytes / math.log(2), "chars": total,
               "bytes": text_bytes, "units": total,

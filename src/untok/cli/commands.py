@@ -237,7 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _print_reconstruction(result: dict[str, Any]) -> None:
     print(f"strict accuracy  {result['strict_accuracy']:.4%} of {result['chars']:,} "
-          f"characters (every byte right)")
+          f"characters (every byte right), checked against the encoder")
+    print(f"decoder alone    {result['decoder_accuracy']:.4%}")
     print(f"byte accuracy    {result['byte_accuracy']:.4%}")
     print(f"reconstruction   {result['reconstruction_bits']:.4f} bits per code byte")
     noise = ", ".join(f"{level} std: {acc:.2%}" for level, acc in result["noise"].items())

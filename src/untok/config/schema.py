@@ -200,6 +200,7 @@ class ChunksConfig:
     decoder_layers: int = 1
     decoder_dim: int = 0
     previous_char: bool = False
+    decoder_window: int = 0
 
     @property
     def size(self) -> int:

@@ -22,6 +22,7 @@ from untok.config import ModelConfig
 from untok.errors import ConfigError
 from untok.models.base import init_standard
 from untok.models.registry import Capabilities, Family, register
+from untok.nn.checked_decoding import CheckedDecoding
 from untok.nn.chunk_autoencoder import ChunkAutoencoder, reconstruction_loss
 from untok.units import CP_PAD, CodepointUnits
 
@@ -41,9 +42,17 @@ def validate_chunks(c: ModelConfig) -> None:
     if c.context % c.chunks.size:
         raise ConfigError(f"model.context ({c.context}) must be a multiple of the chunk "
                           f"size ({c.chunks.size} characters)")
+    if c.chunks.decoder_window < 0 or (c.chunks.decoder_window and c.chunks.previous_char):
+        raise ConfigError("model.chunks.decoder_window must be >= 0 (0: the decoder sees "
+                          "its chunk only), and with a window previous_char must be off "
+                          "(every slot reads the character before it already)")
     c.require_defaults(("patching", "local"), "applies to BLT models only")
     c.require_defaults(("words",), "applies to T-Free models only (family 'tfree')")
-    c.require_defaults(("embedding", "attention", "head"), "an option of the flat family")
+    c.require_defaults(("embedding.kind", "embedding.waves", "attention", "head"),
+                       "an option of the flat family")
+    if c.family == "tokun" or not c.chunks.decoder_window:
+        c.require_defaults(("embedding",), "hash n-grams feed the sequence decoder of a "
+                           "tokun-lm only: set model.chunks.decoder_window")
 
 
 def chunk_summary(kind: str, c: ModelConfig) -> str:
@@ -99,11 +108,15 @@ class TokunAutoencoder(nn.Module):
         """Float[B, S, E] -> logits Float[B, S, G, W, 256]."""
         return self.autoencoder.decode(vectors)
 
-    def decode(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Float[B, S, E] -> the most likely characters Long[B, S * G]; a decoded code that
-        is neither a character nor a special (a lone surrogate, or above PAD) becomes
-        U+FFFD."""
-        ids = char_ids(self.decode_logits(vectors).argmax(-1)).flatten(-2)
+    def decode(self, vectors: torch.Tensor, checked: bool = True) -> torch.Tensor:
+        """Float[B, S, E] -> the characters Long[B, S * G] the decoder reads, checked
+        against the encoder (:mod:`untok.nn.checked_decoding`) unless ``checked`` is off;
+        a decoded code that is neither a character nor a special (a lone surrogate, or
+        above PAD) becomes U+FFFD."""
+        logits = self.decode_logits(vectors)
+        data = (CheckedDecoding(self.autoencoder.encoder)(vectors, logits) if checked
+                else logits.argmax(-1))
+        ids = char_ids(data).flatten(-2)
         surrogate = (ids >= 0xD800) & (ids < 0xE000) & ((ids < 0xDC80) | (ids > 0xDCFF))
         return ids.masked_fill((ids > CP_PAD) | surrogate, REPLACEMENT)
 

@@ -36,9 +36,10 @@ from untok.errors import CheckpointError, UntokError
 from untok.models.base import init_residuals, init_standard
 from untok.models.registry import Capabilities, Family, load, register
 from untok.models.tokun import chunk_summary, chunk_units, validate_chunks
-from untok.nn.attention import Rope
+from untok.nn.attention import LocalWindow, Rope
 from untok.nn.chunk_autoencoder import ChunkEncoder
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
+from untok.nn.embeddings import embed_with_ngrams, empty_past, make_ngrams, update_past
 from untok.nn.stacks import make_stack
 from untok.units import CP_PAD, CodepointUnits
 
@@ -57,6 +58,9 @@ class ChunkState:
     chars: torch.Tensor
     previous: torch.Tensor
     position: int = 0
+    decoder: list | None = None  # the sequence decoder's caches (``decoder_window`` > 0)
+    fed: int = 0  # characters fed so far: the sequence decoder's next position
+    past: torch.Tensor | None = None  # Long[B, history]: what its hash n-grams read
 
 
 class TokunLM(nn.Module):
@@ -83,11 +87,15 @@ class TokunLM(nn.Module):
         heads = max(d // 64, 1)
         self.context_in = nn.Linear(c.dim, d)
         self.char_in = nn.Linear(self.encoder.char_dim, d)
-        self.first_slot = nn.Parameter(torch.zeros(d))  # the slot before a chunk's first char
+        self.ngrams = make_ngrams(d, c.embedding.ngrams, c.embedding.buckets)
+        self.window = ch.decoder_window
+        if not self.window:
+            self.first_slot = nn.Parameter(torch.zeros(d))  # the slot before a chunk's first
+        span = self.window or ch.size  # characters a decoder slot sees, its own included
         self.decoder = make_stack("transformer", dim=d, num_layers=ch.decoder_layers,
                                   num_heads=heads, hidden=-(-int(d * 8 / 3) // 64) * 64,
-                                  eps=c.norm_eps, dropout=c.dropout, capacity=ch.size,
-                                  rope=Rope(d // heads, c.rope_base, 2 * ch.size))
+                                  eps=c.norm_eps, dropout=c.dropout, capacity=span,
+                                  rope=Rope(d // heads, c.rope_base, 2 * max(span, c.context)))
         self.decoder_norm = nn.RMSNorm(d, eps=c.norm_eps)
         self.head = CodepointHead(d, bias=True)
 
@@ -98,7 +106,8 @@ class TokunLM(nn.Module):
     def init_weights(self) -> None:
         init_standard(self)
         self.start.zero_()
-        self.first_slot.zero_()
+        if not self.window:
+            self.first_slot.zero_()
         init_residuals(self.blocks, self.config.num_layers)
         init_residuals(self.decoder, self.config.chunks.decoder_layers)
         if self.config.chunks.encoder:
@@ -109,6 +118,10 @@ class TokunLM(nn.Module):
     def _chars(self, chars: torch.Tensor) -> torch.Tensor:
         """Long[...] characters -> Float[..., W * byte_dim]: the encoder's character vectors."""
         return self.encoder.characters(char_bytes(chars, self.config.chunks.width))
+
+    def _char_vectors(self, chars: torch.Tensor) -> torch.Tensor:
+        """Long[...] -> Float[..., d]: characters as the decoder reads them."""
+        return self.char_in(self._chars(chars))
 
     def _contexts(self, chunks: torch.Tensor, layers: list | None = None,
                   position: int = 0) -> torch.Tensor:
@@ -128,13 +141,23 @@ class TokunLM(nn.Module):
         Float[..., k + 1, d], slot j predicting character j. Every slot reads the context;
         slot j > 0 also the character before it, and slot 0 ``previous`` where
         ``chunks.previous_char`` is set."""
-        chars = self.char_in(self._chars(chars))  # (..., k, d)
+        chars = self._char_vectors(chars)  # (..., k, d)
         first = self.first_slot.expand(*chars.shape[:-2], 1, -1)
         if self.config.chunks.previous_char:
-            first = first + self.char_in(self._chars(previous[..., None]))
+            first = first + self._char_vectors(previous[..., None])
         x = self.context_in(context)[..., None, :] + torch.cat([first, chars], -2)
         lead = x.shape[:-2]  # (x: (..., k + 1, d))
         return self.decoder_norm(self.decoder(x.flatten(0, -3))).view(*lead, *x.shape[-2:])
+
+    def _sequence(self, contexts: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The sequence decoder (``decoder_window`` > 0): slot i reads character i and the
+        context after the chunks that end at or before it, Float[B, T // G + 1, D], and
+        attends causally to the ``decoder_window`` slots up to its own, across chunk
+        boundaries -> Float[B, T, d], slot i predicting character i + 1."""
+        after = torch.arange(1, ids.shape[1] + 1, device=ids.device) // self.size
+        x = self.context_in(contexts)[:, after] + embed_with_ngrams(
+            self._char_vectors, self.ngrams, ids)
+        return self.decoder_norm(self.decoder(x, LocalWindow(self.window)))
 
     def forward(self, ids: torch.Tensor) -> CodepointScores:
         """Long[B, T] -> scores of characters 1..T (Scores of shape (B, T))."""
@@ -146,6 +169,8 @@ class TokunLM(nn.Module):
             chunks = torch.cat([chunks, chunks.new_full((B, 1, G), CP_PAD)], 1)
         contexts = torch.cat([self.start.expand(B, 1, -1),
                               self._contexts(chunks[:, :count - 1])], 1)  # (B, count, D)
+        if self.window:
+            return CodepointScores(self._sequence(contexts, ids), self.head)
         previous = torch.cat([chunks.new_full((B, 1), CP_PAD), chunks[:, :-1, -1]], 1)
         states = self._slots(contexts, chunks[..., :-1], previous)  # (B, count, G, d)
         return CodepointScores(states.flatten(1, 2)[:, 1:T + 1], self.head)
@@ -162,9 +187,12 @@ class TokunLM(nn.Module):
     def new_state(self, batch_size: int) -> ChunkState:
         weight = self.norm.weight
         empty = torch.zeros(batch_size, 0, dtype=torch.long, device=weight.device)
+        decoder = (self.decoder.new_state(batch_size, weight.device, weight.dtype)
+                   if self.window else None)
         return ChunkState(self.blocks.new_state(batch_size, weight.device, weight.dtype),
                           self.start.expand(batch_size, -1), empty,
-                          empty.new_full((batch_size,), CP_PAD))
+                          empty.new_full((batch_size,), CP_PAD), decoder=decoder,
+                          past=empty_past(self.ngrams, batch_size, weight.device))
 
     def step(self, state: ChunkState, ids: torch.Tensor
              ) -> tuple[CodepointScores, ChunkState]:
@@ -180,8 +208,21 @@ class TokunLM(nn.Module):
                 state.position += 1
                 state.previous = state.chars[:, -1]
                 state.chars = state.chars[:, :0]
-            states.append(self._slots(state.context, state.chars, state.previous)[:, -1])
+            if self.window:
+                states.append(self._sequence_step(state, ids[:, i:i + 1]))
+            else:
+                states.append(self._slots(state.context, state.chars, state.previous)[:, -1])
         return CodepointScores(torch.stack(states, 1), self.head), state
+
+    def _sequence_step(self, state: ChunkState, char: torch.Tensor) -> torch.Tensor:
+        """One slot of the sequence decoder: Long[B, 1] -> Float[B, d]."""
+        x = self.context_in(state.context)[:, None] + embed_with_ngrams(
+            self._char_vectors, self.ngrams, char, state.past)
+        state.past = update_past(state.past, char)
+        h = self.decoder.step(x, state.decoder, torch.tensor([state.fed], device=x.device))
+        self.decoder.advance(state.decoder, 1)
+        state.fed += 1
+        return self.decoder_norm(h)[:, 0]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -229,4 +270,7 @@ register(Family(
                       f"{c.num_layers}, context {c.context}",
     examples={"transformer": TINY, "mmfree": {**TINY, "backbone": "mmfree"},
               "levels-2x2": {**TINY, "chunks": {**TINY["chunks"], "levels": [2, 2]}},
-              "previous-char": {**TINY, "chunks": {**TINY["chunks"], "previous_char": True}}}))
+              "previous-char": {**TINY, "chunks": {**TINY["chunks"], "previous_char": True}},
+              "sequence-decoder": {**TINY, "chunks": {**TINY["chunks"], "decoder_window": 6,
+                                                      "decoder_layers": 2},
+                                   "embedding": {"ngrams": [2, 3], "buckets": 64}}}))

@@ -107,11 +107,16 @@ class ChunkEncoder(nn.Module):
         embeddings side by side."""
         return self.embed(data).flatten(-2)
 
-    def forward(self, data: torch.Tensor) -> torch.Tensor:
+    def linear(self, data: torch.Tensor) -> torch.Tensor:
+        """Long[..., G, W] -> Float[..., E]: the vector before the last norm, an affine
+        function of the bytes' embeddings (only the last merge has a norm)."""
         x = self.characters(data)  # (..., G, W * byte_dim)
         for merge in self.merges:
-            x = merge(x.unflatten(-2, (-1, merge.factor)))  # (..., G / f, E)
+            x = merge.proj(x.unflatten(-2, (-1, merge.factor)).flatten(-2))  # (.., G / f, E)
         return x[..., 0, :]  # (..., E)
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        return self.merges[-1].norm(self.linear(data))
 
 
 class ChunkDecoder(nn.Module):
