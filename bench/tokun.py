@@ -121,12 +121,14 @@ def main() -> None:
     open_data(corpus, val_bytes=val_bytes, progress=False)  # ingested once, here
     multi = [f"data.path={str(corpus)!r}", f"data.val_bytes={val_bytes}"]
     figures = previous_figures()
+    runs = {}  # one pool, two at a time: tokun-4 first (the frozen chunk LM reads it)
     if "reconstruction" in sections:
-        recipes = {name: preset_recipe(root, name) for name in AUTOENCODERS}
-        train_all({name: (root / name, multi) for name in AUTOENCODERS}, args.minutes,
-                  jobs=2, recipe=recipes)
+        runs |= {name: ((root / name, multi), preset_recipe(root, name))
+                 for name in AUTOENCODERS}
     if "language-models" in sections:
-        train_language_models(root, multi, args.minutes)
+        runs |= language_model_runs(root, multi, "reconstruction" in sections)
+    train_all({name: run for name, (run, _) in runs.items()}, args.minutes, jobs=2,
+              recipe={name: recipe for name, (_, recipe) in runs.items()})
     stores = language_stores(root, per_language)
     if "reconstruction" in sections:
         figures["reconstruction"] = {"minutes": args.minutes, "command": command(),
@@ -152,26 +154,25 @@ def previous_figures() -> dict:
     return json.loads(path.read_text())["figures"] if path.is_file() else {}
 
 
-def train_language_models(root: Path, multi: list[str], minutes: float) -> None:
-    """The multilingual and enwik8 language-model runs, two at a time; the frozen chunk LM
-    takes the encoder of the tokun-4 run (trained here first if it is missing)."""
+def language_model_runs(root: Path, multi: list[str], encoder_first: bool) -> dict:
+    """The multilingual and enwik8 language-model runs, in the order the pool starts
+    them; the frozen chunk LM takes the encoder of the tokun-4 run, which comes first
+    (``encoder_first``: the reconstruction runs train it) or is trained here if missing."""
     english = [f"data.path={str(require(ENWIK8))!r}", f"data.val_bytes={ENWIK8_VAL}"]
     open_data(ENWIK8, val_bytes=ENWIK8_VAL, progress=False)
     blt = preset_recipe(root, "blt-fixed4", BLT_FIXED)
     encoder = root / "tokun-4" / "last"
-    first = {"tokun-lm": ((root / "tokun-lm", multi), CHUNK_LM)}
-    if not encoder.is_dir():
-        first["tokun-4"] = ((root / "tokun-4", multi), preset_recipe(root, "tokun-4"))
+    runs = {"tokun-lm": ((root / "tokun-lm", multi), CHUNK_LM),
+            "flat": ((root / "flat", multi), FLAT)}
+    if not encoder_first and not encoder.is_dir():
+        runs = {"tokun-4": ((root / "tokun-4", multi), preset_recipe(root, "tokun-4"))} | runs
     frozen = [f"model.chunks.encoder={str(encoder)!r}", "model.chunks.train_encoder=false"]
-    rest = {"tokun-lm-frozen": ((root / "tokun-lm-frozen", [*multi, *frozen]), CHUNK_LM),
-            "flat": ((root / "flat", multi), FLAT),
-            "blt-fixed4": ((root / "blt-fixed4", multi), blt),
-            "tokun-lm-enwik8": ((root / "tokun-lm-enwik8", english), CHUNK_LM),
-            "flat-enwik8": ((root / "flat-enwik8", english), FLAT),
-            "blt-fixed4-enwik8": ((root / "blt-fixed4-enwik8", english), blt)}
-    for group in (first, rest):
-        train_all({name: run for name, (run, _) in group.items()}, minutes, jobs=2,
-                  recipe={name: recipe for name, (_, recipe) in group.items()})
+    return runs | {
+        "tokun-lm-frozen": ((root / "tokun-lm-frozen", [*multi, *frozen]), CHUNK_LM),
+        "blt-fixed4": ((root / "blt-fixed4", multi), blt),
+        "tokun-lm-enwik8": ((root / "tokun-lm-enwik8", english), CHUNK_LM),
+        "flat-enwik8": ((root / "flat-enwik8", english), FLAT),
+        "blt-fixed4-enwik8": ((root / "blt-fixed4-enwik8", english), blt)}
 
 
 SECTIONS = ("reconstruction", "language-models")

@@ -136,6 +136,7 @@ def test_autoencoder_eval_prints_strict_accuracy_per_file(autoencoder, tmp_path,
     (("model.chunks.width=2",), "width must be 3"),
     (("model.chunks.decoder_window=-1",), "decoder_window must be >= 0"),
     (("model.chunks.decoder_window=8", "model.chunks.previous_char=true"), "previous_char"),
+    (("model.embedding.ngrams=[2,3]",), "decoder_window"),  # an autoencoder has none
 ])
 def test_bad_chunk_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -169,7 +170,8 @@ def test_checked_decoding_fixes_bytes_the_decoder_got_wrong(levels):
 # -- the chunk language model ---------------------------------------------------------------
 
 DECODERS = [(), ("model.chunks.previous_char=true",),  # the chunk decoder, the sequence one
-            ("model.chunks.decoder_window=6", "model.chunks.decoder_layers=2")]
+            ("model.chunks.decoder_window=6", "model.chunks.decoder_layers=2",
+             "model.embedding.ngrams=[2,3]", "model.embedding.buckets=64")]
 
 
 def text_ids(model, length: int, seed: int = 0) -> torch.Tensor:

@@ -116,14 +116,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"batch_size": 4, "warmup_steps": 2, "eval_every": 10, "eval_bytes": 2048,
                   "log_every": 1},
     },
-    "tokun-lm-small": {  # CPU: 256 x 4 over chunks of 4 characters, a 128-wide decoder
-        # (1.5-minute enwik8 runs: 6 layers, context 512, batch 16 4.68 bpb; context 256,
-        # batch 8 4.11; 4 layers 4.05; a 256-wide decoder 4.08); a chunk's first character
-        # reads the one before it (4-minute multilingual runs: 2.706 bpb, 2.875 without)
+    "tokun-lm-small": {  # CPU: 256 x 4 over chunks of 4 characters; a 192-wide sequence
+        # decoder over the last 64 characters with hash 2-4-grams (10-minute multilingual
+        # runs, docs/tokun.md: 2.128 bpb; the chunk decoder 2.489, without n-grams 2.364)
         "model": {"family": "tokun-lm", "unit": "codepoint", "dim": 256, "num_layers": 4,
                   "num_heads": 8, "context": 256,
-                  "chunks": {"levels": [4], "dim": 256, "decoder_dim": 128,
-                             "previous_char": True}},
+                  "embedding": {"ngrams": [2, 3, 4], "buckets": 8192},
+                  "chunks": {"levels": [4], "dim": 256, "decoder_dim": 192,
+                             "decoder_window": 64}},
         "train": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 30},
     },
     "mmfree-tiny": {  # unit tests

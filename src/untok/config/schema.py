@@ -178,16 +178,13 @@ class ChunksConfig:
     dropped); a chunk is ``prod(levels)`` characters merged level by level into one vector
     of ``dim``; ``byte_dim`` is the byte embedding's width (a character's vector is its
     bytes' embeddings side by side) and ``char_dim`` the width of a character in the
-    autoencoder's decoder. Training an autoencoder can
-    replace a ``random_chars`` share of the characters with random code points, so that
-    it learns characters its corpus lacks (in 2-minute multilingual runs of tokun-16 this
-    cost accuracy on real text: 0.25 81.3%, 0.03 92.0%, none 92.5%). For ``tokun-lm``:
-    ``encoder`` names an autoencoder checkpoint whose encoder the model starts from (empty:
-    a fresh encoder), ``train_encoder = false`` keeps it frozen, and ``decoder_layers``
-    causal blocks of ``decoder_dim`` (0: the model's ``dim``) run over a chunk's
-    characters to predict the next one; with ``previous_char`` a chunk's first slot also
-    reads the last character of the chunk before (as every later slot reads the character
-    before it)."""
+    autoencoder's decoder, which can train on a ``random_chars`` share of random code
+    points (characters its corpus lacks). For ``tokun-lm``: ``encoder`` names an
+    autoencoder checkpoint to start from (empty: a fresh encoder), ``train_encoder =
+    false`` keeps it frozen; ``decoder_layers`` causal blocks of ``decoder_dim`` (0: the
+    model's ``dim``) predict each character, over its chunk's characters
+    (``decoder_window = 0``; ``previous_char``: a chunk's first slot also reads the last
+    character before it) or over the last ``decoder_window`` characters, across chunks."""
 
     width: int = 3
     levels: tuple[int, ...] = (4,)

@@ -12,15 +12,20 @@ and the characters of chunk c before j, and nothing else:
     decoder slots of chunk c:  [ctx(c-1), char cG, char cG+1, ..., char cG+G-2]
     slot j predicts:            char cG+j
 
-(with ``chunks.previous_char`` slot 0 also reads char cG-1, the last of the chunk before)
+(with ``chunks.previous_char`` slot 0 also reads char cG-1, the last of the chunk before).
+With ``chunks.decoder_window = N`` the decoder runs over the whole character sequence
+instead: slot i reads character i (its vector plus hash n-grams ending at it, from
+``model.embedding.ngrams``) and the context after the chunks ending at or before it, and
+attends to the N slots up to its own, across chunk boundaries, predicting character i + 1;
 
 so P(text) is the product of proper distributions, ``untok eval`` reports bits per UTF-8
 byte and per character that are a true code length, and changing a character moves no
 prediction of an earlier one, in its chunk or before. The encoder is trained with the model
 (``chunks.train_encoder``) or taken from a trained ``tokun`` autoencoder
 (``chunks.encoder``), frozen or not. Decoding feeds characters one at a time: a full chunk
-goes through the encoder and one backbone step; every character re-runs the decoder over
-its chunk's prefix (at most G slots).
+goes through the encoder and one backbone step; every character re-runs the chunk decoder
+over its chunk's prefix (at most G slots), or takes one step of the sequence decoder (a KV
+cache of N slots).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from untok.models.tokun import chunk_summary, chunk_units, validate_chunks
 from untok.nn.attention import LocalWindow, Rope
 from untok.nn.chunk_autoencoder import ChunkEncoder
 from untok.nn.codepoint_head import CodepointHead, CodepointScores
-from untok.nn.embeddings import embed_with_ngrams, empty_past, make_ngrams, update_past
+from untok.nn.embeddings import empty_past, make_ngrams, update_past
 from untok.nn.stacks import make_stack
 from untok.units import CP_PAD, CodepointUnits
 
@@ -88,6 +93,7 @@ class TokunLM(nn.Module):
         self.context_in = nn.Linear(c.dim, d)
         self.char_in = nn.Linear(self.encoder.char_dim, d)
         self.ngrams = make_ngrams(d, c.embedding.ngrams, c.embedding.buckets)
+        self.ngram_dropout = nn.Dropout(c.dropout)  # the tables memorize a small corpus
         self.window = ch.decoder_window
         if not self.window:
             self.first_slot = nn.Parameter(torch.zeros(d))  # the slot before a chunk's first
@@ -123,6 +129,15 @@ class TokunLM(nn.Module):
         """Long[...] -> Float[..., d]: characters as the decoder reads them."""
         return self.char_in(self._chars(chars))
 
+    def _inputs(self, ids: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """Long[B, T] -> Float[B, T, d]: the sequence decoder's character inputs, each
+        character's vector plus the hash n-grams ending at it (``past``: Long[B, history]
+        characters before ``ids``)."""
+        x = self._char_vectors(ids)
+        if self.ngrams is None:
+            return x
+        return x + self.ngram_dropout(self.ngrams(ids, past))
+
     def _contexts(self, chunks: torch.Tensor, layers: list | None = None,
                   position: int = 0) -> torch.Tensor:
         """Long[B, S, G] finished chunks -> Float[B, S, D]: the context after each."""
@@ -155,8 +170,7 @@ class TokunLM(nn.Module):
         attends causally to the ``decoder_window`` slots up to its own, across chunk
         boundaries -> Float[B, T, d], slot i predicting character i + 1."""
         after = torch.arange(1, ids.shape[1] + 1, device=ids.device) // self.size
-        x = self.context_in(contexts)[:, after] + embed_with_ngrams(
-            self._char_vectors, self.ngrams, ids)
+        x = self.context_in(contexts)[:, after] + self._inputs(ids)
         return self.decoder_norm(self.decoder(x, LocalWindow(self.window)))
 
     def forward(self, ids: torch.Tensor) -> CodepointScores:
@@ -216,8 +230,7 @@ class TokunLM(nn.Module):
 
     def _sequence_step(self, state: ChunkState, char: torch.Tensor) -> torch.Tensor:
         """One slot of the sequence decoder: Long[B, 1] -> Float[B, d]."""
-        x = self.context_in(state.context)[:, None] + embed_with_ngrams(
-            self._char_vectors, self.ngrams, char, state.past)
+        x = self.context_in(state.context)[:, None] + self._inputs(char, state.past)
         state.past = update_past(state.past, char)
         h = self.decoder.step(x, state.decoder, torch.tensor([state.fed], device=x.device))
         self.decoder.advance(state.decoder, 1)
@@ -235,7 +248,8 @@ class TokunLM(nn.Module):
                         if isinstance(m, nn.Linear))
         per_char = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         per_char -= per_chunk
-        mixing = self.blocks.mixing_flops(self.config.context // self.size) / self.size
+        mixing = (self.blocks.mixing_flops(self.config.context // self.size) / self.size
+                  + self.decoder.mixing_flops(self.window or self.size))
         return 6.0 * (per_char + per_chunk / self.size) + mixing
 
 
