@@ -91,14 +91,17 @@ def score(out: Scores, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def evaluate_stream(model: nn.Module, stream: UnitStream, *, stride: int | None = None,
                     max_bytes: int | None = None, batch_size: int = 16,
                     device: torch.device | None = None, dtype: torch.dtype | None = None,
-                    per_file: bool = False, progress: bool = False) -> dict[str, Any]:
+                    per_file: bool = False, progress: bool = False,
+                    checked: bool = True) -> dict[str, Any]:
     """Score a unit stream; see :func:`evaluate` for the result. An autoencoder (a family
     that is not a language model) is scored by reconstruction instead
-    (:func:`untok.reconstruction.evaluate_reconstruction`)."""
+    (:func:`untok.reconstruction.evaluate_reconstruction`; ``checked``: its decoding
+    checked against the encoder, which the trainer's validation skips)."""
     if not capabilities(model).language_model:
         return evaluate_reconstruction(model, stream, max_bytes=max_bytes,
                                        batch_size=batch_size, device=device, dtype=dtype,
-                                       per_file=per_file, progress=progress)
+                                       per_file=per_file, progress=progress,
+                                       checked=checked)
     unit = stream.units
     if unit.name != model.units.name:
         raise DataError(f"the model reads {model.units.name} units but the stream holds "

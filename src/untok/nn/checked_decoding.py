@@ -9,7 +9,9 @@ of trying each slot's ``candidates`` most likely values (by the decoder's own lo
 keeping the change that brings the re-encoded vector closest find the bytes that encode
 to exactly this vector. A change is kept only if the whole chunk then verifies, so the
 output is either checked against the vector or what the decoder read: a noisy vector
-(which no bytes encode to exactly) is decoded as the decoder reads it.
+(which no bytes encode to exactly) is decoded as the decoder reads it, and so is a chunk
+whose re-encoding is far off (many bytes wrong: an untrained decoder), which no few
+changes would fix and whose search would cost the most.
 
 Shapes: vectors Float[..., E], logits Float[..., G, W, 256] -> bytes Long[..., G, W].
 """
@@ -21,6 +23,7 @@ from torch import nn
 
 TOLERANCE = 0.02  # relative distance below which a re-encoded vector matches (bf16-safe)
 GROUP = 32  # chunks searched at once (the trial vectors: GROUP x P x candidates x E)
+WRONG_BYTES = 8  # chunks re-encoding farther than about this many wrong bytes stay as read
 
 
 class CheckedDecoding:
@@ -33,6 +36,8 @@ class CheckedDecoding:
         self.encoder, self.candidates, self.rounds = encoder, candidates, rounds
         chars, width = encoder.chars, encoder.width
         slots = chars * width
+        # one wrong byte of P moves the vector by about sqrt(2 / P) of its length
+        self.limit = min(1.0, (2 * WRONG_BYTES / slots) ** 0.5)
         device = encoder.embed.weight.device
         probes = torch.zeros(slots, 256, slots, dtype=torch.long, device=device)
         probes[torch.arange(slots), :, torch.arange(slots)] = torch.arange(256, device=device)
@@ -58,7 +63,8 @@ class CheckedDecoding:
         guess = logits.argmax(-1)  # (N, P)
         every = torch.arange(slots, device=guess.device)
         pre_norm = self.base + self.code[every, guess].sum(1)  # (N, E)
-        wrong = (self.distance(pre_norm, vectors) > TOLERANCE).nonzero()[:, 0]
+        distance = self.distance(pre_norm, vectors)
+        wrong = ((distance > TOLERANCE) & (distance < self.limit)).nonzero()[:, 0]
         for rows in wrong.split(GROUP):
             guess[rows] = self._search(vectors[rows], logits[rows], guess[rows],
                                        pre_norm[rows])

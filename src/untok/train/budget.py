@@ -88,7 +88,8 @@ class Budget:
             min(len(self.val_stream), t.eval_bytes + 1)
         windows = len(eval_windows(length, context, stride))
         probe = dict(stride=stride, max_bytes=batches * t.batch_size * stride,
-                     batch_size=t.batch_size, device=self.device, dtype=self.dtype)
+                     batch_size=t.batch_size, device=self.device, dtype=self.dtype,
+                     checked=False)
         evaluate_stream(self.model, self.val_stream, **{**probe, "max_bytes": stride})
         began = time.perf_counter()
         evaluate_stream(self.model, self.val_stream, **probe)

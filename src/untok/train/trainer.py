@@ -303,7 +303,7 @@ class Trainer(Budget):
         t = self.config.train
         result = evaluate_stream(self.model, self.val_stream, stride=t.eval_stride,
                                  max_bytes=max_bytes, batch_size=t.batch_size,
-                                 device=self.device, dtype=self.dtype)
+                                 device=self.device, dtype=self.dtype, checked=False)
         self.last_val_bpb = result[self.val_metric]
         return self.last_val_bpb
 
