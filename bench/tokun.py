@@ -210,11 +210,12 @@ def render_reconstruction(recon: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows_of(recon).items():
         worst = min(r["languages"], key=r["languages"].get)
-        decoder = (f"{r['decoder_accuracy']:.3%} ({r['decoder_wrong']})"
-                   if "decoder_accuracy" in r else "")
+        decoder, checked = f"{r['strict_accuracy']:.3%}", ""  # before checked decoding
+        if "decoder_accuracy" in r:
+            decoder = f"{r['decoder_accuracy']:.3%} ({r['decoder_wrong']})"
+            checked = f"{r['strict_accuracy']:.3%} ({r['wrong']})"
         lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['chars_per_vector']} | "
-                     f"{r['vector_dim']} | {r['steps']} | {decoder} | "
-                     f"{r['strict_accuracy']:.3%} ({r.get('wrong', '')}) | "
+                     f"{r['vector_dim']} | {r['steps']} | {decoder} | {checked} | "
                      f"{worst} {r['languages'][worst]:.2%} | {r['noise']['0.1']:.2%} | "
                      f"{r['noise']['0.5']:.2%} | {r['noise']['1.0']:.2%} |")
     return lines
