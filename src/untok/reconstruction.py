@@ -62,7 +62,7 @@ def evaluate_reconstruction(model: nn.Module, stream: UnitStream, *,
     num_docs = stream.store.num_docs if per_file else 1
     chars, right = np.zeros(num_docs, np.int64), np.zeros(num_docs, np.int64)
     text_bytes, nats, code_bytes, bytes_right, decoder_right = 0, 0.0, 0, 0, 0
-    check = CheckedDecoding(model.autoencoder.encoder)
+    check = CheckedDecoding(model.autoencoder.encoder) if checked else None
     noisy_right = dict.fromkeys(noise, 0)
     generator = torch.Generator(device=device).manual_seed(0)
     was_training = model.training
@@ -83,8 +83,9 @@ def evaluate_reconstruction(model: nn.Module, stream: UnitStream, *,
         keep = torch.from_numpy(text).to(device).view(data.shape[:-1])  # (B, S, G)
         nats += float(reconstruction_loss(logits, data, keep)) * int(keep.sum()) * data.shape[-1]
         code_bytes += int(keep.sum()) * data.shape[-1]
-        decoder_right += int(((logits.argmax(-1) == data).all(-1) & keep).sum())
-        byte_ok = (check(vectors, logits) if checked else logits.argmax(-1)) == data
+        read = logits.argmax(-1)  # (B, S, G, W): what the decoder alone reads
+        decoder_right += int(((read == data).all(-1) & keep).sum())
+        byte_ok = (check(vectors, logits) if check else read) == data
         bytes_right += int((byte_ok & keep[..., None]).sum())
         char_ok = byte_ok.all(-1).flatten(1).cpu().numpy()[text]
         docs = docs_of_piece[stream.piece_of(positions[text])] if per_file else \
